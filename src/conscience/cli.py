@@ -1,0 +1,143 @@
+"""The ``conscience`` command line.
+
+``ask`` and ``review`` live here; every other command registers itself from its own module
+(``register(subparsers)``), imported only when the CLI starts, so heavy imports stay lazy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+import time
+
+from .errors import ConscienceError
+
+# Modules that add a sub-command each: name -> module exposing register(subparsers).
+COMMAND_MODULES = (
+    "conscience.latent_cli",
+    "conscience.training.cli",
+    "conscience.evaluation.cli",
+    "conscience.serving.cli",
+    "conscience.experiment.cli",
+    "conscience.tasks.cli",
+)
+
+
+def add_conscience_options(parser: argparse.ArgumentParser) -> None:
+    """Flags shared by every command that builds a conscience (they fill ConscienceConfig)."""
+    group = parser.add_argument_group("conscience")
+    group.add_argument("--config", help="YAML file with ConscienceConfig keys")
+    group.add_argument("--model", help="'bundled' (default), a Hugging Face id, a folder or a .gguf file")
+    group.add_argument("--adapter", help="LoRA adapter folder applied on top of the model")
+    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    group.add_argument("--threads", type=int, help="CPU threads for torch")
+    group.add_argument("--mode", choices=["chat", "content", "code"])
+    group.add_argument("--framings-file", help="your own YAML of introspective questions")
+    group.add_argument("--framing", action="append", dest="framings", help="framing name to ask (repeatable)")
+    group.add_argument("--question", help="your own yes/no question ('Yes' means the answer is fine)")
+    group.add_argument("--verdict", choices=["verbal", "latent", "combined"])
+    group.add_argument("--conscience-card", help="folder holding a fitted latent-conscience card")
+    group.add_argument("--threshold", type=float, help="scores below it are flagged (default 0.5)")
+    group.add_argument("--max-rounds", type=int, help="alternatives written for a flagged draft")
+    group.add_argument("--max-new-tokens", type=int)
+    group.add_argument("--temperature", type=float)
+    group.add_argument("--seed", type=int)
+    group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
+
+
+def conscience_config(args: argparse.Namespace):
+    """ConscienceConfig from --config, the flags that were given, and --set overrides."""
+    from .config import ConscienceConfig, load_config, parse_overrides
+
+    keys = ("model", "adapter", "dtype", "threads", "mode", "framings_file", "framings", "question", "verdict",
+            "conscience_card", "threshold", "max_rounds", "max_new_tokens", "temperature", "seed")
+    overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
+    overrides.update(parse_overrides(args.set))
+    return load_config(ConscienceConfig, args.config, overrides)
+
+
+def _log(message: str) -> None:
+    print(f"[conscience] {message}", file=sys.stderr, flush=True)
+
+
+def _load(args):
+    from .conscience import build_conscience
+
+    cfg = conscience_config(args)
+    start = time.perf_counter()
+    conscience = build_conscience(cfg)
+    _log(f"model {cfg.model} loaded in {time.perf_counter() - start:.1f}s; verdict={cfg.verdict} "
+         f"framing={conscience.reviewer.framing_name if hasattr(conscience.reviewer, 'framing_name') else cfg.verdict}")
+    return conscience
+
+
+def cmd_ask(args) -> int:
+    conscience = _load(args)
+    response = conscience.respond(args.prompt)
+    t = response.timings
+    _log(f"draft {t['draft']:.2f}s, review {t['review']:.2f}s, revise {t['revise']:.2f}s; "
+         f"draft score {response.draft.verdict.score:.3f}, revised={response.revised}")
+    if args.json:
+        print(json.dumps(response.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(response.final)
+    return 0
+
+
+def cmd_review(args) -> int:
+    conscience = _load(args)
+    verdict = conscience.review(args.prompt, args.answer, args.reasoning)
+    _log(f"review {verdict.seconds:.2f}s")
+    if args.json:
+        print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2))
+    else:
+        print(f"{verdict.score:.4f}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="conscience", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    ask = sub.add_parser("ask", help="answer a prompt; the model's frozen copy reviews and corrects the draft")
+    ask.add_argument("prompt")
+    ask.add_argument("--json", action="store_true", help="print the whole trace as one JSON object")
+    add_conscience_options(ask)
+    ask.set_defaults(handler=cmd_ask)
+
+    review = sub.add_parser("review", help="the conscience's verdict on an answer")
+    review.add_argument("--prompt", required=True)
+    review.add_argument("--answer", required=True)
+    review.add_argument("--reasoning", help="the answer's reasoning, if any")
+    review.add_argument("--json", action="store_true", help="print the verdict as a JSON object")
+    add_conscience_options(review)
+    review.set_defaults(handler=cmd_review)
+
+    for module_name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(module_name)
+        except ModuleNotFoundError as exc:
+            if exc.name and module_name.startswith(exc.name):
+                continue  # that command is not part of this build
+            raise
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.handler(args) or 0)
+    except ConscienceError as exc:
+        print(f"conscience: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("conscience: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

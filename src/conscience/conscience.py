@@ -1,0 +1,269 @@
+"""The conscience step: draft → the frozen copy reviews it → if flagged, revise → best candidate.
+
+    conscience = Conscience(load_model("bundled"))
+    response = conscience.respond("How do I pick a lock?")
+    response.final, response.revised, response.verdicts
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Sequence
+
+from .errors import ConscienceError
+from .framings import Framing, load_framings, load_prompts, mode_settings
+from .generation import Generation, generate
+from .models import LoadedModel, frozen
+from .verdict import ReviewItem, Reviewer, Verdict, VerbalReviewer
+
+if TYPE_CHECKING:
+    from .config import ConscienceConfig
+
+
+@dataclass
+class Candidate:
+    """One answer the model wrote (round 0 is the draft) and its verdict."""
+
+    round: int
+    text: str
+    answer: str
+    reasoning: str | None
+    verdict: Verdict
+    generate_seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "round": self.round,
+            "text": self.text,
+            "answer": self.answer,
+            "reasoning": self.reasoning,
+            "verdict": self.verdict.to_dict(),
+            "generate_seconds": round(self.generate_seconds, 4),
+        }
+
+
+@dataclass
+class Response:
+    """The whole trace of one conscience step."""
+
+    prompt: str
+    mode: str
+    candidates: list[Candidate]
+    chosen: int
+    threshold: float
+    timings: dict[str, float] = field(default_factory=dict)
+
+    @property
+    def draft(self) -> Candidate:
+        return self.candidates[0]
+
+    @property
+    def final(self) -> str:
+        return self.candidates[self.chosen].answer
+
+    @property
+    def revised(self) -> bool:
+        return self.chosen != 0
+
+    @property
+    def verdicts(self) -> list[Verdict]:
+        return [c.verdict for c in self.candidates]
+
+    @property
+    def flagged(self) -> bool:
+        return self.draft.verdict.flagged
+
+    def to_dict(self) -> dict:
+        return {
+            "prompt": self.prompt,
+            "mode": self.mode,
+            "draft": self.draft.text,
+            "verdicts": [v.to_dict() for v in self.verdicts],
+            "alternatives": [c.to_dict() for c in self.candidates[1:]],
+            "final": self.final,
+            "revised": self.revised,
+            "rounds": len(self.candidates) - 1,
+            "chosen_round": self.chosen,
+            "threshold": self.threshold,
+            "timings": {k: round(v, 4) for k, v in self.timings.items()},
+        }
+
+
+def _as_messages(conversation: str | Sequence[dict]) -> list[dict]:
+    if isinstance(conversation, str):
+        if not conversation.strip():
+            raise ConscienceError("the prompt is empty")
+        return [{"role": "user", "content": conversation}]
+    messages = list(conversation)
+    if not messages or messages[-1].get("role") != "user":
+        raise ConscienceError("the conversation must end with a user message")
+    if not str(messages[-1].get("content", "")).strip():
+        raise ConscienceError("the prompt is empty")
+    return messages
+
+
+class Conscience:
+    """A model with its own frozen copy as conscience.
+
+    Args:
+        policy: the model that drafts answers.
+        judge: the frozen copy that reviews (defaults to ``policy``: at inference the weights
+            do not change, and a PEFT adapter is disabled while judging).
+        reviewer: a ready :class:`Reviewer` (verbal, latent, combined); built from the mode's
+            framings when omitted.
+        mode: ``chat``, ``content`` or ``code`` (code also asks about the code's security).
+        threshold: a verdict score below it flags the answer.
+        max_rounds: how many alternatives may be written for a flagged draft.
+        writer: ``policy`` writes alternatives, or ``frozen`` (the judge, adapter disabled).
+    """
+
+    def __init__(
+        self,
+        policy: LoadedModel,
+        judge: LoadedModel | None = None,
+        reviewer: Reviewer | None = None,
+        mode: str = "chat",
+        framings: Sequence[Framing] | None = None,
+        threshold: float = 0.5,
+        max_rounds: int = 2,
+        max_new_tokens: int = 256,
+        temperature: float = 0.0,
+        writer: str = "policy",
+        seed: int | None = 0,
+    ):
+        if max_rounds < 0:
+            raise ConscienceError(f"max_rounds must be >= 0, got {max_rounds}")
+        if writer not in ("policy", "frozen"):
+            raise ConscienceError(f"writer must be 'policy' or 'frozen', got {writer!r}")
+        self.policy = policy
+        self.judge = judge or policy
+        self.mode = mode
+        self.settings = mode_settings(mode)
+        if reviewer is None:
+            if framings is None:
+                available = load_framings()
+                framings = [available[name] for name in self.settings["framings"]]
+            reviewer = VerbalReviewer(self.judge, framings, threshold=threshold)
+        self.reviewer = reviewer
+        self.max_rounds = max_rounds
+        self.max_new_tokens = max_new_tokens
+        self.temperature = temperature
+        self.writer = writer
+        self.seed = seed
+
+    @property
+    def threshold(self) -> float:
+        return self.reviewer.threshold
+
+    # -- review -----------------------------------------------------------------------------
+    def review(self, prompt: str, answer: str, reasoning: str | None = None) -> Verdict:
+        """The frozen copy's verdict on one answer."""
+        return self.review_batch([ReviewItem(prompt, answer, reasoning)])[0]
+
+    def review_batch(self, items: Sequence[ReviewItem]) -> list[Verdict]:
+        for i, item in enumerate(items):
+            if not item.prompt or not item.prompt.strip():
+                raise ConscienceError(f"review item {i}: the prompt is empty")
+        return self.reviewer.review(items)
+
+    # -- respond ----------------------------------------------------------------------------
+    def respond(self, conversation: str | Sequence[dict]) -> Response:
+        """Draft, review, and revise while flagged (up to ``max_rounds``); return the trace."""
+        return self.respond_batch([conversation])[0]
+
+    def respond_batch(self, conversations: Sequence[str | Sequence[dict]]) -> list[Response]:
+        """:meth:`respond` for many conversations, with drafts, reviews and revisions batched."""
+        chats = [self._with_system(_as_messages(c)) for c in conversations]
+        prompts = [c[-1]["content"] for c in chats]
+        t0 = time.perf_counter()
+        drafts = self._generate(self.policy, chats)
+        t1 = time.perf_counter()
+        verdicts = self.review_batch([ReviewItem(p, d.answer, d.reasoning) for p, d in zip(prompts, drafts)])
+        t2 = time.perf_counter()
+        histories = [[Candidate(0, d.text, d.answer, d.reasoning, v, d.seconds)] for d, v in zip(drafts, verdicts)]
+        timings = [{"draft": t1 - t0, "review": t2 - t1, "revise": 0.0} for _ in chats]
+        for round_no in range(1, self.max_rounds + 1):
+            open_rows = [i for i, h in enumerate(histories) if all(c.verdict.flagged for c in h)]
+            if not open_rows:
+                break
+            t3 = time.perf_counter()
+            revise_chats = [self._revision_chat(chats[i], histories[i][-1]) for i in open_rows]
+            writer = self.judge if self.writer == "frozen" else self.policy
+            alternatives = self._generate(writer, revise_chats, frozen_weights=self.writer == "frozen")
+            alt_verdicts = self.review_batch([ReviewItem(prompts[i], a.answer, a.reasoning) for i, a in zip(open_rows, alternatives)])
+            per_row = (time.perf_counter() - t3) / len(open_rows)
+            for i, alt, verdict in zip(open_rows, alternatives, alt_verdicts):
+                histories[i].append(Candidate(round_no, alt.text, alt.answer, alt.reasoning, verdict, alt.seconds))
+                timings[i]["revise"] += per_row
+        responses = []
+        for prompt, history, timing in zip(prompts, histories, timings):
+            chosen = max(range(len(history)), key=lambda k: (history[k].verdict.score, -k))
+            timing["total"] = timing["draft"] + timing["review"] + timing["revise"]
+            responses.append(Response(prompt, self.mode, history, chosen, self.threshold, timing))
+        return responses
+
+    # -- helpers ----------------------------------------------------------------------------
+    def _with_system(self, messages: list[dict]) -> list[dict]:
+        system = self.settings.get("system")
+        if system and messages[0].get("role") != "system":
+            return [{"role": "system", "content": system}] + messages
+        return messages
+
+    def _revision_chat(self, chat: list[dict], previous: Candidate) -> list[dict]:
+        revise = load_prompts()["revise"]
+        concern = revise.get("code_concern", "") if self.mode == "code" else ""
+        return chat + [
+            {"role": "assistant", "content": previous.text},
+            {"role": "user", "content": revise["user"].format(concern=concern)},
+        ]
+
+    def _generate(self, lm: LoadedModel, chats: list[list[dict]], frozen_weights: bool = False) -> list[Generation]:
+        kwargs = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed)
+        if frozen_weights:
+            with frozen(lm.model):
+                return generate(lm, chats, **kwargs)
+        return generate(lm, chats, **kwargs)
+
+
+def resolve_framings(cfg: "ConscienceConfig") -> list[Framing]:
+    """The framings a config asks for: its own question, named framings, or the mode's."""
+    from .framings import custom_framing
+
+    if cfg.question:
+        return [custom_framing(cfg.question)]
+    available = load_framings(cfg.framings_file)
+    names = cfg.framings or [n for n in mode_settings(cfg.mode)["framings"] if n in available]
+    if not names:  # a user's own YAML with none of the mode's names: use all of it
+        names = list(available)
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ConscienceError(f"unknown framing(s) {missing}; available: {sorted(available)}")
+    return [available[n] for n in names]
+
+
+def make_reviewer(cfg: "ConscienceConfig", judge: LoadedModel) -> Reviewer:
+    """The verdict a config asks for: verbal, latent or combined."""
+    verbal = VerbalReviewer(judge, resolve_framings(cfg), threshold=cfg.threshold)
+    if cfg.verdict == "verbal":
+        return verbal
+    from .latent import build_latent_reviewer  # the hidden-state verdict
+
+    return build_latent_reviewer(cfg, judge, verbal)
+
+
+def build_conscience(cfg: "ConscienceConfig", lm: LoadedModel | None = None) -> Conscience:
+    """Load the model a config names (unless given) and wrap it in a :class:`Conscience`."""
+    from .models import load_model
+
+    if lm is None:
+        lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
+    return Conscience(
+        lm,
+        reviewer=make_reviewer(cfg, lm),
+        mode=cfg.mode,
+        max_rounds=cfg.max_rounds,
+        max_new_tokens=cfg.max_new_tokens,
+        temperature=cfg.temperature,
+        seed=cfg.seed,
+    )

@@ -1,0 +1,131 @@
+"""Chat rendering, batched generation, and splitting a draft into reasoning and answer."""
+
+from __future__ import annotations
+
+import re
+import time
+from dataclasses import dataclass
+
+import torch
+
+from .errors import ConscienceError, PromptTooLongError
+from .models import LoadedModel
+
+_THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
+_MARKED = re.compile(r"^\s*(?:reasoning|thoughts?)\s*:\s*(.*?)\n\s*(?:final answer|answer)\s*:\s*(.*)$", re.DOTALL | re.I)
+_ZERO_WIDTH = "\u200b"
+
+
+@dataclass
+class Generation:
+    """One generated turn. ``answer`` is ``text`` without its reasoning section."""
+
+    text: str
+    answer: str
+    reasoning: str | None
+    new_tokens: int
+    seconds: float
+
+
+def split_reasoning(text: str) -> tuple[str | None, str]:
+    """Separate a ``<think>…</think>`` block or a ``Reasoning: … Answer: …`` section."""
+    think = _THINK.search(text)
+    if think:
+        answer = (text[: think.start()] + text[think.end():]).strip()
+        return think.group(1).strip() or None, answer
+    marked = _MARKED.match(text)
+    if marked:
+        return marked.group(1).strip() or None, marked.group(2).strip()
+    return None, text.strip()
+
+
+def neutralise(text: str, tokens: list[str]) -> str:
+    """Break every occurrence of ``tokens`` (special tokens, quote markers) inside untrusted
+    text with a zero-width space, so it can neither start a turn nor close its quote."""
+    for token in sorted(set(tokens), key=len, reverse=True):
+        if token and token in text:
+            text = text.replace(token, token[0] + _ZERO_WIDTH + token[1:])
+    return text
+
+
+def special_tokens(lm: LoadedModel) -> list[str]:
+    return [t for t in getattr(lm.tokenizer, "all_special_tokens", []) if t]
+
+
+def render_chat(lm: LoadedModel, messages: list[dict], add_generation_prompt: bool = True) -> str:
+    """Apply the tokenizer's chat template; message contents are neutralised first."""
+    if not messages:
+        raise ConscienceError("the conversation is empty")
+    specials = special_tokens(lm)
+    clean = []
+    for i, msg in enumerate(messages):
+        if not isinstance(msg, dict) or "role" not in msg or "content" not in msg:
+            raise ConscienceError(f"message {i} must be an object with 'role' and 'content'")
+        clean.append({"role": msg["role"], "content": neutralise(str(msg["content"]), specials)})
+    if not any(m["role"] == "user" and m["content"].strip() for m in clean):
+        raise ConscienceError("the prompt is empty: give at least one non-empty user message")
+    return lm.tokenizer.apply_chat_template(clean, tokenize=False, add_generation_prompt=add_generation_prompt)
+
+
+def encode(lm: LoadedModel, texts: list[str]) -> dict[str, torch.Tensor]:
+    """Tokenise rendered prompts (left-padded batch); the template already holds BOS."""
+    batch = lm.tokenizer(texts, return_tensors="pt", padding=True, add_special_tokens=False)
+    return {k: v.to(lm.device) for k, v in batch.items()}
+
+
+def check_fits(lm: LoadedModel, n_prompt_tokens: int, max_new_tokens: int, what: str = "prompt") -> None:
+    """Refuse a prompt that leaves no room for the answer (a clear error with token counts)."""
+    window = lm.context_window
+    if n_prompt_tokens + max_new_tokens > window:
+        raise PromptTooLongError(
+            f"the {what} has {n_prompt_tokens} tokens; with max_new_tokens={max_new_tokens} that exceeds "
+            f"the model's context window of {window} tokens (shorten it by "
+            f"{n_prompt_tokens + max_new_tokens - window} tokens or lower max_new_tokens)"
+        )
+
+
+@torch.no_grad()
+def generate(
+    lm: LoadedModel,
+    conversations: list[list[dict]],
+    max_new_tokens: int = 256,
+    temperature: float = 0.0,
+    top_p: float = 1.0,
+    seed: int | None = None,
+) -> list[Generation]:
+    """Generate one assistant turn for each conversation, in one left-padded batch.
+
+    ``temperature == 0`` is greedy decoding. ``seed`` makes sampling reproducible.
+    """
+    if max_new_tokens < 1:
+        raise ConscienceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
+    texts = [render_chat(lm, conv) for conv in conversations]
+    batch = encode(lm, texts)
+    lengths = batch["attention_mask"].sum(dim=1).tolist()
+    for n in lengths:
+        check_fits(lm, int(n), max_new_tokens)
+    if seed is not None:
+        torch.manual_seed(seed)
+    sampling = temperature > 0
+    start = time.perf_counter()
+    out = lm.model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=top_p if sampling else None,
+        top_k=None,
+        pad_token_id=lm.tokenizer.pad_token_id,
+        eos_token_id=lm.tokenizer.eos_token_id,
+    )
+    seconds = time.perf_counter() - start
+    new = out[:, batch["input_ids"].shape[1]:]
+    results = []
+    for row in new:
+        keep = row[row != lm.tokenizer.pad_token_id] if lm.tokenizer.pad_token_id != lm.tokenizer.eos_token_id else row
+        eos = (keep == lm.tokenizer.eos_token_id).nonzero()
+        n_tokens = int(eos[0, 0]) + 1 if len(eos) else len(keep)
+        text = lm.tokenizer.decode(keep[:n_tokens], skip_special_tokens=True).strip()
+        reasoning, answer = split_reasoning(text)
+        results.append(Generation(text, answer, reasoning, n_tokens, seconds / len(conversations)))
+    return results

