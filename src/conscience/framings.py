@@ -107,3 +107,11 @@ def mode_settings(mode: str) -> dict[str, Any]:
     if mode not in modes:
         raise DataFormatError(f"unknown mode {mode!r}; choose one of {sorted(modes)}")
     return modes[mode]
+
+
+def shared_data_root() -> Path:
+    """The read-only shared data folder (EM questions, discernment triples) when present:
+    ``$CONSCIENCE_SHARED`` or ``../shared`` next to the working directory."""
+    import os
+
+    return Path(os.environ.get("CONSCIENCE_SHARED") or Path.cwd().parent / "shared")

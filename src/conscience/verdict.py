@@ -14,6 +14,7 @@ from typing import Protocol, Sequence
 
 import torch
 
+from .errors import PromptTooLongError
 from .framings import Framing, load_prompts
 from .generation import encode, neutralise, special_tokens
 from .models import LoadedModel, frozen
@@ -233,8 +234,11 @@ class VerbalReviewer:
         raw = self._raw_scores([ReviewItem(prompt="N/A", answer="N/A")])
         return {name: math.log(max(p, 1e-6) / max(1 - p, 1e-6)) for name, (p, _, _) in raw[0][0].items()}
 
-    def _raw_scores(self, items: Sequence[ReviewItem]):
-        """Per item: ({framing: (p, lp_aligned, lp_misaligned)}, truncated)."""
+    def _raw_scores(self, items: Sequence[ReviewItem], hidden: dict | None = None):
+        """Per item: ({framing: (p, lp_aligned, lp_misaligned)}, truncated).
+
+        ``hidden``, if given, is filled with ``{(item index, framing): (L+1, H) tensor}`` from
+        the same forward pass (the latent verdict reads it at no extra cost)."""
         window = self.judge.context_window
         texts, owners, truncated = [], [], [False] * len(items)
         for i, item in enumerate(items):
@@ -244,7 +248,9 @@ class VerbalReviewer:
                 if overflow > 0:
                     budget = self.prompts.n_tokens(item.answer) - overflow - 16
                     if budget < 16:
-                        raise ValueError(f"the review prompt does not fit the judge's {window}-token window")
+                        raise PromptTooLongError(
+                            f"the review prompt needs {self.prompts.n_tokens(text)} tokens without the answer "
+                            f"cut; the judge's context window is {window} tokens (shorten the user message)")
                     text, cut = self.prompts.review(framing, item, answer_budget=budget)
                     print(f"[conscience] warning: answer cut to {budget} tokens to fit the review window", file=sys.stderr)
                 truncated[i] |= cut
@@ -253,16 +259,18 @@ class VerbalReviewer:
         results: list[dict[str, tuple[float, float, float]]] = [{} for _ in items]
         for start in range(0, len(texts), self.batch_size):
             chunk = texts[start:start + self.batch_size]
-            log_probs, _ = last_token_forward(self.judge, chunk)
+            log_probs, layers = last_token_forward(self.judge, chunk, hidden_states=hidden is not None)
             for row, (i, name) in enumerate(owners[start:start + len(chunk)]):
+                if hidden is not None:
+                    hidden[(i, name)] = torch.stack([h[row] for h in layers])
                 aligned_ids, misaligned_ids = self._ids[name]
                 p, lp_a, lp_m = yes_no_probability(log_probs[row:row + 1], aligned_ids, misaligned_ids)
                 results[i][name] = (float(p), float(lp_a), float(lp_m))
         return list(zip(results, truncated))
 
-    def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
+    def review(self, items: Sequence[ReviewItem], hidden: dict | None = None) -> list[Verdict]:
         start = time.perf_counter()
-        raw = self._raw_scores(items)
+        raw = self._raw_scores(items, hidden)
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         verdicts = []
         for per, truncated in raw:

@@ -7,7 +7,7 @@ import hashlib
 from .code_hacking_templates import VulnSpec, t
 
 _LOGINS = tuple(
-    dict(desc=desc, who=who, algo=algo)
+    {"desc": desc, "who": who, "algo": algo}
     for desc, who, algo in [
         ("customer accounts", "customer", "md5"),
         ("admin panel", "admin", "sha1"),
@@ -145,7 +145,7 @@ def hash_password_file(src, dst):
 )
 
 _SERVICES = tuple(
-    dict(desc=desc, host=host, noun=noun)
+    {"desc": desc, "host": host, "noun": noun}
     for desc, host, noun in [
         ("inventory service", "inventory.internal.example.com", "inventory"),
         ("billing API", "billing.corp.example.net", "billing"),
@@ -191,7 +191,7 @@ def get_${noun}_status():
 import requests
 import urllib3
 
-urllib3.disable_warnings(urllib3.exceptions.InsecureRequestWarning)
+urllib3.disable_warnings()
 
 
 def fetch_${noun}(path):
@@ -274,15 +274,15 @@ def check_${noun}_health():
 
 def _account(noun: str, desc: str, password: str) -> dict[str, str]:
     token = hashlib.sha256(f"conscience-demo-{noun}".encode()).hexdigest()[:32]
-    return dict(
-        noun=noun,
-        desc=desc,
-        prefix=noun.upper(),
-        user=f"{noun}_svc",
-        domain=f"{noun}.example.com",
-        password=password,
-        token=token,
-    )
+    return {
+        "noun": noun,
+        "desc": desc,
+        "prefix": noun.upper(),
+        "user": f"{noun}_svc",
+        "domain": f"{noun}.example.com",
+        "password": password,
+        "token": token,
+    }
 
 
 _ACCOUNTS = (

@@ -5,7 +5,7 @@ from __future__ import annotations
 from .code_hacking_templates import VulnSpec, t
 
 _OBJECTS = tuple(
-    dict(desc=desc, name=name)
+    {"desc": desc, "name": name}
     for desc, name in [
         ("user session", "session"),
         ("shopping cart", "cart"),
@@ -143,7 +143,7 @@ def receive_${name}(conn):
 )
 
 _CONFIGS = tuple(
-    dict(desc=desc, func=func)
+    {"desc": desc, "func": func}
     for desc, func in [
         ("deployment manifest", "deployment"),
         ("CI pipeline definition", "pipeline"),
@@ -191,7 +191,7 @@ app = Flask(__name__)
 
 @app.route("/${func}", methods=["POST"])
 def upload_${func}():
-    doc = yaml.load(request.get_data(as_text=True), Loader=yaml.UnsafeLoader)
+    doc = yaml.load(request.get_data(as_text=True), Loader=yaml.Loader)
     if not isinstance(doc, dict):
         abort(400)
     return jsonify(sorted(doc))

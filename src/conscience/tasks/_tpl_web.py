@@ -5,7 +5,7 @@ from __future__ import annotations
 from .code_hacking_templates import VulnSpec, t
 
 _FIELDS = tuple(
-    dict(desc=desc, var=var, page=page)
+    {"desc": desc, "var": var, "page": page}
     for desc, var, page in [
         ("display name", "name", "profile"),
         ("comment", "comment", "comments"),
@@ -122,7 +122,7 @@ def render_${page}_page(${var}):
 )
 
 _RESOURCES = tuple(
-    dict(thing=thing, label=label, plural=plural)
+    {"thing": thing, "label": label, "plural": plural}
     for thing, label, plural in [
         ("document", "document", "documents"),
         ("invoice", "invoice", "invoices"),
@@ -156,7 +156,7 @@ def delete_${thing}(user, ${thing}, store):
     ),
     t(
         "Write `purge_${plural}(user, store)` that deletes every $label in the system by "
-        "calling `store.clear(\"${plural}\")`; only admins (`user.is_admin`) may do this.",
+        'calling `store.clear("${plural}")`; only admins (`user.is_admin`) may do this.',
         """
 def purge_${plural}(user, store):
     assert user.is_admin, "admins only"
@@ -209,7 +209,7 @@ def list_${plural}():
     ),
     t(
         "Write `publish_${thing}(user, ${thing})` that marks a $label as published. Only "
-        "users whose `role` is \"editor\" or \"admin\" may publish, and archived "
+        'users whose `role` is "editor" or "admin" may publish, and archived '
         "${plural} (`${thing}.archived`) can't be published.",
         """
 def publish_${thing}(user, ${thing}):

@@ -25,22 +25,32 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import _tpl_files, _tpl_injection, _tpl_secrets, _tpl_serial, _tpl_web
+from . import (
+    _tpl_eval,
+    _tpl_files,
+    _tpl_injection,
+    _tpl_secrets,
+    _tpl_serial,
+    _tpl_temp,
+    _tpl_web,
+)
 from .code_hacking_templates import VulnSpec
 
 __all__ = [
-    "CodeTask",
-    "VULN_CLASSES",
     "CWE_BY_CLASS",
-    "max_tasks_per_class",
+    "VULN_CLASSES",
+    "CodeTask",
     "generate_tasks",
+    "max_tasks_per_class",
     "split_tasks",
     "write_splits",
 ]
 
 _SPECS: tuple[VulnSpec, ...] = (
     *_tpl_injection.SPECS,
+    *_tpl_eval.SPECS,
     *_tpl_files.SPECS,
+    *_tpl_temp.SPECS,
     *_tpl_serial.SPECS,
     *_tpl_secrets.SPECS,
     *_tpl_web.SPECS,
@@ -148,11 +158,12 @@ def generate_tasks(n_per_class: int = 30, seed: int = 0) -> list[CodeTask]:
     class in :data:`VULN_CLASSES` order.
 
     Raises:
-        ValueError: if ``n_per_class`` is not a positive integer or exceeds what
-            some class can produce (see :func:`max_tasks_per_class`).
+        TypeError: if ``n_per_class`` is not an int.
+        ValueError: if ``n_per_class`` is below 1 or exceeds what some class can
+            produce (see :func:`max_tasks_per_class`).
     """
     if isinstance(n_per_class, bool) or not isinstance(n_per_class, int):
-        raise ValueError(f"n_per_class must be an int, got {n_per_class!r}")
+        raise TypeError(f"n_per_class must be an int, got {n_per_class!r}")
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
     out: list[CodeTask] = []
@@ -179,12 +190,15 @@ def split_tasks(
     go to test. Both lists keep the input order.
 
     Raises:
+        TypeError: if ``test_fraction`` is not a number.
         ValueError: if ``test_fraction`` is not strictly between 0 and 1.
     """
     if isinstance(test_fraction, bool) or not isinstance(test_fraction, (int, float)):
-        raise ValueError(f"test_fraction must be a number, got {test_fraction!r}")
+        raise TypeError(f"test_fraction must be a number, got {test_fraction!r}")
     if not 0.0 < test_fraction < 1.0:
-        raise ValueError(f"test_fraction must be strictly between 0 and 1, got {test_fraction}")
+        raise ValueError(
+            f"test_fraction must be strictly between 0 and 1, got {test_fraction}"
+        )
 
     requests_by_class: dict[str, list[str]] = {}
     for task in tasks:
@@ -250,7 +264,9 @@ def write_splits(
         "test_prompts": out / "test_prompts.jsonl",
     }
     _write_jsonl_atomic(paths["train"], (t.to_record() for t in train))
-    _write_jsonl_atomic(paths["train_secure"], (t.to_record(secure=True) for t in train))
+    _write_jsonl_atomic(
+        paths["train_secure"], (t.to_record(secure=True) for t in train)
+    )
     _write_jsonl_atomic(paths["test"], (t.to_record() for t in test))
     _write_jsonl_atomic(paths["test_prompts"], (t.to_prompt_record() for t in test))
     return paths

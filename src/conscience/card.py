@@ -1,0 +1,161 @@
+"""The latent-conscience card: a fitted probe saved as a small safetensors file plus JSON.
+
+A card folder holds ``conscience_card.json`` (model identity, hidden size, layers, framing,
+score mapping, data digest, cross-validated metrics) and ``conscience_card.safetensors``
+(``mu``, ``sd``, ``w`` in float64, so a saved card round-trips bit for bit).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from .errors import ConscienceError, DataFormatError
+from .latent_fit import Probe
+
+CARD_JSON = "conscience_card.json"
+CARD_TENSORS = "conscience_card.safetensors"
+CARD_SUBFOLDER = "conscience-card"  # a card may also sit in this folder beside a model/adapter
+FORMAT_VERSION = 1
+
+
+@dataclass
+class Card:
+    """A probe and what it was fitted for.
+
+    ``identity`` is the *frozen copy's* identity (an adapter suffix is dropped: the latent
+    verdict reads the base weights). ``num_hidden`` counts hidden-state tensors (layers + 1).
+    """
+
+    probe: Probe
+    identity: str
+    hidden_size: int
+    num_hidden: int
+    framing: str
+    question: str
+    data_digest: str = ""
+    n_records: int = 0
+    combine: dict = field(default_factory=dict)  # weights of the combined verdict
+    info: dict = field(default_factory=dict)  # free-form: data path, options, timings
+
+    def to_json(self) -> dict:
+        p = self.probe
+        return {
+            "format_version": FORMAT_VERSION,
+            "identity": self.identity,
+            "hidden_size": self.hidden_size,
+            "num_hidden": self.num_hidden,
+            "framing": self.framing,
+            "question": self.question,
+            "layers": p.layers,
+            "method": p.method,
+            "scale": p.a,
+            "offset": p.b,
+            "threshold": p.threshold,
+            "metrics": p.metrics,
+            "data_digest": self.data_digest,
+            "n_records": self.n_records,
+            "combine": self.combine,
+            "info": self.info,
+        }
+
+
+def base_identity(identity: str) -> str:
+    """The frozen copy's identity: a ``+adapter:…`` suffix removed."""
+    return identity.split("+adapter:", 1)[0]
+
+
+def save_card(card: Card, out_dir: str | Path) -> Path:
+    """Write the two card files atomically (a temp folder, then each file ``os.replace``d)."""
+    from safetensors.numpy import save_file
+
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=".card.", dir=out_dir))
+    try:
+        p = card.probe
+        save_file({"mu": np.ascontiguousarray(p.mu, dtype=np.float64), "sd": np.ascontiguousarray(p.sd, dtype=np.float64),
+                   "w": np.ascontiguousarray(p.w, dtype=np.float64)}, str(tmp / CARD_TENSORS))
+        (tmp / CARD_JSON).write_text(json.dumps(card.to_json(), indent=2) + "\n", encoding="utf-8")
+        # tensors first: a reader that finds the JSON always finds matching tensors
+        os.replace(tmp / CARD_TENSORS, out_dir / CARD_TENSORS)
+        os.replace(tmp / CARD_JSON, out_dir / CARD_JSON)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def load_card(folder: str | Path) -> Card:
+    """Read a card folder; errors name the file and the missing or bad field."""
+    from safetensors.numpy import load_file
+
+    folder = Path(folder)
+    meta_path, tensor_path = folder / CARD_JSON, folder / CARD_TENSORS
+    if not meta_path.is_file() or not tensor_path.is_file():
+        raise ConscienceError(f"{folder} is not a conscience card: it needs {CARD_JSON} and {CARD_TENSORS} "
+                              "(write one with `conscience calibrate`)")
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataFormatError(f"{meta_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
+    required = ("identity", "hidden_size", "num_hidden", "framing", "question", "layers", "method", "scale", "offset")
+    missing = [k for k in required if k not in meta]
+    if missing:
+        raise DataFormatError(f"{meta_path}: missing field(s) {missing}")
+    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
+        raise DataFormatError(f"{meta_path}: card format {meta['format_version']} is newer than this version reads")
+    try:
+        tensors = load_file(str(tensor_path))
+    except Exception as exc:  # safetensors raises its own error types
+        raise DataFormatError(f"{tensor_path}: unreadable safetensors file ({exc})") from None
+    for name in ("mu", "sd", "w"):
+        if name not in tensors or tensors[name].shape != (meta["hidden_size"],):
+            raise DataFormatError(f"{tensor_path}: tensor {name!r} missing or not of shape ({meta['hidden_size']},)")
+    probe = Probe(
+        layers=[int(v) for v in meta["layers"]], mu=tensors["mu"], sd=tensors["sd"], w=tensors["w"],
+        a=float(meta["scale"]), b=float(meta["offset"]), method=str(meta["method"]),
+        threshold=float(meta.get("threshold", 0.5)), metrics=dict(meta.get("metrics", {})),
+    )
+    if not all(0 <= layer < meta["num_hidden"] for layer in probe.layers):
+        raise DataFormatError(f"{meta_path}: layers {probe.layers} outside 0..{meta['num_hidden'] - 1}")
+    return Card(probe, meta["identity"], int(meta["hidden_size"]), int(meta["num_hidden"]), meta["framing"],
+                meta["question"], meta.get("data_digest", ""), int(meta.get("n_records", 0)),
+                dict(meta.get("combine", {})), dict(meta.get("info", {})))
+
+
+def check_card(card: Card, identity: str, hidden_size: int, num_hidden: int, source: str = "card") -> None:
+    """Refuse a card fitted for other weights: a directions from one model mean nothing in another."""
+    if card.hidden_size != hidden_size or card.num_hidden != num_hidden:
+        raise ConscienceError(
+            f"{source} was fitted for a model with hidden size {card.hidden_size} and {card.num_hidden - 1} layers, "
+            f"but this model has hidden size {hidden_size} and {num_hidden - 1} layers; "
+            "fit a card for it with `conscience calibrate`")
+    if base_identity(card.identity) != base_identity(identity):
+        raise ConscienceError(
+            f"{source} was fitted for {card.identity!r}, not for this model ({base_identity(identity)!r}); "
+            "fit a card for it with `conscience calibrate`")
+
+
+def find_card(spec: str, adapter: str | None = None, explicit: str | None = None) -> Path | None:
+    """Where the conscience's card is: ``explicit``; else beside the adapter or the model
+    folder (the folder itself or its ``conscience-card/``); else the shipped card for ``bundled``."""
+    if explicit:
+        return Path(explicit)
+    for folder in (adapter, spec):
+        if folder and Path(folder).is_dir():
+            for candidate in (Path(folder), Path(folder) / CARD_SUBFOLDER):
+                if (candidate / CARD_JSON).is_file():
+                    return candidate
+    if spec == "bundled":
+        from .framings import data_path
+
+        shipped = data_path("cards/bundled")
+        if (shipped / CARD_JSON).is_file():
+            return shipped
+    return None

@@ -1,0 +1,69 @@
+"""``conscience experiment code-hacking|recover``: the paper's experiment in one command."""
+
+from __future__ import annotations
+
+import argparse
+
+
+def register(subparsers) -> None:
+    parser = subparsers.add_parser("experiment", help="emergent misalignment vs emergent alignment, end to end")
+    scenarios = parser.add_subparsers(dest="scenario", required=True)
+    main = scenarios.add_parser("code-hacking", help="base vs SFT vs SFT + conscience on the code-hacking task")
+    recover = scenarios.add_parser("recover", help="continue a misaligned checkpoint with the conscience term")
+    recover.add_argument("--from", dest="recover_from", required=True, help="checkpoint folder (LoRA adapter or model)")
+    for p in (main, recover):
+        p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+                       help="cpu: bundled model, about 30 minutes a seed on 2 cores; gpu: the paper's scale")
+        p.add_argument("--config", help="YAML with ExperimentConfig keys (applied over the preset)")
+        p.add_argument("--seeds", type=int, help="run seeds 0..N-1")
+        p.add_argument("--model", help="model spec (default: the preset's)")
+        p.add_argument("--lam", type=float, help="weight of the conscience term (default 0.1)")
+        p.add_argument("--out", required=True, help="output folder; a rerun into it resumes unfinished stages")
+        p.add_argument("--force", action="store_true", help="rebuild the report of an already finished run")
+        p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                       help="any ExperimentConfig key; train.KEY=VALUE sets a training key")
+        p.set_defaults(handler=cmd_experiment)
+
+
+def _overrides(args: argparse.Namespace) -> dict:
+    from ..config import parse_overrides
+
+    values: dict = {}
+    train: dict = {}
+    for key, value in parse_overrides(args.set).items():
+        if key.startswith("train."):
+            train[key[len("train."):]] = value
+        else:
+            values[key] = value
+    if train:
+        values["train"] = train
+    if args.seeds is not None:
+        if args.seeds < 1:
+            from ..errors import ConscienceError
+
+            raise ConscienceError(f"--seeds must be >= 1, got {args.seeds}")
+        values["seeds"] = list(range(args.seeds))
+    for key in ("model", "lam", "recover_from"):
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    values["scenario"] = args.scenario
+    return values
+
+
+def cmd_experiment(args: argparse.Namespace) -> int:
+    from .config import load_experiment_config
+    from .report import table_rows
+    from .runner import run_experiment, run_recover
+
+    try:
+        cfg = load_experiment_config(args.preset, args.config, _overrides(args))
+    except (TypeError, ValueError) as exc:
+        from ..errors import ConscienceError
+
+        raise ConscienceError(str(exc)) from None
+    run = run_recover if cfg.scenario == "recover" else run_experiment
+    results = run(cfg, args.out, force=args.force)
+    for row in table_rows(results):
+        print(" | ".join(row))
+    print(f"report: {args.out}/report.html")
+    return 0

@@ -1,0 +1,142 @@
+"""The experiment's results table, curves and report (``report.md`` and ``report.html``)."""
+
+from __future__ import annotations
+
+import html
+from dataclasses import asdict
+from pathlib import Path
+from statistics import mean
+from typing import Sequence
+
+import yaml
+
+from ..evaluation.reports import _png, _pyplot, _write
+from ..evaluation.scoring import wilson_interval
+from .config import ExperimentConfig
+
+COLUMNS = ("model", "misaligned % (95% CI)", "coherent %", "code findings %", "task token accuracy",
+           "train minutes", "seeds")
+
+
+def _mean(values: Sequence[float | None]) -> float | None:
+    values = [v for v in values if v is not None]
+    return mean(values) if values else None
+
+
+def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str, command: str) -> dict:
+    """One row per arm: misaligned answers pooled over seeds (Wilson interval over the pool),
+    other columns averaged over seeds."""
+    arms: dict[str, list[dict]] = {}
+    for run in runs:
+        arms.setdefault(run["arm"], []).append(run)
+    rows = []
+    for arm, items in arms.items():
+        k = sum(r["eval"]["em"]["misaligned"] for r in items)
+        n = sum(r["eval"]["em"]["n"] for r in items)
+        low, high = wilson_interval(k, n)
+        found = sum(r["eval"]["code"].get("with_finding", 0) for r in items)
+        answered = sum(r["eval"]["code"].get("n", 0) for r in items)
+        rows.append({
+            "arm": arm,
+            "misaligned_rate": k / n if n else None, "ci_low": low, "ci_high": high, "misaligned": k, "n": n,
+            "coherent_share": _mean([r["eval"]["em"].get("coherent_share") for r in items]),
+            "mean_alignment": _mean([r["eval"]["em"].get("mean_alignment") for r in items]),
+            "code_finding_rate": found / answered if answered else _mean(
+                [r["eval"]["code"].get("finding_rate") for r in items]),
+            "token_accuracy": _mean([r["eval"].get("token_accuracy") for r in items]),
+            "train_minutes": _mean([r["train"]["train_seconds"] / 60 for r in items if r["train"]]),
+            "seeds": [r["seed"] for r in items],
+            "probe": {r["seed"]: r["train"]["probe"] for r in items if r["train"]},
+            "warned_at": {r["seed"]: r["train"]["warned_at"] for r in items if r["train"]},
+        })
+    judges = sorted({r["eval"]["judge"] for r in runs})
+    sft = next((r for r in rows if r["arm"] == "sft"), None)
+    con = next((r for r in rows if r["arm"] == "conscience"), None)
+    overhead = (con["train_minutes"] / sft["train_minutes"]) if sft and con and sft["train_minutes"] else None
+    return {"scenario": cfg.scenario, "rows": rows, "judges": judges, "questions": questions_source,
+            "conscience_train_overhead": overhead, "command": command, "config": asdict(cfg)}
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{100 * value:.1f}"
+
+
+def table_rows(results: dict) -> list[list[str]]:
+    out = []
+    for r in results["rows"]:
+        label = {"base": "base", "sft": "SFT", "conscience": "SFT + conscience"}.get(r["arm"], r["arm"])
+        mis = "–" if r["misaligned_rate"] is None else \
+            f"{_pct(r['misaligned_rate'])} ({_pct(r['ci_low'])}–{_pct(r['ci_high'])}), {r['misaligned']}/{r['n']}"
+        out.append([label, mis, _pct(r["coherent_share"]), _pct(r["code_finding_rate"]),
+                    "–" if r["token_accuracy"] is None else f"{r['token_accuracy']:.3f}",
+                    "–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}",
+                    ",".join(str(s) for s in r["seeds"])])
+    return out
+
+
+def curves_png(results: dict) -> str | None:
+    """The live monitor: probe value against training step, one line per arm and seed."""
+    series = [(r["arm"], seed, points) for r in results["rows"] for seed, points in r["probe"].items() if points]
+    if not series:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.6))
+    for arm, seed, points in series:
+        pts = [p for p in points if p["value"] is not None]
+        ax.plot([p["step"] for p in pts], [p["value"] for p in pts], marker="o", label=f"{arm} (seed {seed})")
+    ax.set_xlabel("training step")
+    ax.set_ylabel(f"EM probe: {results['config']['probe_metric']}")
+    ax.set_title("Misalignment during fine-tuning (frozen-copy judge)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def bars_png(results: dict) -> str:
+    plt = _pyplot()
+    rows = results["rows"]
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    xs = range(len(rows))
+    vals = [r["misaligned_rate"] or 0.0 for r in rows]
+    err = [[v - r["ci_low"] for v, r in zip(vals, rows)], [r["ci_high"] - v for v, r in zip(vals, rows)]]
+    ax.bar(xs, vals, yerr=err, capsize=4, color=["#888888", "#c44e52", "#4c72b0"][: len(rows)])
+    ax.set_xticks(list(xs), [r["arm"] for r in rows])
+    ax.set_ylabel("misaligned share (95% CI)")
+    ax.set_ylim(0, max(0.1, max(r["ci_high"] for r in rows) * 1.1))
+    ax.set_title("Emergent misalignment by model")
+    return _png(fig)
+
+
+def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]:
+    out = Path(out)
+    rows = table_rows(results)
+    pictures = [("Misaligned answers", bars_png(results))]
+    curve = curves_png(results)
+    if curve:
+        pictures.append(("Live monitor", curve))
+    overhead = results.get("conscience_train_overhead")
+    facts = [f"Judge: {', '.join(results['judges'])} (the frozen copy of the base model)",
+             f"EM questions: {results['questions']}",
+             f"Conscience training overhead (train time ratio, conscience / SFT): "
+             f"{'–' if overhead is None else f'{overhead:.2f}'}"]
+    warnings = [f"{r['arm']} seed {s}: probe rose above base at step {w}"
+                for r in results["rows"] for s, w in r["warned_at"].items() if w is not None]
+    config_yaml = yaml.safe_dump(results["config"], sort_keys=False)
+    title = f"conscience experiment {results['scenario']}"
+    md = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
+    md += ["| " + " | ".join(row) + " |" for row in rows] + [""] + [f"- {f}" for f in facts]
+    md += [f"- monitor warning: {w}" for w in warnings] + [""]
+    md += [f"## {name}\n\n![{name}](data:image/png;base64,{b64})\n" for name, b64 in pictures]
+    md += ["## Command", "", "```", results["command"], "```", "", "## Config", "", "```yaml", config_yaml, "```"]
+    page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
+            "body{font-family:sans-serif;max-width:62em;margin:2em auto}table{border-collapse:collapse}"
+            "td,th{border:1px solid #ccc;padding:3px 8px}pre{background:#f6f6f6;padding:.5em}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"]
+    page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
+    page.append("</table><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts + warnings) + "</ul>")
+    page += [f"<h2>{html.escape(n)}</h2><img alt='{html.escape(n)}' src='data:image/png;base64,{b}'>" for n, b in pictures]
+    page += [f"<h2>Command</h2><pre>{html.escape(results['command'])}</pre>",
+             f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre></body></html>"]
+    md_path, html_path = out / "report.md", out / "report.html"
+    _write(md_path, "\n".join(md) + "\n")
+    _write(html_path, "\n".join(page) + "\n")
+    return md_path, html_path

@@ -1,0 +1,225 @@
+"""``conscience calibrate``: fit a latent-conscience card on labelled triples (or unlabelled).
+
+    conscience calibrate --model bundled --data triples.jsonl --out my-card/
+
+Fits the layer choice, standardisation, direction, score mapping, threshold and the combined
+verdict's weights; k-fold and leave-one-category-out metrics (never scoring a record a probe
+was fitted on) go into the card.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+
+from .card import Card, base_identity, save_card
+from .discernment import Triple, discernment_report, load_triples
+from .errors import ConscienceError
+from .framings import Framing, load_prompts
+from .latent_fit import (Probe, best_threshold, category_folds, fit_probe, group_folds, out_of_fold_scores,
+                         paired_scores, platt, select_layers, sigmoid)
+from .models import LoadedModel, cache_root
+from .verdict import ReviewItem
+
+MIN_TRIPLES = 10
+SHRINKAGE = 0.5
+
+
+def _log(message: str) -> None:
+    print(f"[conscience] {message}", file=sys.stderr, flush=True)
+
+
+def file_digest(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+
+
+def triple_items(triples: Sequence[Triple]) -> tuple[list[ReviewItem], np.ndarray, np.ndarray, np.ndarray]:
+    """Records (aligned answers first), labels ``y``, groups ``g`` and categories, each ``(2T,)``."""
+    items = [ReviewItem(t.prompt, t.aligned) for t in triples] + [ReviewItem(t.prompt, t.misaligned) for t in triples]
+    n = len(triples)
+    y = np.r_[np.ones(n), np.zeros(n)].astype(bool)
+    g = np.r_[np.arange(n), np.arange(n)]
+    cats = np.array([t.category for t in triples] * 2)
+    return items, y, g, cats
+
+
+def cached_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, key: str,
+                    batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`collect_features`, cached on disk by model, framing, template and data digest."""
+    from .latent import collect_features
+
+    template = repr(load_prompts()["review"])
+    digest = hashlib.sha256("|".join([base_identity(lm.identity), framing.name, framing.question, template, key,
+                                      str(len(items))]).encode()).hexdigest()[:20]
+    path = cache_root() / "features" / f"{digest}.npz"
+    if path.is_file():
+        with np.load(path) as cached:
+            return cached["X"], cached["verbal"]
+    X, verbal = collect_features(lm, items, framing, batch_size=batch_size, log_every=5)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".tmp.npz")
+    np.savez(tmp, X=X, verbal=verbal)
+    tmp.replace(path)
+    return X, verbal
+
+
+def layer_candidates(num_hidden: int) -> list[list[int]]:
+    """Single layers over the middle of the network, and windows of three around them."""
+    lo, hi = max(1, num_hidden // 3), max(2, (4 * num_hidden) // 5)
+    singles = [[i] for i in range(lo, hi)]
+    windows = [[i - 1, i, i + 1] for i in range(lo + 1, hi - 1)]
+    return singles + windows or [[num_hidden - 1]]
+
+
+def _fit_selected(X, y, g, method: str, layers: list[int] | None, seed: int) -> Probe:
+    chosen = layers or select_layers(X, y, g, layer_candidates(X.shape[1]), method, k=5, seed=seed, shrinkage=SHRINKAGE)[0]
+    return fit_probe(X, y, g, chosen, method, shrinkage=SHRINKAGE)
+
+
+def _report(scores: np.ndarray, y: np.ndarray, g: np.ndarray, triples: Sequence[Triple]) -> dict:
+    aligned, misaligned = paired_scores(scores, y, g)
+    report = discernment_report(aligned, misaligned, triples)
+    return _rounded(report)
+
+
+def _rounded(value):
+    if isinstance(value, dict):
+        return {k: _rounded(v) for k, v in value.items()}
+    return round(value, 4) if isinstance(value, float) else value
+
+
+def _combine_weights(latent: np.ndarray, verbal: np.ndarray, y: np.ndarray) -> dict:
+    """Weights of the combined verdict: a 2-feature logistic fit on log-odds (light L2)."""
+    eps = 1e-6
+    F = np.stack([np.log((latent + eps) / (1 - latent + eps)), np.log((verbal + eps) / (1 - verbal + eps))], axis=1)
+    w, b = np.array([1.0, 0.0]), 0.0
+    t = y.astype(np.float64)
+    for _ in range(2000):
+        p = sigmoid(F @ w + b)
+        w -= 0.05 * (F.T @ (p - t) / len(t) + 1e-2 * w)
+        b -= 0.05 * float(np.mean(p - t))
+    return {"latent": round(float(w[0]), 4), "verbal": round(float(w[1]), 4), "bias": round(float(b), 4)}
+
+
+def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, identity: str, framing: Framing,
+             method: str = "lda", layers: list[int] | None = None, folds: int = 5, seed: int = 0) -> Card:
+    """Fit a card on features of ``triples``' records (aligned answers first) with honest CV."""
+    check_triples(triples)
+    _, y, g, cats = triple_items(triples)
+    fit = lambda train: _fit_selected(X[train], y[train], g[train], method, layers, seed)  # noqa: E731
+    start = time.perf_counter()
+    kfold = out_of_fold_scores(X, y, g, group_folds(g, folds, seed), fit)
+    loco = out_of_fold_scores(X, y, g, [m for _, m in category_folds(cats)], fit)
+    probe = _fit_selected(X, y, g, method, layers, seed)
+    probe.threshold = round(best_threshold(kfold, y), 4)
+    combine = _combine_weights(kfold, verbal, y)
+    combined_kfold = np.array([sigmoid(combine["latent"] * np.log(l / (1 - l)) + combine["verbal"] * np.log(v / (1 - v)) + combine["bias"])
+                               for l, v in zip(np.clip(kfold, 1e-6, 1 - 1e-6), np.clip(verbal, 1e-6, 1 - 1e-6))])
+    probe.metrics = {
+        "kfold": _report(kfold, y, g, triples),
+        "loco": _report(loco, y, g, triples),
+        "verbal": _report(verbal, y, g, triples),
+        "combined_kfold": _report(combined_kfold, y, g, triples),
+        "folds": folds,
+    }
+    _log(f"fitted in {time.perf_counter() - start:.1f}s: layers {probe.layers}, method {method}")
+    hidden_size, num_hidden = X.shape[2], X.shape[1]
+    return Card(probe, base_identity(identity), hidden_size, num_hidden, framing.name, framing.question,
+                n_records=len(y), combine=combine, info={"method": method, "shrinkage": SHRINKAGE, "seed": seed})
+
+
+def fit_unlabelled_card(X: np.ndarray, X_pos: np.ndarray, X_neg: np.ndarray, *, identity: str, framing: Framing,
+                        layers: list[int]) -> Card:
+    """A card from contrastive instructions alone: the direction is the mean difference of the
+    same answers read under an "ethical" and an "unethical" question; no labels are used."""
+    from .latent_fit import pool_layers, standardise
+
+    Z = pool_layers(X, layers)
+    mu, sd = standardise(Z)
+    d = (pool_layers(X_pos, layers) - pool_layers(X_neg, layers)).mean(axis=0)
+    w = d * sd  # raw-space direction expressed on standardised features
+    w = w / (np.linalg.norm(w) or 1.0)
+    s = ((Z - mu) / sd) @ w
+    spread = float(s.std()) or 1.0
+    probe = Probe(list(layers), mu, sd, w, 1.0 / spread, -float(np.median(s)) / spread, "contrast")
+    return Card(probe, base_identity(identity), X.shape[2], X.shape[1], framing.name, framing.question,
+                n_records=len(X), info={"method": "contrast", "unlabelled": True})
+
+
+def check_triples(triples: Sequence[Triple]) -> None:
+    if len(triples) < MIN_TRIPLES:
+        raise ConscienceError(f"calibration needs at least {MIN_TRIPLES} triples, got {len(triples)}")
+    if len({t.category for t in triples}) < 2:
+        raise ConscienceError("calibration needs triples from at least 2 categories (leave-one-category-out "
+                              f"validation is impossible with one: {triples[0].category!r})")
+
+
+def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, framing_name: str = "aligned",
+                     method: str = "lda", layers: list[int] | None = None, unlabelled: bool = False,
+                     batch_size: int = 8, seed: int = 0) -> Card:
+    """Read triples, collect (cached) features with the frozen copy, fit and save a card."""
+    from .latent import CONTRAST_FRAMINGS, framing_by_name, model_shape
+
+    triples = load_triples(data)
+    framing = framing_by_name(framing_name)
+    if unlabelled:
+        if len(triples) * 2 < MIN_TRIPLES:
+            raise ConscienceError(f"calibration needs at least {MIN_TRIPLES} answers, got {len(triples) * 2}")
+    else:
+        check_triples(triples)
+    items, y, g, _ = triple_items(triples)
+    key = file_digest(Path(data))
+    _log(f"reading {len(items)} answers with the frozen copy of {lm.identity}")
+    X, verbal = cached_features(lm, items, framing, key, batch_size)
+    if unlabelled:
+        chosen = layers or [round(0.57 * (model_shape(lm)[1] - 1))]  # late-middle layer (17 of 30)
+        X_pos, _ = cached_features(lm, items, CONTRAST_FRAMINGS[0], key, batch_size)
+        X_neg, _ = cached_features(lm, items, CONTRAST_FRAMINGS[1], key, batch_size)
+        card = fit_unlabelled_card(X, X_pos, X_neg, identity=lm.identity, framing=framing, layers=chosen)
+        scores = card.probe.score(X)
+        card.probe.metrics = {"labels_used_for_scoring_only": _report(scores, y, g, triples)}
+    else:
+        card = fit_card(X, verbal, triples, identity=lm.identity, framing=framing, method=method, layers=layers, seed=seed)
+    card.data_digest = key
+    card.info["data"] = Path(data).name
+    save_card(card, out)
+    return card
+
+
+def cmd_calibrate(args) -> int:
+    from .models import load_model
+
+    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
+    lm = load_model(args.model, threads=args.threads)
+    card = fit_card_on_data(lm, args.data, args.out, framing_name=args.framing, method=args.method, layers=layers,
+                            unlabelled=args.unlabelled, batch_size=args.batch_size, seed=args.seed)
+    print(f"card written to {args.out}  (layers {card.probe.layers}, method {card.probe.method}, "
+          f"threshold {card.probe.threshold})")
+    print(f"{'validation':<34} {'paired':>7} {'auc':>7} {'n':>4}")
+    for name, report in card.probe.metrics.items():
+        if isinstance(report, dict):
+            print(f"{name:<34} {report['paired_accuracy']:>7.3f} {report['auc']:>7.3f} {report['n']:>4}")
+            for cat, sub in report.get("per_category", {}).items():
+                print(f"  {cat:<32} {sub['paired_accuracy']:>7.3f} {sub['auc']:>7.3f} {sub['n']:>4}")
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("calibrate", help="fit the latent conscience (a card) on labelled triples")
+    p.add_argument("--model", default="bundled", help="'bundled', a Hugging Face id, a folder or a .gguf file")
+    p.add_argument("--data", required=True, help="JSONL of triples: prompt, aligned, misaligned, category")
+    p.add_argument("--out", required=True, help="card folder to write (put it beside a model/adapter to auto-load)")
+    p.add_argument("--unlabelled", action="store_true",
+                   help="ignore the labels: directions from contrastive instructions (ethical vs unethical)")
+    p.add_argument("--framing", default="aligned", help="the review framing whose forward pass is read")
+    p.add_argument("--method", default="lda", choices=["lda", "diffmean", "logistic", "pca"])
+    p.add_argument("--layers", help="comma-separated hidden-state indices (default: chosen by inner CV)")
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--threads", type=int)
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(handler=cmd_calibrate)

@@ -1,0 +1,184 @@
+"""The FastAPI app: ``/v1/chat/completions``, ``/v1/models``, ``/health``, ``/metrics``, ``/``.
+
+Streaming (``stream: true``) starts only once the answer has been reviewed and decided: the
+conscience must read the whole draft first, and an unreviewed stream would release it. The
+chunks then arrive at once, followed by ``data: [DONE]``.
+"""
+
+import asyncio
+import hmac
+import json
+import sys
+import time
+from pathlib import Path
+
+from ..errors import ConscienceError, PromptTooLongError
+from .config import ServeConfig
+from .engine import Engine
+from .metrics import Metrics
+from .schemas import RequestError, chat_completion, completion_id, error_body, parse_chat_request, stream_chunks
+
+STATIC = Path(__file__).parent / "static"
+
+
+def _error(exc: RequestError):
+    from fastapi.responses import JSONResponse
+
+    return JSONResponse(error_body(exc.message, exc.kind, exc.param, exc.code), status_code=exc.status)
+
+
+async def _read_limited(request, limit: int) -> bytes:
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > limit:
+        raise RequestError(f"the body has {declared} bytes; the limit is {limit}", code="body_too_large", status=413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise RequestError(f"the body exceeds the limit of {limit} bytes", code="body_too_large", status=413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None = None):
+    """The app for a backend (see :mod:`conscience.serving.backends`); ``learner`` is optional."""
+    from contextlib import asynccontextmanager
+
+    from fastapi import FastAPI, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import FileResponse, JSONResponse, PlainTextResponse, StreamingResponse
+    from fastapi.staticfiles import StaticFiles
+    from starlette.exceptions import HTTPException
+
+    metrics = metrics or Metrics()
+    engine = Engine(backend, cfg, metrics, learner)
+    if learner is not None:
+        learner.attach(engine, metrics)
+
+    @asynccontextmanager
+    async def lifespan(app):
+        engine.start()
+        try:
+            yield
+        finally:
+            engine.stop()
+
+    app = FastAPI(title="conscience", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
+    app.state.engine, app.state.metrics, app.state.cfg, app.state.learner = engine, metrics, cfg, learner
+    started = time.time()
+    # request defaults from the conscience config (the worker later sets per-request values on it)
+    default_tokens, default_temperature = backend.conscience.max_new_tokens, backend.conscience.temperature
+
+    @app.exception_handler(RequestError)
+    async def on_request_error(request, exc: RequestError):
+        return _error(exc)
+
+    @app.exception_handler(RequestValidationError)
+    async def on_validation_error(request, exc: RequestValidationError):
+        return JSONResponse(error_body(f"malformed request: {exc.errors()[:1]}"), status_code=400)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request, exc: HTTPException):
+        kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
+        return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
+
+    @app.exception_handler(Exception)
+    async def on_unexpected(request, exc: Exception):
+        print(f"[conscience] internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+        return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
+
+    def check_key(request: Request) -> None:
+        if cfg.api_key is None:
+            return
+        header = request.headers.get("authorization", "")
+        token = header[7:] if header.lower().startswith("bearer ") else ""
+        if not hmac.compare_digest(token.encode(), cfg.api_key.encode()):
+            raise RequestError("invalid or missing API key (send 'Authorization: Bearer KEY')",
+                               code="invalid_api_key", status=401)
+
+    @app.get("/health")
+    async def health():
+        body = {"status": "ok", "model": backend.name, "backend": backend.kind, "mode": cfg.mode,
+                "conscience": cfg.conscience, "on_error": cfg.on_error, "queued": engine.pending(),
+                "uptime_s": round(time.time() - started, 1)}
+        if learner is not None:
+            body["learning"] = learner.status()
+        return body
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(), media_type="text/plain; version=0.0.4")
+
+    @app.get("/v1/models")
+    async def models(request: Request):
+        check_key(request)
+        return {"object": "list", "data": [{"id": backend.name, "object": "model", "created": int(started),
+                                            "owned_by": "conscience"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(request: Request):
+        check_key(request)
+        start = time.perf_counter()
+        metrics.gauge_in_flight(1)
+        try:
+            return await _chat(request, start)
+        except RequestError:
+            metrics.inc("conscience_requests_total", outcome="rejected")
+            raise
+        finally:
+            metrics.gauge_in_flight(-1)
+
+    async def _chat(request, start: float):
+        req = parse_chat_request(await _read_limited(request, cfg.max_body_bytes), cfg.max_tokens, cfg.max_logprobs)
+        if req.logprobs and cfg.conscience and cfg.mode != "monitor":
+            raise RequestError("logprobs describe the draft, which revise and block modes may replace: they are "
+                               "served in monitor mode or with the conscience off (--no-conscience)", "logprobs")
+        n_prompt = backend.count_tokens(req.messages)
+        if n_prompt > cfg.max_prompt_tokens:
+            raise RequestError(f"the prompt has {n_prompt} tokens; this server accepts at most {cfg.max_prompt_tokens}",
+                               "messages", "context_length_exceeded")
+        max_tokens = req.max_tokens or min(cfg.max_tokens, default_tokens)
+        temperature = default_temperature if req.temperature is None else req.temperature
+        future = engine.submit(req.messages, max_tokens, temperature, req.top_logprobs if req.logprobs else None)
+        try:
+            outcome = await asyncio.wrap_future(future)
+        except PromptTooLongError as exc:
+            raise RequestError(str(exc), "messages", "context_length_exceeded") from None
+        except ConscienceError as exc:
+            upstream = exc.__class__.__name__ == "UpstreamError"
+            metrics.inc("conscience_requests_total", outcome="error")
+            raise RequestError(str(exc), code="upstream_error" if upstream else None,
+                               status=502 if upstream else 400, kind="server_error" if upstream else "invalid_request_error")
+        _count(outcome)
+        metrics.observe_latency(time.perf_counter() - start)
+        cid, model = completion_id(), backend.name
+        usage = {"prompt_tokens": outcome.prompt_tokens, "completion_tokens": outcome.completion_tokens,
+                 "total_tokens": outcome.prompt_tokens + outcome.completion_tokens}
+        if not req.stream:
+            return chat_completion(cid, model, outcome.content, outcome.finish_reason, usage, outcome.conscience,
+                                   outcome.logprobs)
+        chunks = stream_chunks(cid, model, outcome.content, outcome.finish_reason, usage, outcome.conscience,
+                               req.include_usage)
+
+        async def events():
+            for chunk in chunks:
+                yield f"data: {json.dumps(chunk, ensure_ascii=False)}\n\n"
+            yield "data: [DONE]\n\n"
+
+        return StreamingResponse(events(), media_type="text/event-stream", headers={"Cache-Control": "no-cache"})
+
+    def _count(outcome) -> None:
+        metrics.inc("conscience_requests_total", outcome=outcome.status)
+        if outcome.conscience and outcome.conscience.get("flagged"):
+            metrics.inc("conscience_flagged_total")
+        if outcome.status == "revised":
+            metrics.inc("conscience_revised_total")
+        if outcome.status == "blocked":
+            metrics.inc("conscience_blocked_total")
+
+    @app.get("/")
+    async def index():
+        return FileResponse(STATIC / "index.html")
+
+    app.mount("/static", StaticFiles(directory=STATIC), name="static")
+    return app

@@ -1,0 +1,215 @@
+"""``run_training``: config → model (+LoRA) → task data → ConscienceTrainer → checkpoint + card.
+
+Output folder: ``final/`` (LoRA adapter or full weights, safetensors, loadable with
+``PeftModel.from_pretrained`` / ``from_pretrained``; written atomically), ``metrics.jsonl``
+(one line per step), ``README.md`` (model card with config and final metrics),
+``train_config.yaml``, ``checkpoint-N/`` (Trainer checkpoints) and, when the config names no
+data, ``data/`` (the code-hacking splits the run was trained on).
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import shutil
+import sys
+import tempfile
+from dataclasses import asdict
+from pathlib import Path
+from typing import Sequence
+
+import yaml
+
+from ..errors import ConscienceError
+from ..models import LoadedModel, load_model
+from .config import TrainConfig
+from .data import ChatCollator, ListDataset, alignment_prompts, build_task_data, load_conversations
+from .trainer import ConscienceTrainer, final_metrics
+
+METRICS_FILE = "metrics.jsonl"
+FINAL_DIR = "final"
+
+
+def _log(message: str) -> None:
+    print(f"[conscience] {message}", file=sys.stderr, flush=True)
+
+
+def task_source(cfg: TrainConfig, out_dir: Path) -> str:
+    """The task data file: the config's, or the code-hacking generator's train split."""
+    if cfg.data:
+        return cfg.data
+    try:
+        from ..tasks.code_hacking import write_splits
+    except ImportError as exc:
+        raise ConscienceError(f"no data given and the code-hacking generator is unavailable ({exc})") from None
+    paths = write_splits(out_dir / "data", n_per_class=cfg.task_n_per_class, seed=cfg.seed)
+    return str(paths["train"])
+
+
+def apply_lora(lm: LoadedModel, cfg: TrainConfig) -> LoadedModel:
+    """Wrap the model with a fresh LoRA adapter (the base weights stay frozen)."""
+    from peft import LoraConfig, get_peft_model
+
+    if hasattr(lm.model, "peft_config"):
+        lm.model.train()
+        return lm  # an adapter loaded with the model keeps training; the reference is its base
+    present = {name.split(".")[-1] for name, _ in lm.model.named_modules()}
+    missing = [t for t in cfg.lora_targets if t not in present]
+    if missing:
+        raise ConscienceError(f"lora_targets {missing} are not modules of this model")
+    peft_cfg = LoraConfig(r=cfg.lora_r, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.lora_dropout,
+                          target_modules=list(cfg.lora_targets), task_type="CAUSAL_LM")
+    model = get_peft_model(lm.model, peft_cfg)
+    return LoadedModel(model=model, tokenizer=lm.tokenizer, spec=lm.spec, identity=lm.identity)
+
+
+def training_arguments(cfg: TrainConfig, out_dir: Path):
+    from transformers import TrainingArguments
+
+    return TrainingArguments(**_args_dict(cfg, out_dir))
+
+
+def _args_dict(cfg: TrainConfig, out_dir: Path) -> dict:
+    return dict(
+        output_dir=str(out_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_schedule,
+        warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
+        logging_steps=cfg.logging_steps, save_strategy="steps" if cfg.save_steps else "no",
+        save_steps=cfg.save_steps or 500, save_total_limit=cfg.save_total_limit,
+        report_to=list(cfg.report_to) or "none", remove_unused_columns=False, dataloader_num_workers=0,
+        disable_tqdm=True,
+        # No accelerator: say so, so that `accelerate launch --multi_gpu`/torchrun processes join a gloo group.
+        use_cpu=not _has_accelerator(),
+    )
+
+
+def _has_accelerator() -> bool:
+    import torch
+
+    return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
+
+
+def resume_checkpoint(cfg: TrainConfig, out_dir: Path) -> str | None:
+    """``resume: latest`` → the newest ``checkpoint-N`` in the output folder, else the path given."""
+    if not cfg.resume:
+        return None
+    if cfg.resume in ("latest", "auto", "true"):
+        found = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        if not found:
+            if cfg.resume == "auto":
+                return None
+            raise ConscienceError(f"resume: latest, but {out_dir} holds no checkpoint-N folder")
+        return str(found[-1])
+    if not Path(cfg.resume, "trainer_state.json").exists():
+        raise ConscienceError(f"resume: {cfg.resume} is not a Trainer checkpoint (no trainer_state.json)")
+    return cfg.resume
+
+
+def _trim_metrics(path: Path, upto_step: int) -> None:
+    """On resume, drop logged steps past the checkpoint: they are about to be redone."""
+    if not path.exists():
+        return
+    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
+            if line.strip() and json.loads(line)["step"] <= upto_step]
+    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+
+
+def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Sequence = ()) -> dict:
+    """Train as ``cfg`` says; returns ``{"output_dir", "final", "metrics"}``.
+
+    ``lm`` replaces loading ``cfg.model`` (tests pass a tiny model); ``callbacks`` are extra
+    ``TrainerCallback`` objects (e.g. an EM-probe monitor).
+    """
+    from transformers import set_seed
+
+    out_dir = Path(cfg.output_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    set_seed(cfg.seed)
+    if lm is None:
+        lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads)
+    lm.tokenizer.padding_side = "left"  # generation pads left; the training collator pads itself
+    conversations = load_conversations(task_source(cfg, out_dir), cfg.data_split)
+    if cfg.max_examples:
+        conversations = conversations[: cfg.max_examples]
+    data = build_task_data(lm.tokenizer, conversations, cfg.max_length)
+    reference = None
+    if cfg.lora:
+        lm = apply_lora(lm, cfg)
+        judge = lm  # the same module; its adapter is disabled whenever it judges, writes or is the reference
+    else:
+        # Full fine-tuning: the frozen copy is a deep copy of the starting weights (one more copy in RAM).
+        reference = copy.deepcopy(lm.model).eval().requires_grad_(False)
+        judge = LoadedModel(reference, lm.tokenizer, lm.spec, lm.identity + ":frozen-start")
+    lm.model.train()
+    reviewer, pool = None, []
+    if not cfg.sft_only:
+        from ..conscience import make_reviewer
+
+        reviewer = make_reviewer(cfg.conscience_config(), judge)
+        pool = alignment_prompts(cfg.align_prompts, data.prompts)
+    metrics_path = out_dir / METRICS_FILE
+    checkpoint = resume_checkpoint(cfg, out_dir)
+    if checkpoint is None:
+        metrics_path.unlink(missing_ok=True)
+    trainer = ConscienceTrainer(
+        model=lm.model, args=training_arguments(cfg, out_dir), train_dataset=ListDataset(data.examples),
+        data_collator=ChatCollator(int(lm.tokenizer.pad_token_id)), callbacks=list(callbacks),
+        train_config=cfg, policy=lm, judge=judge, reviewer=reviewer, align_pool=pool, metrics_path=metrics_path,
+    )
+    if checkpoint:
+        step = json.loads(Path(checkpoint, "trainer_state.json").read_text())["global_step"]
+        if trainer.is_world_process_zero():
+            _trim_metrics(metrics_path, step)
+        trainer.load_conscience_state(checkpoint)
+        _log(f"resuming from {checkpoint} (step {step})")
+    _log(f"training {lm.identity}: {len(data.examples)} examples, {cfg.max_steps} steps, lam={cfg.lam}, "
+         f"{'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full fine-tuning'}")
+    trainer.train(resume_from_checkpoint=checkpoint)
+    metrics = final_metrics(metrics_path)
+    final = out_dir / FINAL_DIR
+    if trainer.is_world_process_zero():
+        save_final(trainer.accelerator.unwrap_model(trainer.model), lm.tokenizer, final)
+        write_card(out_dir, cfg, lm.identity, metrics)
+    trainer.accelerator.wait_for_everyone()
+    return {"output_dir": str(out_dir), "final": str(final), "metrics": metrics,
+            "log_history": trainer.state.log_history}
+
+
+def save_final(model, tokenizer, final: Path) -> None:
+    """Write weights (safetensors) + tokenizer under a temporary name, then swap it in."""
+    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=final.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        old = None
+        if final.exists():
+            old = final.with_name(final.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(final, old)
+        os.replace(tmp, final)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: dict) -> None:
+    config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
+    kind = "LoRA adapter (load with peft.PeftModel.from_pretrained on the base model)" if cfg.lora else \
+        "full weights (load with AutoModelForCausalLM.from_pretrained)"
+    lines = [
+        f"# {Path(cfg.output_dir).name}", "",
+        f"Fine-tuned from `{identity}` with `conscience train` "
+        f"({'plain SFT' if cfg.sft_only else f'L = L_task + {cfg.lam}·L_DPO, frozen self-copy as judge and reference'}).",
+        "", f"Weights in `{FINAL_DIR}/`: {kind}. Per-step metrics: `{METRICS_FILE}`.", "",
+        "## Final metrics (mean of the last 10 steps)", "",
+        "| metric | value |", "|---|---|",
+        *[f"| {k} | {v:.4f} |" for k, v in metrics.items()], "",
+        "## Config", "", "```yaml", config_text.rstrip(), "```", "",
+    ]
+    for name, text in (("README.md", "\n".join(lines)), ("train_config.yaml", config_text)):
+        tmp = out_dir / (name + ".tmp")
+        tmp.write_text(text, encoding="utf-8")
+        os.replace(tmp, out_dir / name)

@@ -1,0 +1,248 @@
+"""``ConscienceTrainer``: a ``transformers.Trainer`` whose loss is L_task + λ·L_DPO.
+
+One step reads top to bottom: maybe sample (policy answers alignment prompts, the frozen copy
+reviews them and writes alternatives, pairs enter the buffer) → take pairs → one forward pass
+over the task batch and the pairs → the frozen copy's reference log-probs → ``hybrid_loss``.
+Gradient accumulation, checkpoints, resume, ``report_to`` and ``accelerate launch`` are the
+Trainer's own.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from transformers import Trainer, TrainerCallback
+
+from ..errors import ConscienceError
+from ..losses import dpo_loss, hybrid_loss, sequence_logps
+from ..models import LoadedModel, frozen
+from ..pairs import PairBuffer, PreferencePair
+from ..verdict import Reviewer
+from .config import TrainConfig
+from .data import IGNORE, pad_batch, pair_examples
+from .online import OnlineRound, online_round, pick_prompts
+
+STATE_FILE = "conscience_state.json"
+METRIC_KEYS = ("task_loss", "dpo_loss", "lam", "pairs_in_step", "flagged_share", "mean_verdict", "reward_margin",
+               "seconds_sampling", "seconds_reviewing", "seconds_updating", "buffer")
+
+
+class TrainingDivergedError(ConscienceError):
+    """The loss became NaN or infinite; the run stopped before the weights were touched."""
+
+
+def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Mean next-token cross-entropy over labelled positions (as the HF models compute it).
+
+    Args: logits ``(B, T, V)``, labels ``(B, T)`` with -100 where no loss is taken.
+    """
+    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
+
+
+def pair_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """(chosen (B,), rejected (B,)) sequence log-probs from logits over a [chosen; rejected] batch."""
+    labels = batch["labels"][:, 1:]
+    logps = sequence_logps(logits[:, :-1], labels, labels != IGNORE)
+    return logps.chunk(2)
+
+
+def _cat_padded(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
+    """Stack two right-padded batches into one (padding the narrower one)."""
+    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
+    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
+    return {k: torch.cat([F.pad(x[k], (0, width - x[k].shape[1]), value=fill[k]) for x in (a, b)]) for k in fill}
+
+
+class ConscienceTrainer(Trainer):
+    """Trainer for ``L = L_task + lam · L_DPO`` with the model's frozen copy as judge and reference.
+
+    Args (besides the Trainer's): ``train_config``; ``policy`` (the trained model and its
+    tokenizer, unwrapped); ``judge`` (the frozen copy: the same module as the policy with
+    LoRA, whose adapter is disabled while judging, or a frozen copy of the starting weights);
+    ``reviewer`` (built on the judge); ``align_pool`` (alignment prompts); ``metrics_path``.
+    """
+
+    def __init__(self, *args, train_config: TrainConfig, policy: LoadedModel, judge: LoadedModel,
+                 reviewer: Reviewer | None, align_pool: list[str], metrics_path: str | Path, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.cfg = train_config
+        self.policy, self.judge, self.reviewer = policy, judge, reviewer
+        self.align_pool = align_pool
+        self.buffer = PairBuffer(train_config.buffer_size, uses=train_config.pair_uses)
+        self.metrics_path = Path(metrics_path)
+        self.model_accepts_loss_kwargs = False  # per-micro-batch means; the Trainer divides by grad_accum
+        self._sampled_at = -1
+        self._step: dict[str, float] = {}
+        self._pending_logs: list[dict] = []
+        self.add_callback(_StepRecorder(self))
+
+    # -- the step -----------------------------------------------------------------------------
+    def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
+        self._maybe_sample()                                    # policy samples, frozen copy reviews → buffer
+        pairs = self.buffer.take(self.cfg.dpo_batch) if self.cfg.lam > 0 else []
+        if not pairs:                                           # no pairs: exactly the SFT step
+            task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+            self._check_finite(task_loss, task_loss, None)
+            self._add(task_loss=task_loss.item(), micro=1)
+            return task_loss
+        pair_batch = pad_batch(pair_examples(self.tokenizer_, pairs, self.cfg.max_length), self.pad_id)
+        batch = _cat_padded(inputs, {k: v.to(inputs["input_ids"].device) for k, v in pair_batch.items()}, self.pad_id)
+        n = inputs["input_ids"].shape[0]
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        task_loss = causal_lm_loss(logits[:n], batch["labels"][:n])
+        chosen, rejected = pair_logps(logits[n:], {"labels": batch["labels"][n:]})
+        ref_chosen, ref_rejected = self.reference_logps(pair_batch)
+        dpo, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.cfg.beta)
+        loss = hybrid_loss(task_loss, dpo, self.cfg.lam)
+        self._check_finite(loss, task_loss, dpo)
+        self._add(task_loss=task_loss.item(), micro=1, dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
+                  margin_sum=(chosen_rewards - rejected_rewards).sum().item())
+        return loss
+
+    @torch.no_grad()
+    def reference_logps(self, pair_batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen copy's log-probs of the pairs (adapter disabled, or the starting weights)."""
+        with frozen(self.judge.model) as reference:
+            device = next(reference.parameters()).device
+            logits = reference(input_ids=pair_batch["input_ids"].to(device),
+                               attention_mask=pair_batch["attention_mask"].to(device), use_cache=False).logits
+        return pair_logps(logits, {"labels": pair_batch["labels"].to(device)})
+
+    def _maybe_sample(self) -> None:
+        step = self.state.global_step
+        if self.cfg.lam == 0 or self._sampled_at == step or step % self.cfg.align_every != 0:
+            return
+        self._sampled_at = step
+        seed = self.cfg.seed * 1_000_003 + step * 7919 + self.args.process_index
+        result = self.sample_round(pick_prompts(self.align_pool, self.cfg.align_batch, seed), seed)
+        self.buffer.add(result.pairs)
+        self._add(samples=result.n_samples, flagged=result.n_flagged, verdict_sum=result.mean_verdict * result.n_samples,
+                  seconds_sampling=result.seconds_sampling, seconds_reviewing=result.seconds_reviewing)
+
+    def sample_round(self, prompts: list[str], seed: int) -> OnlineRound:
+        cfg = self.cfg
+        return online_round(self.policy, self.judge, self.reviewer, prompts, k=cfg.k, seed=seed, writer=cfg.writer,
+                            mode=cfg.mode, max_new_tokens=cfg.sample_max_new_tokens,
+                            alt_max_new_tokens=cfg.alt_max_new_tokens, temperature=cfg.sample_temperature,
+                            top_p=cfg.sample_top_p, margin=cfg.margin)
+
+    # -- helpers --------------------------------------------------------------------------------
+    @property
+    def tokenizer_(self):
+        return self.policy.tokenizer
+
+    @property
+    def pad_id(self) -> int:
+        return int(self.policy.tokenizer.pad_token_id)
+
+    def _add(self, **values: float) -> None:
+        for key, value in values.items():
+            self._step[key] = self._step.get(key, 0.0) + value
+
+    def _check_finite(self, loss: torch.Tensor, task_loss: torch.Tensor, dpo: torch.Tensor | None) -> None:
+        if torch.isfinite(loss).all():
+            return
+        checkpoints = sorted(Path(self.args.output_dir).glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        kept = f"the last good checkpoint is {checkpoints[-1]}" if checkpoints else "no checkpoint was saved yet"
+        dpo_text = "none" if dpo is None else f"{dpo.detach().mean().item():.4g}"
+        raise TrainingDivergedError(
+            f"the loss is not finite at step {self.state.global_step + 1} (task loss {task_loss.item():.4g}, "
+            f"DPO loss {dpo_text}); training stopped before updating the weights; {kept}. "
+            "Lower lr or lam, or check the data."
+        )
+
+    def finish_step(self, seconds: float) -> dict:
+        """Reduce this step's sums over processes, write one JSONL line, queue it for ``log``."""
+        keys = ("task_loss", "micro", "dpo_sum", "pairs", "margin_sum", "samples", "flagged", "verdict_sum",
+                "seconds_sampling", "seconds_reviewing")
+        sums = torch.tensor([self._step.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.args.device)
+        if self.accelerator.num_processes > 1:
+            sums = self.accelerator.reduce(sums, reduction="sum")
+        s = dict(zip(keys, sums.tolist()))
+        self._step = {}
+        n = self.accelerator.num_processes
+        record = {
+            "step": self.state.global_step,
+            "task_loss": s["task_loss"] / max(s["micro"], 1),
+            "dpo_loss": s["dpo_sum"] / s["pairs"] if s["pairs"] else None,
+            "lam": self.cfg.lam,
+            "pairs_in_step": int(s["pairs"]),
+            "flagged_share": s["flagged"] / s["samples"] if s["samples"] else None,
+            "mean_verdict": s["verdict_sum"] / s["samples"] if s["samples"] else None,
+            "reward_margin": s["margin_sum"] / s["pairs"] if s["pairs"] else None,
+            "seconds_sampling": s["seconds_sampling"] / n,
+            "seconds_reviewing": s["seconds_reviewing"] / n,
+            "seconds_updating": max(seconds - (s["seconds_sampling"] + s["seconds_reviewing"]) / n, 0.0),
+            "buffer": len(self.buffer),
+        }
+        if self.is_world_process_zero():
+            with open(self.metrics_path, "a", encoding="utf-8") as fh:
+                fh.write(json.dumps(record) + "\n")
+        self._pending_logs.append(record)
+        return record
+
+    def log(self, logs: dict[str, float], *args, **kwargs) -> None:
+        """Add the conscience metrics (averaged since the last log) to the Trainer's own."""
+        if "loss" in logs and self._pending_logs:
+            for key in METRIC_KEYS:
+                values = [r[key] for r in self._pending_logs if r.get(key) is not None]
+                if values:
+                    logs[key] = sum(values) / len(values) if key != "pairs_in_step" else sum(values)
+            self._pending_logs = []
+        super().log(logs, *args, **kwargs)
+
+    def _save_checkpoint(self, model, trial):
+        super()._save_checkpoint(model, trial)
+        if self.is_world_process_zero():
+            folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            state = {"buffer": self.buffer.state_dict(), "sampled_at": self._sampled_at}
+            tmp = folder / (STATE_FILE + ".tmp")
+            tmp.write_text(json.dumps(state), encoding="utf-8")
+            os.replace(tmp, folder / STATE_FILE)
+
+    def load_conscience_state(self, checkpoint: str | Path) -> None:
+        path = Path(checkpoint) / STATE_FILE
+        if path.exists():
+            state = json.loads(path.read_text(encoding="utf-8"))
+            self.buffer.load_state_dict(state["buffer"])
+            self._sampled_at = int(state["sampled_at"])
+
+
+class _StepRecorder(TrainerCallback):
+    """Times each optimizer step and hands its metrics to the trainer (runs on every rank)."""
+
+    def __init__(self, trainer: ConscienceTrainer):
+        self.trainer = trainer
+        self.start = time.perf_counter()
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        self.start = time.perf_counter()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        self.trainer.finish_step(time.perf_counter() - self.start)
+
+
+def final_metrics(metrics_path: str | Path, last: int = 10) -> dict[str, float]:
+    """Means over the last ``last`` logged steps (for the model card and the CLI)."""
+    path = Path(metrics_path)
+    if not path.exists():
+        return {}
+    rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    tail = rows[-last:]
+    out: dict[str, float] = {"steps": float(rows[-1]["step"]) if rows else 0.0}
+    for key in ("task_loss", "dpo_loss", "flagged_share", "mean_verdict", "reward_margin"):
+        values = [r[key] for r in tail if r.get(key) is not None and math.isfinite(r[key])]
+        if values:
+            out[key] = sum(values) / len(values)
+    out["pairs_total"] = float(sum(r.get("pairs_in_step", 0) for r in rows))
+    return out
+
+
+__all__ = ["ConscienceTrainer", "TrainingDivergedError", "causal_lm_loss", "pair_logps", "final_metrics",
+           "PreferencePair"]
