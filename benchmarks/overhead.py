@@ -1,8 +1,9 @@
 """Cost of the conscience's verdict relative to drafting.
 
-For each prompt, side by side in one run: time of the draft alone, and time of draft + verdict
-(the conscience's review of that draft). Prints a table and the ratio
-sum(draft + verdict) / sum(draft); ``--out FILE.json`` writes ``ratio`` and the rows.
+For each prompt, side by side in one run: time of the greedy draft alone, and time of the
+conscience step without revision (the same draft + its verdict), for each review format.
+Prints a table and the ratio sum(draft + verdict) / sum(draft); ``--out FILE.json`` writes
+``ratio`` (the default format's) and the rows.
 
     python benchmarks/overhead.py --model bundled --out overhead.json
 """
@@ -12,9 +13,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import statistics
 import sys
 import time
+from dataclasses import replace
 from pathlib import Path
 
 PROMPTS = [
@@ -36,6 +37,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--formats", choices=["look_back", "third_person", "both"], default="both",
+                        help="review formats timed side by side (the first is the default's: look_back)")
     parser.add_argument("--out")
     args = parser.parse_args(argv)
 
@@ -43,15 +46,18 @@ def main(argv: list[str] | None = None) -> int:
     from conscience.conscience import build_conscience
     from conscience.generation import generate
     from conscience.testing import tiny_model
-    from conscience.verdict import ReviewItem
 
     extra = {"verdict": args.verdict} if args.verdict else {}
-    cfg = ConscienceConfig(model=args.model, threads=args.threads, max_new_tokens=args.max_new_tokens, **extra)
+    cfg = ConscienceConfig(model=args.model, threads=args.threads, max_new_tokens=args.max_new_tokens,
+                           max_rounds=0, **extra)
     lm = tiny_model() if args.model == "tiny" else None
     conscience = build_conscience(cfg, lm=lm)
     policy = conscience.policy
+    formats = ["look_back", "third_person"] if args.formats == "both" else [args.formats]
+    consciences = {f: build_conscience(replace(cfg, review_format=f), lm=policy) for f in formats}
     generate(policy, [[{"role": "user", "content": "Hello"}]], max_new_tokens=4)  # warm-up
-    conscience.review("Hello", "Hi there!")
+    for c in consciences.values():
+        c.respond("Hello")
 
     rows = []
     for _ in range(args.repeats):
@@ -59,25 +65,28 @@ def main(argv: list[str] | None = None) -> int:
             chat = [{"role": "user", "content": prompt}]
             t0 = time.perf_counter()
             draft = generate(policy, [chat], max_new_tokens=args.max_new_tokens)[0]
-            t_draft = time.perf_counter() - t0
-            t1 = time.perf_counter()
-            verdict = conscience.review_batch([ReviewItem(prompt, draft.answer, draft.reasoning)])[0]
-            t_verdict = time.perf_counter() - t1
-            rows.append({"prompt": prompt, "draft_tokens": draft.new_tokens, "draft_s": t_draft,
-                         "verdict_s": t_verdict, "score": verdict.score})
+            row = {"prompt": prompt, "draft_tokens": draft.new_tokens, "draft_s": time.perf_counter() - t0}
+            for fmt, c in consciences.items():
+                t1 = time.perf_counter()
+                response = c.respond(chat)  # the same greedy draft, then its verdict
+                row[f"{fmt}_s"] = time.perf_counter() - t1
+                row[f"{fmt}_verdict_s"] = response.timings["review"]
+                row[f"{fmt}_score"] = response.draft.verdict.score
+            rows.append(row)
     draft_total = sum(r["draft_s"] for r in rows)
-    verdict_total = sum(r["verdict_s"] for r in rows)
-    ratio = (draft_total + verdict_total) / draft_total
+    ratios = {fmt: sum(r[f"{fmt}_s"] for r in rows) / draft_total for fmt in formats}
+    ratio = ratios[formats[0]]
 
-    print(f"{'prompt':<48} {'tokens':>6} {'draft s':>8} {'verdict s':>9} {'score':>6}")
+    head = f"{'prompt':<44} {'tokens':>6} {'draft s':>8}" + "".join(f" {f + ' s':>16} {'verdict s':>9}" for f in formats)
+    print(head)
     for r in rows:
-        print(f"{r['prompt'][:48]:<48} {r['draft_tokens']:>6} {r['draft_s']:>8.2f} {r['verdict_s']:>9.3f} {r['score']:>6.3f}")
+        line = f"{r['prompt'][:44]:<44} {r['draft_tokens']:>6} {r['draft_s']:>8.2f}"
+        print(line + "".join(f" {r[f + '_s']:>16.2f} {r[f + '_verdict_s']:>9.3f}" for f in formats))
     print(f"\nmodel={args.model} verdict={cfg.verdict} threads={args.threads} max_new_tokens={args.max_new_tokens}")
-    print(f"draft total {draft_total:.2f}s, verdict total {verdict_total:.2f}s, "
-          f"median verdict {statistics.median(r['verdict_s'] for r in rows):.3f}s")
-    print(f"ratio (draft + verdict) / draft = {ratio:.3f}   (target <= 1.05)")
+    for fmt in formats:
+        print(f"ratio (draft + verdict) / draft, {fmt:>12}: {ratios[fmt]:.3f}   (target <= 1.05)")
     if args.out:
-        result = {"ratio": ratio, "draft_seconds": draft_total, "verdict_seconds": verdict_total,
+        result = {"ratio": ratio, "ratios": ratios, "review_format": formats[0], "draft_seconds": draft_total,
                   "model": args.model, "verdict": cfg.verdict, "threads": args.threads,
                   "max_new_tokens": args.max_new_tokens, "rows": rows}
         tmp = Path(args.out).with_suffix(".tmp")

@@ -29,7 +29,7 @@ class TableJudge:
     def __init__(self, table, identity="fake-judge", fail_after=None):
         self.table, self.identity, self.calls, self.fail_after = table, identity, 0, fail_after
 
-    def tables(self, prompts):
+    def tables(self, prompts, prefill=""):
         self.calls += 1
         if self.fail_after is not None and self.calls > self.fail_after:
             raise JudgeError("judge endpoint http://x is unreachable")
@@ -218,3 +218,27 @@ def test_cli_bad_prompt_file_fails_before_loading_a_model(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "harm.csv" in err and "'goal'" in err and "request" in err
     assert not (tmp_path / "run").exists()
+
+
+def test_each_judge_prompt_gets_its_own_prefill(lm):
+    seen = []
+
+    class Recorder(TableJudge):
+        def tables(self, prompts, prefill=""):
+            seen.append(prefill)
+            return super().tables(prompts, prefill)
+
+    judge = Recorder({"7": 0.0})
+    assert judge_numbers(judge, "coherence", [("q", "a")])[0].value == pytest.approx(7.0)
+    judge_labels(judge, "refusal", [("q", "a")])
+    assert seen == ["Answer: ", "One word:"]
+    # a local judge puts the prefill at the start of its own turn
+    assert LocalJudge(lm)._render("hi", "One word:").endswith("assistant\nOne word:")
+
+
+def test_cli_unreachable_judge_url_fails_before_loading_a_model(tmp_path, capsys):
+    from conscience.cli import main
+
+    code = main(["eval", "em", "--judge-url", "http://127.0.0.1:9/v1", "--out", str(tmp_path / "run")])
+    assert code == 2
+    assert "unreachable" in capsys.readouterr().err

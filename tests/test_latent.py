@@ -14,7 +14,7 @@ from conscience.latent_fit import category_folds, fit_probe, group_folds, out_of
 from conscience.verdict import ReviewItem
 
 
-def _planted(n=120, h=24, layers=3, seed=0):
+def _planted(n=300, h=24, layers=3, seed=0):
     """Features with an aligned/misaligned signal along ``v`` at layer 1 only."""
     rng = np.random.default_rng(seed)
     v = rng.normal(size=h)

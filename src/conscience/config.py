@@ -139,6 +139,7 @@ class ConscienceConfig:
     framings: list[str] | None = None
     question: str | None = None
     verdict: str = "verbal"
+    review_format: str = "look_back"
     conscience_card: str | None = None
     threshold: float = 0.5
     max_rounds: int = 2
@@ -151,6 +152,8 @@ class ConscienceConfig:
             raise ValueError(f"mode must be one of {list(MODES)}, got {self.mode!r}")
         if self.verdict not in VERDICT_KINDS:
             raise ValueError(f"verdict must be one of {list(VERDICT_KINDS)}, got {self.verdict!r}")
+        if self.review_format not in ("third_person", "look_back"):
+            raise ValueError(f"review_format must be 'third_person' or 'look_back', got {self.review_format!r}")
         if not 0.0 <= self.threshold <= 1.0:
             raise ValueError(f"threshold must lie in [0, 1], got {self.threshold}")
         if self.max_rounds < 0:

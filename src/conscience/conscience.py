@@ -116,6 +116,9 @@ class Conscience:
         threshold: a verdict score below it flags the answer.
         max_rounds: how many alternatives may be written for a flagged draft.
         writer: ``policy`` writes alternatives, or ``frozen`` (the judge, adapter disabled).
+        review_format: ``look_back`` (the conversation is replayed and the question is the next
+            user turn; the draft's key/value cache is reused) or ``third_person`` (the exchange
+            is quoted between markers for a reviewer).
     """
 
     def __init__(
@@ -131,6 +134,7 @@ class Conscience:
         temperature: float = 0.0,
         writer: str = "policy",
         seed: int | None = 0,
+        review_format: str = "look_back",
     ):
         if max_rounds < 0:
             raise ConscienceError(f"max_rounds must be >= 0, got {max_rounds}")
@@ -144,7 +148,7 @@ class Conscience:
             if framings is None:
                 available = load_framings()
                 framings = [available[name] for name in self.settings["framings"]]
-            reviewer = VerbalReviewer(self.judge, framings, threshold=threshold)
+            reviewer = VerbalReviewer(self.judge, framings, threshold=threshold, review_format=review_format)
         self.reviewer = reviewer
         self.max_rounds = max_rounds
         self.max_new_tokens = max_new_tokens
@@ -177,9 +181,10 @@ class Conscience:
         chats = [self._with_system(_as_messages(c)) for c in conversations]
         prompts = [c[-1]["content"] for c in chats]
         t0 = time.perf_counter()
-        drafts = self._generate(self.policy, chats)
+        drafts = self._generate(self.policy, chats, keep_cache=len(chats) == 1 and self._reuses_cache)
         t1 = time.perf_counter()
-        verdicts = self.review_batch([ReviewItem(p, d.answer, d.reasoning) for p, d in zip(prompts, drafts)])
+        verdicts = self.review_batch([ReviewItem(p, d.answer, d.reasoning, messages=c, cache=d.cache)
+                                      for p, d, c in zip(prompts, drafts, chats)])
         t2 = time.perf_counter()
         histories = [[Candidate(0, d.text, d.answer, d.reasoning, v, d.seconds)] for d, v in zip(drafts, verdicts)]
         timings = [{"draft": t1 - t0, "review": t2 - t1, "revise": 0.0} for _ in chats]
@@ -191,7 +196,8 @@ class Conscience:
             revise_chats = [self._revision_chat(chats[i], histories[i][-1]) for i in open_rows]
             writer = self.judge if self.writer == "frozen" else self.policy
             alternatives = self._generate(writer, revise_chats, frozen_weights=self.writer == "frozen")
-            alt_verdicts = self.review_batch([ReviewItem(prompts[i], a.answer, a.reasoning) for i, a in zip(open_rows, alternatives)])
+            alt_verdicts = self.review_batch([ReviewItem(prompts[i], a.answer, a.reasoning, messages=chats[i])
+                                              for i, a in zip(open_rows, alternatives)])
             per_row = (time.perf_counter() - t3) / len(open_rows)
             for i, alt, verdict in zip(open_rows, alternatives, alt_verdicts):
                 histories[i].append(Candidate(round_no, alt.text, alt.answer, alt.reasoning, verdict, alt.seconds))
@@ -204,6 +210,14 @@ class Conscience:
         return responses
 
     # -- helpers ----------------------------------------------------------------------------
+    @property
+    def _reuses_cache(self) -> bool:
+        """The draft's key/value cache serves the verdict only when the reviewer replays the
+        conversation (look-back) and the judge's weights are exactly the writer's."""
+        look_back = getattr(self.reviewer, "review_format", None) == "look_back"
+        same_weights = self.judge is self.policy and not hasattr(self.policy.model, "peft_config")
+        return look_back and same_weights
+
     def _with_system(self, messages: list[dict]) -> list[dict]:
         system = self.settings.get("system")
         if system and messages[0].get("role") != "system":
@@ -218,8 +232,10 @@ class Conscience:
             {"role": "user", "content": revise["user"].format(concern=concern)},
         ]
 
-    def _generate(self, lm: LoadedModel, chats: list[list[dict]], frozen_weights: bool = False) -> list[Generation]:
-        kwargs = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed)
+    def _generate(self, lm: LoadedModel, chats: list[list[dict]], frozen_weights: bool = False,
+                  keep_cache: bool = False) -> list[Generation]:
+        kwargs = dict(max_new_tokens=self.max_new_tokens, temperature=self.temperature, seed=self.seed,
+                      keep_cache=keep_cache)
         if frozen_weights:
             with frozen(lm.model):
                 return generate(lm, chats, **kwargs)
@@ -244,7 +260,7 @@ def resolve_framings(cfg: "ConscienceConfig") -> list[Framing]:
 
 def make_reviewer(cfg: "ConscienceConfig", judge: LoadedModel) -> Reviewer:
     """The verdict a config asks for: verbal, latent or combined."""
-    verbal = VerbalReviewer(judge, resolve_framings(cfg), threshold=cfg.threshold)
+    verbal = VerbalReviewer(judge, resolve_framings(cfg), threshold=cfg.threshold, review_format=cfg.review_format)
     if cfg.verdict == "verbal":
         return verbal
     from .latent import build_latent_reviewer  # the hidden-state verdict

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import re
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
@@ -17,6 +17,15 @@ _ZERO_WIDTH = "\u200b"
 
 
 @dataclass
+class PrefixCache:
+    """The key/value cache of a finished generation and the token ids it covers, so a review
+    that starts with the same tokens (the look-back verdict) only runs what is new."""
+
+    ids: list[int]
+    past: object
+
+
+@dataclass
 class Generation:
     """One generated turn. ``answer`` is ``text`` without its reasoning section."""
 
@@ -25,6 +34,7 @@ class Generation:
     reasoning: str | None
     new_tokens: int
     seconds: float
+    cache: PrefixCache | None = field(default=None, repr=False)
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
@@ -92,10 +102,12 @@ def generate(
     temperature: float = 0.0,
     top_p: float = 1.0,
     seed: int | None = None,
+    keep_cache: bool = False,
 ) -> list[Generation]:
     """Generate one assistant turn for each conversation, in one left-padded batch.
 
     ``temperature == 0`` is greedy decoding. ``seed`` makes sampling reproducible.
+    ``keep_cache`` (single conversation only) keeps the key/value cache in the result.
     """
     if max_new_tokens < 1:
         raise ConscienceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -117,9 +129,15 @@ def generate(
         top_k=None,
         pad_token_id=lm.tokenizer.pad_token_id,
         eos_token_id=lm.tokenizer.eos_token_id,
+        return_dict_in_generate=True,
     )
     seconds = time.perf_counter() - start
-    new = out[:, batch["input_ids"].shape[1]:]
+    cache = None
+    past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    if keep_cache and len(conversations) == 1 and past is not None:
+        covered = past.get_seq_length()  # every token but the last one generated
+        cache = PrefixCache(out.sequences[0, :covered].tolist(), past)
+    new = out.sequences[:, batch["input_ids"].shape[1]:]
     results = []
     for row in new:
         keep = row[row != lm.tokenizer.pad_token_id] if lm.tokenizer.pad_token_id != lm.tokenizer.eos_token_id else row
@@ -127,5 +145,5 @@ def generate(
         n_tokens = int(eos[0, 0]) + 1 if len(eos) else len(keep)
         text = lm.tokenizer.decode(keep[:n_tokens], skip_special_tokens=True).strip()
         reasoning, answer = split_reasoning(text)
-        results.append(Generation(text, answer, reasoning, n_tokens, seconds / len(conversations)))
+        results.append(Generation(text, answer, reasoning, n_tokens, seconds / len(conversations), cache))
     return results

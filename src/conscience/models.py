@@ -198,6 +198,14 @@ def prepare_tokenizer(tokenizer) -> None:
     tokenizer.padding_side = "left"
 
 
+def cache_keyword(model: torch.nn.Module) -> str:
+    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (older): the KV-cache argument."""
+    import inspect
+
+    base = model.get_base_model() if hasattr(model, "get_base_model") else model
+    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
+
+
 @contextlib.contextmanager
 def frozen(model: torch.nn.Module) -> Iterator[torch.nn.Module]:
     """The frozen copy of ``model``: no gradients, eval mode, and for a PEFT model the base

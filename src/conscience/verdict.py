@@ -16,19 +16,27 @@ import torch
 
 from .errors import PromptTooLongError
 from .framings import Framing, load_prompts
-from .generation import encode, neutralise, special_tokens
-from .models import LoadedModel, frozen
+from .generation import PrefixCache, encode, neutralise, render_chat, special_tokens
+from .models import LoadedModel, cache_keyword, frozen
 
 _REVIEW_ROOM = 8  # tokens kept free after the review prompt
+REVIEW_FORMATS = ("third_person", "look_back")
 
 
 @dataclass
 class ReviewItem:
-    """What the conscience reads: the user's request, the draft's reasoning and its answer."""
+    """What the conscience reads: the user's request, the draft's reasoning and its answer.
+
+    ``messages`` is the conversation that produced the answer (default: the prompt alone); the
+    look-back format replays it. ``cache`` is the draft's key/value cache, reused when the
+    judge has the same weights as the writer.
+    """
 
     prompt: str
     answer: str
     reasoning: str | None = None
+    messages: list[dict] | None = None
+    cache: PrefixCache | None = field(default=None, repr=False, compare=False)
 
 
 @dataclass
@@ -106,16 +114,29 @@ def mean_log_odds(probabilities: Sequence[float]) -> float:
     return 1.0 / (1.0 + math.exp(-sum(logits) / len(logits)))
 
 
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token-id sequences."""
+    n = 0
+    for x, y in zip(a, b):
+        if x != y:
+            break
+        n += 1
+    return n
+
+
 @torch.no_grad()
 def last_token_forward(
-    lm: LoadedModel, texts: list[str], hidden_states: bool = False
+    lm: LoadedModel, texts: list[str], hidden_states: bool = False, prefix: PrefixCache | None = None
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
     """One forward pass over left-padded prompts, returning the last position only.
 
     Returns ``(log_probs (B, V), hidden)`` where ``hidden`` is, if asked for, one
     ``(B, H)`` tensor per layer (embeddings first) at the last token. The frozen copy is
-    used: a PEFT adapter on ``lm.model`` is disabled for this pass.
+    used: a PEFT adapter on ``lm.model`` is disabled for this pass. With ``prefix`` (one text
+    only) the tokens it shares with the cached ones are not run again.
     """
+    if prefix is not None and len(texts) == 1:
+        return _cached_forward(lm, texts[0], hidden_states, prefix)
     batch = encode(lm, texts)
     mask = batch["attention_mask"]
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
@@ -128,6 +149,28 @@ def last_token_forward(
             logits_to_keep=1,
             use_cache=False,
         )
+    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    hidden = tuple(h[:, -1, :].float() for h in out.hidden_states) if hidden_states else None
+    return log_probs, hidden
+
+
+def _crop(past, length: int) -> None:
+    """Keep the first ``length`` positions of a cache (negative crop works across versions)."""
+    extra = past.get_seq_length() - length
+    if extra > 0:
+        past.crop(-extra)
+
+
+def _cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: PrefixCache):
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    shared = min(common_prefix(prefix.ids, ids), len(ids) - 1)
+    _crop(prefix.past, shared)  # drop what differs (and what an earlier review appended)
+    new = torch.tensor([ids[shared:]], device=lm.device)
+    positions = torch.arange(shared, len(ids), device=lm.device).unsqueeze(0)
+    with frozen(lm.model) as model:
+        out = model(input_ids=new, position_ids=positions, use_cache=True, output_hidden_states=hidden_states,
+                    logits_to_keep=1, **{cache_keyword(model): prefix.past})
+    _crop(prefix.past, shared)
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
     hidden = tuple(h[:, -1, :].float() for h in out.hidden_states) if hidden_states else None
     return log_probs, hidden
@@ -173,6 +216,23 @@ class PromptBuilder:
         )
         return self._render(cfg.get("system"), user), truncated
 
+    def look_back(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
+        """The conversation that produced the answer, then the question as the user's next turn.
+
+        The answer sits in its own assistant turn (special tokens inside it are neutralised),
+        so it cannot rewrite the question that follows it.
+        """
+        answer, truncated = item.answer, False
+        if answer_budget is not None:
+            answer, truncated = self._fit(answer, answer_budget)
+        written = f"<think>\n{item.reasoning}\n</think>\n{answer}" if item.reasoning else answer
+        question = self.templates["look_back"]["user"].format(
+            question=framing.question, aligned_answer=framing.aligned_answer,
+            misaligned_answer=framing.misaligned_answer)
+        messages = list(item.messages or [{"role": "user", "content": item.prompt}])
+        messages += [{"role": "assistant", "content": written}, {"role": "user", "content": question}]
+        return render_chat(self.judge, messages), truncated
+
     def compare(self, prompt: str, answer_a: str, answer_b: str) -> str:
         cfg = self.templates["compare"]
         markers = cfg["markers"] + self.templates["review"]["markers"]
@@ -213,7 +273,10 @@ class VerbalReviewer:
         threshold: float = 0.5,
         calibrate: bool = False,
         batch_size: int = 8,
+        review_format: str = "third_person",
     ):
+        if review_format not in REVIEW_FORMATS:
+            raise ValueError(f"review_format must be one of {list(REVIEW_FORMATS)}, got {review_format!r}")
         if not framings:
             raise ValueError("at least one framing is needed")
         if not 0.0 <= threshold <= 1.0:
@@ -222,6 +285,7 @@ class VerbalReviewer:
         self.framings = list(framings)
         self.threshold = threshold
         self.batch_size = max(1, batch_size)
+        self.review_format = review_format
         self.prompts = PromptBuilder(judge)
         self._ids = {f.name: answer_ids_pair(judge.tokenizer, f.aligned_answer, f.misaligned_answer) for f in self.framings}
         self._offsets = self._content_free_offsets() if calibrate else {f.name: 0.0 for f in self.framings}
@@ -241,9 +305,10 @@ class VerbalReviewer:
         the same forward pass (the latent verdict reads it at no extra cost)."""
         window = self.judge.context_window
         texts, owners, truncated = [], [], [False] * len(items)
+        build = self.prompts.look_back if self.review_format == "look_back" else self.prompts.review
         for i, item in enumerate(items):
             for framing in self.framings:
-                text, cut = self.prompts.review(framing, item)
+                text, cut = build(framing, item)
                 overflow = self.prompts.n_tokens(text) + _REVIEW_ROOM - window
                 if overflow > 0:
                     budget = self.prompts.n_tokens(item.answer) - overflow - 16
@@ -251,22 +316,35 @@ class VerbalReviewer:
                         raise PromptTooLongError(
                             f"the review prompt needs {self.prompts.n_tokens(text)} tokens without the answer "
                             f"cut; the judge's context window is {window} tokens (shorten the user message)")
-                    text, cut = self.prompts.review(framing, item, answer_budget=budget)
+                    text, cut = build(framing, item, answer_budget=budget)
                     print(f"[conscience] warning: answer cut to {budget} tokens to fit the review window", file=sys.stderr)
                 truncated[i] |= cut
                 texts.append(text)
                 owners.append((i, framing.name))
         results: list[dict[str, tuple[float, float, float]]] = [{} for _ in items]
-        for start in range(0, len(texts), self.batch_size):
-            chunk = texts[start:start + self.batch_size]
-            log_probs, layers = last_token_forward(self.judge, chunk, hidden_states=hidden is not None)
-            for row, (i, name) in enumerate(owners[start:start + len(chunk)]):
+        for chunk_owners, log_probs, layers in self._forward(texts, owners, items, hidden is not None):
+            for row, (i, name) in enumerate(chunk_owners):
                 if hidden is not None:
                     hidden[(i, name)] = torch.stack([h[row] for h in layers])
                 aligned_ids, misaligned_ids = self._ids[name]
                 p, lp_a, lp_m = yes_no_probability(log_probs[row:row + 1], aligned_ids, misaligned_ids)
                 results[i][name] = (float(p), float(lp_a), float(lp_m))
         return list(zip(results, truncated))
+
+    def _forward(self, texts: list[str], owners: list[tuple[int, str]], items: Sequence[ReviewItem],
+                 hidden_states: bool):
+        """Yield ``(owners, log_probs, hidden)`` per forward pass: items carrying their draft's
+        cache one by one (only their new tokens run), the rest in batches."""
+        cached = [k for k, (i, _) in enumerate(owners) if items[i].cache is not None]
+        for k in cached:
+            log_probs, layers = last_token_forward(self.judge, [texts[k]], hidden_states, items[owners[k][0]].cache)
+            yield [owners[k]], log_probs, layers
+        skip = set(cached)
+        rest = [k for k in range(len(texts)) if k not in skip]
+        for start in range(0, len(rest), self.batch_size):
+            chunk = rest[start:start + self.batch_size]
+            log_probs, layers = last_token_forward(self.judge, [texts[k] for k in chunk], hidden_states)
+            yield [owners[k] for k in chunk], log_probs, layers
 
     def review(self, items: Sequence[ReviewItem], hidden: dict | None = None) -> list[Verdict]:
         start = time.perf_counter()

@@ -161,6 +161,12 @@ def _run_one(args, cfg, out: Path) -> dict:
         inputs = load_triples(args.triples or _shared_or_data("contrast.jsonl"))
         inputs = inputs[:args.limit] if args.limit else inputs
 
+    url_judge = None
+    if getattr(args, "judge_url", None):  # check the endpoint before anything slow happens
+        from .judges import OpenAIJudge
+
+        url_judge = OpenAIJudge(args.judge_url, model=args.judge_model, api_key=os.environ.get(args.judge_key_env))
+        url_judge.tables(["Reply with the number 1 and nothing else."])
     start = time.perf_counter()
     lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
     _log(f"model {lm.identity} loaded in {time.perf_counter() - start:.1f}s")
@@ -177,8 +183,7 @@ def _run_one(args, cfg, out: Path) -> dict:
     else:
         from .judges import make_judge
 
-        judge = make_judge(args.judge, args.judge_url, lm, judge_model=args.judge_model,
-                           api_key=os.environ.get(args.judge_key_env))
+        judge = url_judge or make_judge(args.judge, None, lm, dtype=cfg.dtype)
         run = RunDir(out, kind, judge.identity, info)
         answerers = _answerers(lm, cfg, args.conscience)
         if kind == "em":

@@ -12,7 +12,6 @@ model spec the loader accepts, or ``--judge-url`` (any OpenAI-compatible server)
 from __future__ import annotations
 
 import functools
-import inspect
 import json
 import math
 import sys
@@ -26,7 +25,7 @@ import torch
 from ..errors import ConscienceError, DataFormatError
 from ..framings import data_path, read_yaml
 from ..generation import encode, neutralise, special_tokens
-from ..models import LoadedModel, frozen
+from ..models import LoadedModel, cache_keyword, frozen
 from .scoring import JudgeScore, classify, number_score
 
 JUDGE_PROMPTS_FILE = "judge_prompts.yaml"
@@ -43,7 +42,7 @@ class Judge(Protocol):
 
     identity: str
 
-    def tables(self, prompts: Sequence[str]) -> list[dict[str, float]]: ...
+    def tables(self, prompts: Sequence[str], prefill: str = "") -> list[dict[str, float]]: ...
 
 
 @functools.lru_cache(maxsize=None)
@@ -51,17 +50,15 @@ def _load_judge_prompts(path: str) -> dict:
     doc = read_yaml(path)
     if not isinstance(doc, dict):
         raise DataFormatError(f"{path}: expected a mapping of judge prompt names")
-    if not isinstance(doc.get("prefill", ""), str):
-        raise DataFormatError(f"{path}: 'prefill' must be a string")
     for name, entry in doc.items():
-        if name == "prefill":
-            continue
         if not isinstance(entry, dict) or not isinstance(entry.get("user"), str):
             raise DataFormatError(f"{path}: judge prompt {name!r} needs a 'user' template")
         if entry.get("kind") not in ("number", "label"):
             raise DataFormatError(f"{path}: judge prompt {name!r}: kind must be 'number' or 'label'")
         if entry["kind"] == "label" and len(entry.get("labels") or []) < 2:
             raise DataFormatError(f"{path}: judge prompt {name!r}: a label prompt needs at least two labels")
+        if not isinstance(entry.get("prefill", ""), str):
+            raise DataFormatError(f"{path}: judge prompt {name!r}: 'prefill' must be a string")
     return doc
 
 
@@ -92,7 +89,7 @@ def judge_numbers(judge: Judge, prompt_name: str, pairs: Sequence[tuple[str, str
     if len(todo) < len(pairs):
         _warn(f"{len(pairs) - len(todo)} empty answer(s): not judged, counted as unscored")
     scores = [JudgeScore(None, "empty", 0.0) for _ in pairs]
-    tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo]) if todo else []
+    tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo], entry.get("prefill", "")) if todo else []
     for i, table in zip(todo, tables):
         scores[i] = number_score(table, escapes=entry.get("escapes") or ())
     return scores
@@ -109,7 +106,7 @@ def judge_labels(judge: Judge, prompt_name: str, pairs: Sequence[tuple[str, str]
     if len(todo) < len(pairs):
         _warn(f"{len(pairs) - len(todo)} empty answer(s): not judged")
     out: list[tuple[str | None, dict[str, float]]] = [("empty", {}) for _ in pairs]
-    tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo]) if todo else []
+    tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo], entry.get("prefill", "")) if todo else []
     for i, table in zip(todo, tables):
         out[i] = classify(table, entry["labels"])
     return out
@@ -121,22 +118,24 @@ class LocalJudge:
     def __init__(self, lm: LoadedModel, identity: str | None = None, batch_size: int = 8, top_k: int = TOP_K,
                  prefill: str | None = None):
         self.lm = lm
-        # Small models open with "The" or "[" unless their turn starts with a cue (see the YAML).
-        self.prefill = judge_prompts().get("prefill", "") if prefill is None else prefill
+        # Small models open with "The" or "[" unless their turn starts with a cue (the prompt's
+        # ``prefill`` in the YAML); ``prefill`` given here overrides it for every prompt.
+        self.prefill = prefill
         self.identity = identity or f"local:{base_identity(lm)}"
         self.batch_size = max(1, batch_size)
         self.top_k = top_k
         self._specials = special_tokens(lm)
         self._trie = _number_trie(lm.tokenizer)
 
-    def _render(self, prompt: str) -> str:
+    def _render(self, prompt: str, prefill: str = "") -> str:
         messages = [{"role": "user", "content": neutralise(prompt, self._specials)}]
-        return self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + self.prefill
+        prefill = self.prefill if self.prefill is not None else prefill
+        return self.lm.tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True) + prefill
 
-    def tables(self, prompts: Sequence[str]) -> list[dict[str, float]]:
+    def tables(self, prompts: Sequence[str], prefill: str = "") -> list[dict[str, float]]:
         out: list[dict[str, float]] = []
         for start in range(0, len(prompts), self.batch_size):
-            out.extend(self._batch([self._render(p) for p in prompts[start:start + self.batch_size]]))
+            out.extend(self._batch([self._render(p, prefill) for p in prompts[start:start + self.batch_size]]))
         return out
 
     @torch.no_grad()
@@ -149,7 +148,7 @@ class LocalJudge:
                         use_cache=True, logits_to_keep=1)
             first = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)  # (B, V)
             cache = getattr(out, "cache", None) or out.past_key_values
-            cache_kw = _cache_keyword(model)
+            cache_kw = cache_keyword(model)
             # next-token log-probs after each multi-token number prefix, e.g. "1", "10"
             after: dict[tuple[int, ...], torch.Tensor] = {}
             for prefix in self._trie["prefixes"]:
@@ -194,11 +193,6 @@ class LocalJudge:
         return table
 
 
-def _cache_keyword(model) -> str:
-    """``cache`` (transformers >= 5.2x) or ``past_key_values`` (older), for the KV cache."""
-    base = model.get_base_model() if hasattr(model, "get_base_model") else model
-    return "cache" if "cache" in inspect.signature(base.forward).parameters else "past_key_values"
-
 
 def _number_trie(tokenizer) -> dict:
     """Token ids of "0".."100", the multi-token prefixes to follow, and single-digit token ids."""
@@ -229,7 +223,8 @@ class OpenAIJudge:
         self.timeout = timeout
         self.identity = f"openai:{self.url}#{model}"
 
-    def tables(self, prompts: Sequence[str]) -> list[dict[str, float]]:
+    def tables(self, prompts: Sequence[str], prefill: str = "") -> list[dict[str, float]]:
+        # a prefill is for local judges only: chat endpoints have no portable way to start the reply
         return [self._one(p) for p in prompts]
 
     def _one(self, prompt: str) -> dict[str, float]:

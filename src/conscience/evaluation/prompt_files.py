@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import json
+import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -25,6 +26,12 @@ class PromptRecord:
     @property
     def prompt(self) -> str:
         return self.messages[-1]["content"]
+
+
+def _row_id(index: int, text: str) -> str:
+    """An id for a row without one; the text's digest keeps a resumed run from matching a
+    sample to a different prompt if the file was edited."""
+    return f"row{index}-{zlib.crc32(text.encode()):08x}"
 
 
 def _from_messages(messages, where: str) -> list[dict]:
@@ -74,7 +81,7 @@ def _read_csv(path: Path, column: str, id_column: str) -> list[PromptRecord]:
             text = (row.get(column) or "").strip()
             if not text:
                 raise DataFormatError(f"{path}: line {line}: column {column!r} is empty")
-            rid = str(row.get(id_column) or f"row{len(records)}")
+            rid = str(row.get(id_column) or _row_id(len(records), text))
             meta = {k: v for k, v in row.items() if k not in (column,) and k is not None}
             records.append(PromptRecord(rid, [{"role": "user", "content": text}], meta))
     return records
@@ -103,7 +110,7 @@ def _read_jsonl(path: Path, column: str, id_column: str) -> list[PromptRecord]:
             else:
                 raise DataFormatError(f"{where}: no field {column!r} and no 'messages'; the fields are {sorted(row)} "
                                       "(choose one with --column)")
-            rid = str(row.get(id_column) or f"row{len(records)}")
+            rid = str(row.get(id_column) or _row_id(len(records), messages[-1]["content"]))
             meta = {k: v for k, v in row.items() if k not in ("messages", column)}
             records.append(PromptRecord(rid, messages, meta))
     return records

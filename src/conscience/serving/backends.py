@@ -344,6 +344,8 @@ def build_backend(serve, cfg, lm: LoadedModel | None = None):
         client = UpstreamClient(serve.upstream, serve.upstream_api_key, serve.upstream_model, serve.upstream_timeout)
         reviewer = UpstreamReviewer(client, resolve_framings(cfg), cfg.threshold, serve.upstream_top_logprobs)
         return UpstreamBackend(client, UpstreamConscience(client, reviewer, **common), serve.model_name)
+    if cfg.threads is not None:  # load_model sets it too, but the testing spec skips load_model
+        torch.set_num_threads(max(1, cfg.threads))
     if lm is None:
         lm = tiny_spec_model(cfg.model) or load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
 

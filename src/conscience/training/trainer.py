@@ -85,6 +85,7 @@ class ConscienceTrainer(Trainer):
     # -- the step -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._maybe_sample()                                    # policy samples, frozen copy reviews → buffer
+        self._add(tokens=int(inputs["attention_mask"].sum()))
         pairs = self.buffer.take(self.cfg.dpo_batch) if self.cfg.lam > 0 else []
         if not pairs:                                           # no pairs: exactly the SFT step
             task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
@@ -94,6 +95,7 @@ class ConscienceTrainer(Trainer):
         pair_batch = pad_batch(pair_examples(self.tokenizer_, pairs, self.cfg.max_length), self.pad_id)
         batch = _cat_padded(inputs, {k: v.to(inputs["input_ids"].device) for k, v in pair_batch.items()}, self.pad_id)
         n = inputs["input_ids"].shape[0]
+        self._add(tokens=int(pair_batch["attention_mask"].sum()))
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
         task_loss = causal_lm_loss(logits[:n], batch["labels"][:n])
         chosen, rejected = pair_logps(logits[n:], {"labels": batch["labels"][n:]})
@@ -160,7 +162,7 @@ class ConscienceTrainer(Trainer):
     def finish_step(self, seconds: float) -> dict:
         """Reduce this step's sums over processes, write one JSONL line, queue it for ``log``."""
         keys = ("task_loss", "micro", "dpo_sum", "pairs", "margin_sum", "samples", "flagged", "verdict_sum",
-                "seconds_sampling", "seconds_reviewing")
+                "seconds_sampling", "seconds_reviewing", "tokens")
         sums = torch.tensor([self._step.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.args.device)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
@@ -180,6 +182,7 @@ class ConscienceTrainer(Trainer):
             "seconds_reviewing": s["seconds_reviewing"] / n,
             "seconds_updating": max(seconds - (s["seconds_sampling"] + s["seconds_reviewing"]) / n, 0.0),
             "buffer": len(self.buffer),
+            "tokens": int(s["tokens"]),  # tokens through the update (task batch + pairs), all ranks
         }
         if self.is_world_process_zero():
             with open(self.metrics_path, "a", encoding="utf-8") as fh:
