@@ -73,7 +73,13 @@ def _load(args):
     return conscience
 
 
+def _require_text(value: str, what: str) -> None:
+    if not value or not value.strip():
+        raise ConscienceError(f"{what} is empty")
+
+
 def cmd_ask(args) -> int:
+    _require_text(args.prompt, "the prompt")
     conscience = _load(args)
     response = conscience.respond(args.prompt)
     t = response.timings
@@ -87,6 +93,7 @@ def cmd_ask(args) -> int:
 
 
 def cmd_review(args) -> int:
+    _require_text(args.prompt, "--prompt")
     conscience = _load(args)
     verdict = conscience.review(args.prompt, args.answer, args.reasoning)
     _log(f"review {verdict.seconds:.2f}s")

@@ -258,9 +258,10 @@ def resolve_framings(cfg: "ConscienceConfig") -> list[Framing]:
     return [available[n] for n in names]
 
 
-def make_reviewer(cfg: "ConscienceConfig", judge: LoadedModel) -> Reviewer:
+def make_reviewer(cfg: "ConscienceConfig", judge: LoadedModel, framings: Sequence[Framing] | None = None) -> Reviewer:
     """The verdict a config asks for: verbal, latent or combined."""
-    verbal = VerbalReviewer(judge, resolve_framings(cfg), threshold=cfg.threshold, review_format=cfg.review_format)
+    framings = list(framings) if framings is not None else resolve_framings(cfg)
+    verbal = VerbalReviewer(judge, framings, threshold=cfg.threshold, review_format=cfg.review_format)
     if cfg.verdict == "verbal":
         return verbal
     from .latent import build_latent_reviewer  # the hidden-state verdict
@@ -272,11 +273,12 @@ def build_conscience(cfg: "ConscienceConfig", lm: LoadedModel | None = None) -> 
     """Load the model a config names (unless given) and wrap it in a :class:`Conscience`."""
     from .models import load_model
 
+    framings = resolve_framings(cfg)  # bad question files fail before the model loads
     if lm is None:
         lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
     return Conscience(
         lm,
-        reviewer=make_reviewer(cfg, lm),
+        reviewer=make_reviewer(cfg, lm, framings),
         mode=cfg.mode,
         max_rounds=cfg.max_rounds,
         max_new_tokens=cfg.max_new_tokens,
