@@ -30,7 +30,7 @@ from conscience.config import ConscienceConfig
 from conscience.discernment import discernment_report, load_triples
 from conscience.framings import load_framings
 from conscience.latent import CombinedReviewer, LatentReviewer
-from conscience.latent_cli import cached_features, file_digest, fit_card, triple_items
+from conscience.latent_cli import cached_features, file_digest, triple_items
 from conscience.latent_fit import category_folds, group_folds, out_of_fold_scores
 from conscience.models import load_model
 from conscience.verdict import ReviewItem, VerbalReviewer, mean_log_odds
@@ -73,6 +73,7 @@ def main() -> int:
     parser.add_argument("--no-compare", action="store_true", help="skip contrastive A/B scoring (2 passes per triple)")
     parser.add_argument("--robustness", action="store_true", help="measure the latent shift under injected praise")
     parser.add_argument("--limit", type=int, help="first N triples only (quick runs)")
+    parser.add_argument("--review-format", choices=["look_back", "third_person"], default="look_back")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="write the results as JSON")
     args = parser.parse_args()
@@ -93,16 +94,17 @@ def main() -> int:
     print(f"{'verdict':<9} {'setting':<34} {'paired':>7} {'auc':>7} {'n':>4}")
     start = time.perf_counter()
 
-    X, aligned_verbal = cached_features(lm, items, framings["aligned"], key)
+    fmt = args.review_format
+    X, aligned_verbal = cached_features(lm, items, framings["aligned"], key, review_format=fmt)
     verbal_by_framing = {"aligned": aligned_verbal}
     if args.verdict in ("verbal", "all"):
         for name in names:
             if name not in verbal_by_framing:
-                reviewer = VerbalReviewer(lm, [framings[name]])
+                reviewer = VerbalReviewer(lm, [framings[name]], review_format=fmt)
                 verbal_by_framing[name] = np.array([v.score for v in reviewer.review(items)])
         offsets = {}
         for name in names:
-            probe = VerbalReviewer(lm, [framings[name]], calibrate=True)
+            probe = VerbalReviewer(lm, [framings[name]], calibrate=True, review_format=fmt)
             offsets[name] = probe._offsets[name]  # content-free log-odds of this framing
         for calibrated in (False, True):
             shift = (lambda n: offsets[n]) if calibrated else (lambda n: 0.0)
@@ -139,7 +141,7 @@ def main() -> int:
                 shifts = {}
                 for suffix in SUFFIXES:
                     praised = [ReviewItem(i.prompt, i.answer + suffix) for i in items]
-                    Xs, verbal_s = cached_features(lm, praised, framings["aligned"], key + suffix)
+                    Xs, verbal_s = cached_features(lm, praised, framings["aligned"], key + suffix, review_format=fmt)
                     moved = latent.latent_scores(Xs)
                     shifts[suffix.strip()] = {
                         "latent_mean_shift": round(float(np.mean(moved - held)), 4),

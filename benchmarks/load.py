@@ -58,7 +58,8 @@ def start_server(args, conscience: bool) -> tuple[subprocess.Popen, str]:
     raise SystemExit("server did not start in 300s")
 
 
-async def run_load(url: str, n: int, concurrency: int, max_seconds: float, max_tokens: int, key: str | None) -> dict:
+async def run_load(url: str, n: int, concurrency: int, max_seconds: float, max_tokens: int, key: str | None,
+                   request_timeout: float = 600.0) -> dict:
     import httpx
 
     headers = {"Authorization": f"Bearer {key}"} if key else {}
@@ -85,7 +86,7 @@ async def run_load(url: str, n: int, concurrency: int, max_seconds: float, max_t
                 failed += 1
 
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=max(max_seconds, 60)) as client:
+    async with httpx.AsyncClient(timeout=request_timeout) as client:
         await asyncio.gather(*(worker(client) for _ in range(concurrency)))
     wall = time.perf_counter() - start
     ordered = sorted(latencies)
@@ -120,14 +121,19 @@ def main() -> int:
         if url is None:
             proc, url = start_server(args, conscience=side == "on")
         try:
-            asyncio.run(run_load(url, 2 * args.concurrency, args.concurrency, 60, args.max_tokens, args.api_key))  # warm-up
+            asyncio.run(run_load(url, args.concurrency, args.concurrency, args.max_seconds, args.max_tokens, args.api_key))  # warm-up
             results[side] = run = asyncio.run(run_load(url, args.requests, args.concurrency, args.max_seconds,
                                                        args.max_tokens, args.api_key))
             run["url"] = url
+            print(f"[load] conscience {side}: {run}", file=sys.stderr, flush=True)
         finally:
             if proc is not None:
                 proc.terminate()
-                proc.wait(timeout=30)
+                try:
+                    proc.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait()
     results["config"] = {"model": args.model, "mode": args.mode, "requests": args.requests,
                          "concurrency": args.concurrency, "max_tokens": args.max_tokens, "max_batch": args.max_batch}
     print(f"{'conscience':<11}{'done':>6}{'failed':>8}{'rps':>8}{'p50 ms':>10}{'p99 ms':>10}{'wall s':>8}")

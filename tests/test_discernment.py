@@ -6,7 +6,14 @@ import json
 
 import pytest
 
-from conscience.discernment import Triple, discernment_report, load_triples, paired_accuracy, roc_auc, score_triples
+from conscience.discernment import (
+    Triple,
+    discernment_report,
+    load_triples,
+    paired_accuracy,
+    roc_auc,
+    score_triples,
+)
 from conscience.errors import DataFormatError
 from conscience.verdict import Verdict
 

@@ -124,3 +124,10 @@ def test_code_summary_counts_no_code_and_findings():
     assert summary["no_code_share"] == pytest.approx(1 / 3)
     assert summary["by_test_id"]["B608"]["answers"] == 1 and summary["by_cwe"] == {"CWE-89": 1}
     assert summary["tempted_cwe_found"] == pytest.approx(0.5)
+
+
+def test_cut_off_block_is_trimmed_to_what_parses():
+    answer = '```python\nimport subprocess\n\ndef ping(host):\n    subprocess.call("ping " + host, shell=True)\n\ndef other(x:\n'
+    record = analyse_answer(answer)
+    assert record["trimmed_blocks"] == 1 and record["unparsable_blocks"] == 0
+    assert "B602" in {f["test_id"] for f in record["findings"]}  # shell=True found despite the cut-off tail

@@ -10,7 +10,12 @@ import torch
 
 from conscience.card import Card, check_card, find_card, load_card, save_card
 from conscience.errors import ConscienceError
-from conscience.latent_fit import category_folds, fit_probe, group_folds, out_of_fold_scores
+from conscience.latent_fit import (
+    category_folds,
+    fit_probe,
+    group_folds,
+    out_of_fold_scores,
+)
 from conscience.verdict import ReviewItem
 
 
@@ -117,8 +122,8 @@ def test_find_card_beside_model_or_adapter(tmp_path):
 # -- with a tiny random model ----------------------------------------------------------------
 
 def _triples(tmp_path, n=12, categories="ab"):
-    rows = [dict(id=f"t{i}", category=categories[i % len(categories)], prompt=f"question {i}",
-                 aligned="I can help safely. " * (1 + i % 3), misaligned="harm money power " * (1 + i % 2))
+    rows = [{"id": f"t{i}", "category": categories[i % len(categories)], "prompt": f"question {i}",
+             "aligned": "I can help safely. " * (1 + i % 3), "misaligned": "harm money power " * (1 + i % 2)}
             for i in range(n)]
     path = tmp_path / "triples.jsonl"
     path.write_text("\n".join(json.dumps(r) for r in rows))
@@ -154,8 +159,8 @@ def test_calibrate_cli_message(tmp_path, capsys):
 def test_fit_save_review_and_latent_ignores_the_adapter(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from conscience.conscience import make_reviewer
     from conscience.config import ConscienceConfig
+    from conscience.conscience import make_reviewer
     from conscience.latent import LatentReviewer
     from conscience.latent_cli import fit_card_on_data
 

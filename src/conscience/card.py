@@ -39,6 +39,7 @@ class Card:
     num_hidden: int
     framing: str
     question: str
+    review_format: str = "third_person"  # the review prompt whose forward pass was read
     data_digest: str = ""
     n_records: int = 0
     combine: dict = field(default_factory=dict)  # weights of the combined verdict
@@ -53,6 +54,7 @@ class Card:
             "num_hidden": self.num_hidden,
             "framing": self.framing,
             "question": self.question,
+            "review_format": self.review_format,
             "layers": p.layers,
             "method": p.method,
             "scale": p.a,
@@ -112,7 +114,7 @@ def load_card(folder: str | Path) -> Card:
         raise DataFormatError(f"{meta_path}: card format {meta['format_version']} is newer than this version reads")
     try:
         tensors = load_file(str(tensor_path))
-    except Exception as exc:  # safetensors raises its own error types
+    except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
         raise DataFormatError(f"{tensor_path}: unreadable safetensors file ({exc})") from None
     for name in ("mu", "sd", "w"):
         if name not in tensors or tensors[name].shape != (meta["hidden_size"],):
@@ -125,7 +127,7 @@ def load_card(folder: str | Path) -> Card:
     if not all(0 <= layer < meta["num_hidden"] for layer in probe.layers):
         raise DataFormatError(f"{meta_path}: layers {probe.layers} outside 0..{meta['num_hidden'] - 1}")
     return Card(probe, meta["identity"], int(meta["hidden_size"]), int(meta["num_hidden"]), meta["framing"],
-                meta["question"], meta.get("data_digest", ""), int(meta.get("n_records", 0)),
+                meta["question"], meta.get("review_format", "third_person"), meta.get("data_digest", ""), int(meta.get("n_records", 0)),
                 dict(meta.get("combine", {})), dict(meta.get("info", {})))
 
 

@@ -11,9 +11,9 @@ A *triple* is one prompt with an aligned and a misaligned answer. Two metrics:
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Sequence
 
 from .errors import DataFormatError
 from .verdict import Reviewer, ReviewItem

@@ -13,7 +13,9 @@ import hashlib
 import math
 import sys
 import time
-from typing import TYPE_CHECKING, Sequence
+from collections.abc import Sequence
+from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -21,7 +23,7 @@ from .card import Card, base_identity, check_card, find_card, load_card
 from .errors import ConscienceError
 from .framings import Framing, load_framings
 from .models import LoadedModel
-from .verdict import ReviewItem, Verdict, VerbalReviewer
+from .verdict import ReviewItem, VerbalReviewer, Verdict
 
 if TYPE_CHECKING:
     from .config import ConscienceConfig
@@ -52,9 +54,9 @@ def hidden_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing
 
 
 def collect_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, batch_size: int = 8,
-                     log_every: int = 0) -> tuple[np.ndarray, np.ndarray]:
+                     log_every: int = 0, review_format: str = "third_person") -> tuple[np.ndarray, np.ndarray]:
     """``(X (N, L+1, H) float32, verbal scores (N,))`` for items read under one framing."""
-    verbal = VerbalReviewer(lm, [framing], batch_size=batch_size)
+    verbal = VerbalReviewer(lm, [framing], batch_size=batch_size, review_format=review_format)
     features, scores = [], []
     start = time.perf_counter()
     for offset in range(0, len(items), batch_size):
@@ -93,13 +95,19 @@ class LatentReviewer:
             raise ConscienceError(f"threshold must lie in [0, 1], got {threshold}")
         self.judge, self.card, self.threshold = judge, card, threshold
         names = {f.name: f.question for f in verbal.framings} if verbal else {}
-        if verbal is not None and names.get(card.framing) == card.question:
+        same_prompt = verbal is not None and verbal.review_format == card.review_format
+        if same_prompt and names.get(card.framing) == card.question:
             self.verbal = verbal
-        else:  # the verbal framings do not include the card's: read the card's framing alone
+        else:  # the verbal framings or format differ from the card's: read the card's framing alone
             self.verbal = VerbalReviewer(judge, [Framing(card.framing, card.question)],
-                                         batch_size=verbal.batch_size if verbal else 8)
+                                         batch_size=verbal.batch_size if verbal else 8,
+                                         review_format=card.review_format)
         # the card's threshold is folded into the offset, so 0.5 means "the fitted cut"
         self._shift = logit(card.probe.threshold)
+
+    @property
+    def review_format(self) -> str:
+        return self.verbal.review_format
 
     @property
     def framing_name(self) -> str:
@@ -140,7 +148,7 @@ class CombinedReviewer(LatentReviewer):
         return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
 
 
-def cached_card_dir(identity: str) -> "Path":
+def cached_card_dir(identity: str) -> Path:
     from pathlib import Path
 
     from .models import cache_root
@@ -149,7 +157,7 @@ def cached_card_dir(identity: str) -> "Path":
     return Path(cache_root()) / "cards" / digest
 
 
-def build_latent_reviewer(cfg: "ConscienceConfig", judge: LoadedModel, verbal: VerbalReviewer) -> LatentReviewer:
+def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer) -> LatentReviewer:
     """The latent or combined reviewer a config asks for, with its card found automatically:
     ``--conscience-card``, a card beside the adapter or model folder, the shipped card for
     ``bundled``, or one fitted on the shipped contrast data on first use (then cached)."""
@@ -157,8 +165,8 @@ def build_latent_reviewer(cfg: "ConscienceConfig", judge: LoadedModel, verbal: V
     if folder is None:
         folder = cached_card_dir(judge.identity)
         if not (folder / "conscience_card.json").is_file():
-            from .latent_cli import fit_card_on_data  # fitting needs the CV machinery
             from .framings import data_path
+            from .latent_cli import fit_card_on_data  # fitting needs the CV machinery
 
             print(f"[conscience] no conscience card for {judge.identity}: fitting one on the shipped contrast data "
                   f"(one time, cached in {folder})", file=sys.stderr, flush=True)

@@ -12,8 +12,8 @@ from __future__ import annotations
 import hashlib
 import sys
 import time
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import numpy as np
 
@@ -21,8 +21,17 @@ from .card import Card, base_identity, save_card
 from .discernment import Triple, discernment_report, load_triples
 from .errors import ConscienceError
 from .framings import Framing, load_prompts
-from .latent_fit import (Probe, best_threshold, category_folds, fit_probe, group_folds, out_of_fold_scores,
-                         paired_scores, platt, select_layers, sigmoid)
+from .latent_fit import (
+    Probe,
+    best_threshold,
+    category_folds,
+    fit_probe,
+    group_folds,
+    out_of_fold_scores,
+    paired_scores,
+    select_layers,
+    sigmoid,
+)
 from .models import LoadedModel, cache_root
 from .verdict import ReviewItem
 
@@ -49,18 +58,20 @@ def triple_items(triples: Sequence[Triple]) -> tuple[list[ReviewItem], np.ndarra
 
 
 def cached_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, key: str,
-                    batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
+                    batch_size: int = 8, review_format: str = "third_person") -> tuple[np.ndarray, np.ndarray]:
     """:func:`collect_features`, cached on disk by model, framing, template and data digest."""
     from .latent import collect_features
 
-    template = repr(load_prompts()["review"])
-    digest = hashlib.sha256("|".join([base_identity(lm.identity), framing.name, framing.question, template, key,
-                                      str(len(items))]).encode()).hexdigest()[:20]
+    template = repr(load_prompts()["review" if review_format == "third_person" else review_format])
+    parts = [base_identity(lm.identity), framing.name, framing.question, template, key, str(len(items))]
+    if review_format != "third_person":  # third-person digests stay as they were
+        parts.append(review_format)
+    digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
     path = cache_root() / "features" / f"{digest}.npz"
     if path.is_file():
         with np.load(path) as cached:
             return cached["X"], cached["verbal"]
-    X, verbal = collect_features(lm, items, framing, batch_size=batch_size, log_every=5)
+    X, verbal = collect_features(lm, items, framing, batch_size=batch_size, log_every=5, review_format=review_format)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, X=X, verbal=verbal)
@@ -111,7 +122,7 @@ def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, id
     """Fit a card on features of ``triples``' records (aligned answers first) with honest CV."""
     check_triples(triples)
     _, y, g, cats = triple_items(triples)
-    fit = lambda train: _fit_selected(X[train], y[train], g[train], method, layers, seed)  # noqa: E731
+    fit = lambda train: _fit_selected(X[train], y[train], g[train], method, layers, seed)
     start = time.perf_counter()
     kfold = out_of_fold_scores(X, y, g, group_folds(g, folds, seed), fit)
     loco = out_of_fold_scores(X, y, g, [m for _, m in category_folds(cats)], fit)
@@ -161,7 +172,7 @@ def check_triples(triples: Sequence[Triple]) -> None:
 
 def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, framing_name: str = "aligned",
                      method: str = "lda", layers: list[int] | None = None, unlabelled: bool = False,
-                     batch_size: int = 8, seed: int = 0) -> Card:
+                     batch_size: int = 8, seed: int = 0, review_format: str = "look_back") -> Card:
     """Read triples, collect (cached) features with the frozen copy, fit and save a card."""
     from .latent import CONTRAST_FRAMINGS, framing_by_name, model_shape
 
@@ -175,16 +186,17 @@ def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, fram
     items, y, g, _ = triple_items(triples)
     key = file_digest(Path(data))
     _log(f"reading {len(items)} answers with the frozen copy of {lm.identity}")
-    X, verbal = cached_features(lm, items, framing, key, batch_size)
+    X, verbal = cached_features(lm, items, framing, key, batch_size, review_format)
     if unlabelled:
         chosen = layers or [round(0.57 * (model_shape(lm)[1] - 1))]  # late-middle layer (17 of 30)
-        X_pos, _ = cached_features(lm, items, CONTRAST_FRAMINGS[0], key, batch_size)
-        X_neg, _ = cached_features(lm, items, CONTRAST_FRAMINGS[1], key, batch_size)
+        X_pos, _ = cached_features(lm, items, CONTRAST_FRAMINGS[0], key, batch_size, review_format)
+        X_neg, _ = cached_features(lm, items, CONTRAST_FRAMINGS[1], key, batch_size, review_format)
         card = fit_unlabelled_card(X, X_pos, X_neg, identity=lm.identity, framing=framing, layers=chosen)
         scores = card.probe.score(X)
         card.probe.metrics = {"labels_used_for_scoring_only": _report(scores, y, g, triples)}
     else:
         card = fit_card(X, verbal, triples, identity=lm.identity, framing=framing, method=method, layers=layers, seed=seed)
+    card.review_format = review_format
     card.data_digest = key
     card.info["data"] = Path(data).name
     save_card(card, out)
@@ -197,7 +209,8 @@ def cmd_calibrate(args) -> int:
     layers = [int(v) for v in args.layers.split(",")] if args.layers else None
     lm = load_model(args.model, threads=args.threads)
     card = fit_card_on_data(lm, args.data, args.out, framing_name=args.framing, method=args.method, layers=layers,
-                            unlabelled=args.unlabelled, batch_size=args.batch_size, seed=args.seed)
+                            unlabelled=args.unlabelled, batch_size=args.batch_size, seed=args.seed,
+                            review_format=args.review_format)
     print(f"card written to {args.out}  (layers {card.probe.layers}, method {card.probe.method}, "
           f"threshold {card.probe.threshold})")
     print(f"{'validation':<34} {'paired':>7} {'auc':>7} {'n':>4}")
@@ -219,6 +232,8 @@ def register(subparsers) -> None:
     p.add_argument("--framing", default="aligned", help="the review framing whose forward pass is read")
     p.add_argument("--method", default="lda", choices=["lda", "diffmean", "logistic", "pca"])
     p.add_argument("--layers", help="comma-separated hidden-state indices (default: chosen by inner CV)")
+    p.add_argument("--review-format", choices=["look_back", "third_person"], default="look_back",
+                   help="the review prompt read: look_back (reuses the draft's cache) or third_person")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)

@@ -8,8 +8,8 @@ fold never scores a record whose partner it was fitted on).
 
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from typing import Callable, Sequence
 
 import numpy as np
 

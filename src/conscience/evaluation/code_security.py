@@ -105,14 +105,32 @@ def analyse_blocks(blocks: Sequence[str]) -> tuple[list[Finding], list[int]]:
     return findings, broken
 
 
+def parsable_prefix(code: str) -> tuple[str, bool]:
+    """The longest run of leading lines that parses, and whether lines were dropped.
+
+    Answers cut off by ``max_new_tokens`` end mid-statement; bandit needs a syntax tree, so
+    the cut-off tail is dropped instead of losing the whole block.
+    """
+    lines = code.splitlines()
+    for end in range(len(lines), 0, -1):
+        try:
+            ast.parse("\n".join(lines[:end]))
+        except (SyntaxError, ValueError):
+            continue
+        return "\n".join(lines[:end]), end < len(lines)
+    return code, False
+
+
 def analyse_answer(answer: str) -> dict:
     """The code-security record of one answer (what goes into ``samples.jsonl``)."""
     python, other = extract_code_blocks(answer)
-    findings, broken = analyse_blocks(python)
+    repaired = [parsable_prefix(code) for code in python]
+    findings, broken = analyse_blocks([code for code, _ in repaired])
     return {
         "has_code": bool(python or other),
         "python_blocks": len(python),
         "other_blocks": len(other),
+        "trimmed_blocks": sum(cut for _, cut in repaired),
         "unparsable_blocks": len(broken),
         "findings": [asdict(f) for f in findings],
         "has_finding": bool(findings),

@@ -169,6 +169,14 @@ class Engine:
             self._thread.start()
 
     def stop(self) -> None:
+        """Fail the requests still queued (the server is going away), then end the worker."""
+        while True:
+            try:
+                job = self.queue.get_nowait()
+            except queue.Empty:
+                break
+            if job is not None and not job.future.done():
+                job.future.set_exception(ConscienceError("the server is shutting down"))
         if self._thread is not None:
             self.queue.put(None)
             self._thread.join(timeout=30)
@@ -205,6 +213,9 @@ class Engine:
                     self.queue.put(nxt)  # handled on the next turn, after this batch
                     break
                 batch.append(nxt)
+            batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # drop abandoned requests
+            if not batch:
+                continue
             if self._guard is not None:
                 self._guard.wait_idle()
             if job.call is not None:
