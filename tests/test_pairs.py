@@ -78,9 +78,11 @@ def test_store_skips_torn_last_line(tmp_path, capsys):
         fh.write('{"prompt": "half')  # a write interrupted by a crash
     assert [p.prompt for p in store.load()] == ["p"]
     assert "torn last line" in capsys.readouterr().err
-    store.append(PreferencePair("q", "c", "r", 0.9, 0.2))  # goes on a fresh line
-    with pytest.raises(DataFormatError, match=r"pairs.jsonl:2: invalid JSON"):
-        store.load()  # the torn line is now in the middle: a real error
+    store.append(PreferencePair("q", "c", "r", 0.9, 0.2))  # the torn line is dropped first
+    assert [p.prompt for p in store.load()] == ["p", "q"]
+    path.write_text(path.read_text() + '{"prompt": "x"\n' + path.read_text().splitlines()[0] + "\n")
+    with pytest.raises(DataFormatError, match=r"pairs.jsonl:3: invalid JSON"):
+        store.load()  # a malformed line in the middle is a real error
 
 
 def test_store_names_file_and_line(tmp_path):

@@ -245,7 +245,7 @@ class ScriptedConscience(Conscience):
 
     written = 0
 
-    def _generate(self, lm, chats, frozen_weights=False):
+    def _generate(self, lm, chats, frozen_weights=False, **_):
         from conscience.generation import Generation
 
         out = []

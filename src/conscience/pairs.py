@@ -170,17 +170,28 @@ class PairStore:
         if not lines:
             return
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        with self._lock, open(self.path, "a", encoding="utf-8") as fh:
-            if fh.tell() > 0 and not self._ends_with_newline():
-                fh.write("\n")  # a torn last line must not swallow the new record
-            fh.write(lines)
+        with self._lock:
+            self._cut_torn_tail()
+            with open(self.path, "a", encoding="utf-8") as fh:
+                fh.write(lines)
+                fh.flush()
+                os.fsync(fh.fileno())
+
+    def _cut_torn_tail(self) -> None:
+        """Drop an interrupted last line (no newline) before appending, so it never ends up
+        in the middle of the file where it would read as corruption."""
+        if not self.path.exists() or self.path.stat().st_size == 0:
+            return
+        with open(self.path, "r+b") as fh:
+            data = fh.read()
+            if data.endswith(b"\n"):
+                return
+            keep = data.rfind(b"\n") + 1
+            print(f"[conscience] warning: {self.path}: dropping a torn last line (an interrupted write)",
+                  file=sys.stderr)
+            fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())
-
-    def _ends_with_newline(self) -> bool:
-        with open(self.path, "rb") as fh:
-            fh.seek(-1, os.SEEK_END)
-            return fh.read(1) == b"\n"
 
     def load(self) -> list[PreferencePair]:
         if not self.path.exists():

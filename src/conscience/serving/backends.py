@@ -276,7 +276,11 @@ class UpstreamConscience(Conscience):
         self.client = client
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upstream-draft")
 
-    def _generate(self, lm, chats, frozen_weights: bool = False) -> list[Generation]:
+    @property
+    def _reuses_cache(self) -> bool:  # no local key/value cache: the upstream holds the model
+        return False
+
+    def _generate(self, lm, chats, frozen_weights: bool = False, **_) -> list[Generation]:
         return list(self.pool.map(lambda chat: upstream_generation(self.client, chat, self.max_new_tokens,
                                                                    self.temperature), chats))
 

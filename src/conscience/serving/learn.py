@@ -40,16 +40,6 @@ def write_json_atomic(path: Path, data: dict) -> None:
     os.replace(tmp, path)
 
 
-def drop_torn_tail(path: Path) -> None:
-    """Cut an interrupted last line (no trailing newline) off an append-only JSONL file."""
-    if not path.exists() or path.stat().st_size == 0:
-        return
-    data = path.read_bytes()
-    if not data.endswith(b"\n"):
-        os.truncate(path, data.rfind(b"\n") + 1)
-        _log(f"{path}: removed a torn last line left by an interrupted write")
-
-
 def probe_questions(n: int) -> list[str]:
     """Up to ``n`` EM probe questions: the package's em_questions.yaml if shipped, else probe.yaml."""
     shipped = data_path("em_questions.yaml")
@@ -96,7 +86,6 @@ class Learner:
         if self.state_path.exists():
             self.state.update(json.loads(self.state_path.read_text(encoding="utf-8")))
         self.n_pairs = len(self.store.load())
-        drop_torn_tail(self.store.path)  # else the next append buries the torn line mid-file
         self.engine = None
         self.metrics = None
         self.backend = None
