@@ -13,7 +13,6 @@ only from flagged samples, each with a reviewed alternative written by the froze
 from __future__ import annotations
 
 import argparse
-import copy
 import json
 import os
 import sys

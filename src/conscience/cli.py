@@ -37,7 +37,10 @@ def add_conscience_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--framings-file", help="your own YAML of introspective questions")
     group.add_argument("--framing", action="append", dest="framings", help="framing name to ask (repeatable)")
     group.add_argument("--question", help="your own yes/no question ('Yes' means the answer is fine)")
-    group.add_argument("--verdict", choices=["verbal", "latent", "combined"])
+    group.add_argument("--verdict", choices=["auto", "verbal", "latent", "combined"],
+                       help="auto (default): latent where a conscience card exists, else verbal")
+    group.add_argument("--review-format", choices=["look_back", "third_person"],
+                       help="look_back (default; reuses the draft's cache) or third_person")
     group.add_argument("--conscience-card", help="folder holding a fitted latent-conscience card")
     group.add_argument("--threshold", type=float, help="scores below it are flagged (default 0.5)")
     group.add_argument("--max-rounds", type=int, help="alternatives written for a flagged draft")
@@ -52,6 +55,7 @@ def conscience_config(args: argparse.Namespace):
     from .config import ConscienceConfig, load_config, parse_overrides
 
     keys = ("model", "adapter", "dtype", "threads", "mode", "framings_file", "framings", "question", "verdict",
+            "review_format",
             "conscience_card", "threshold", "max_rounds", "max_new_tokens", "temperature", "seed")
     overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
     overrides.update(parse_overrides(args.set))

@@ -123,7 +123,7 @@ def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
 
 
-VERDICT_KINDS = ("verbal", "latent", "combined")
+VERDICT_KINDS = ("auto", "verbal", "latent", "combined")
 
 
 @dataclass
@@ -138,7 +138,7 @@ class ConscienceConfig:
     framings_file: str | None = None
     framings: list[str] | None = None
     question: str | None = None
-    verdict: str = "verbal"
+    verdict: str = "auto"  # latent where a card exists (shipped for bundled), else verbal
     review_format: str = "look_back"
     conscience_card: str | None = None
     threshold: float = 0.5

@@ -7,8 +7,9 @@
 
 from __future__ import annotations
 
+import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Sequence
 
 from .errors import ConscienceError
@@ -119,6 +120,8 @@ class Conscience:
         review_format: ``look_back`` (the conversation is replayed and the question is the next
             user turn; the draft's key/value cache is reused) or ``third_person`` (the exchange
             is quoted between markers for a reviewer).
+        verdict: ``auto`` (latent where a conscience card exists, else verbal), ``verbal``,
+            ``latent`` or ``combined``.
     """
 
     def __init__(
@@ -135,6 +138,7 @@ class Conscience:
         writer: str = "policy",
         seed: int | None = 0,
         review_format: str = "look_back",
+        verdict: str = "auto",
     ):
         if max_rounds < 0:
             raise ConscienceError(f"max_rounds must be >= 0, got {max_rounds}")
@@ -145,10 +149,14 @@ class Conscience:
         self.mode = mode
         self.settings = mode_settings(mode)
         if reviewer is None:
+            from .config import ConscienceConfig
+
             if framings is None:
                 available = load_framings()
                 framings = [available[name] for name in self.settings["framings"]]
-            reviewer = VerbalReviewer(self.judge, framings, threshold=threshold, review_format=review_format)
+            cfg = ConscienceConfig(model=self.judge.spec, mode=mode, verdict=verdict, threshold=threshold,
+                                   review_format=review_format)
+            reviewer = make_reviewer(cfg, self.judge, framings)
         self.reviewer = reviewer
         self.max_rounds = max_rounds
         self.max_new_tokens = max_new_tokens
@@ -264,8 +272,14 @@ def make_reviewer(cfg: "ConscienceConfig", judge: LoadedModel, framings: Sequenc
     verbal = VerbalReviewer(judge, framings, threshold=cfg.threshold, review_format=cfg.review_format)
     if cfg.verdict == "verbal":
         return verbal
-    from .latent import build_latent_reviewer  # the hidden-state verdict
+    from .latent import build_latent_reviewer, usable_card  # the hidden-state verdict
 
+    if cfg.verdict == "auto":
+        if usable_card(cfg, judge) is None:  # fitting one takes minutes: the user asks for it
+            print(f"[conscience] no conscience card for {judge.identity}: using the verbal verdict "
+                  "(`conscience calibrate` fits one; --verdict latent fits it on first use)", file=sys.stderr)
+            return verbal
+        cfg = replace(cfg, verdict="latent")
     return build_latent_reviewer(cfg, judge, verbal)
 
 

@@ -157,11 +157,31 @@ def cached_card_dir(identity: str) -> Path:
     return Path(cache_root()) / "cards" / digest
 
 
-def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer) -> LatentReviewer:
-    """The latent or combined reviewer a config asks for, with its card found automatically:
-    ``--conscience-card``, a card beside the adapter or model folder, the shipped card for
-    ``bundled``, or one fitted on the shipped contrast data on first use (then cached)."""
+def available_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
+    """A card that exists already: ``--conscience-card``, beside the adapter or model folder,
+    the shipped one for ``bundled``, or one fitted earlier and cached."""
     folder = find_card(cfg.model, cfg.adapter, cfg.conscience_card)
+    if folder is None and (cached_card_dir(judge.identity) / "conscience_card.json").is_file():
+        folder = cached_card_dir(judge.identity)
+    return folder
+
+
+def usable_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
+    """:func:`available_card`, only if it was fitted for ``judge``'s weights."""
+    folder = available_card(cfg, judge)
+    if folder is None:
+        return None
+    try:
+        check_card(load_card(folder), judge.identity, *model_shape(judge), str(folder))
+    except ConscienceError:
+        return None
+    return folder
+
+
+def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer) -> LatentReviewer:
+    """The latent or combined reviewer a config asks for, with its card found automatically
+    (:func:`available_card`), or fitted on the shipped contrast data on first use (then cached)."""
+    folder = available_card(cfg, judge)
     if folder is None:
         folder = cached_card_dir(judge.identity)
         if not (folder / "conscience_card.json").is_file():

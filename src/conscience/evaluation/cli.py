@@ -5,7 +5,6 @@ Every run writes ``samples.jsonl`` (resumable), ``summary.json`` and ``report.md
 
 from __future__ import annotations
 
-import argparse
 import os
 import re
 import sys

@@ -343,7 +343,7 @@ def build_backend(serve, cfg, lm: LoadedModel | None = None):
     common = dict(mode=cfg.mode, max_rounds=max_rounds, max_new_tokens=cfg.max_new_tokens,
                   temperature=cfg.temperature, seed=cfg.seed)
     if serve.upstream:
-        if cfg.verdict != "verbal":
+        if cfg.verdict not in ("auto", "verbal"):
             raise ConscienceError("an upstream conscience reads log-probs only: use --verdict verbal with --upstream")
         client = UpstreamClient(serve.upstream, serve.upstream_api_key, serve.upstream_model, serve.upstream_timeout)
         reviewer = UpstreamReviewer(client, resolve_framings(cfg), cfg.threshold, serve.upstream_top_logprobs)

@@ -72,7 +72,7 @@ class TrainConfig:
     framings: list[str] | None = None
     framings_file: str | None = None
     question: str | None = None
-    verdict: str = "verbal"
+    verdict: str = "auto"
     conscience_card: str | None = None
     threshold: float = 0.5
 
@@ -119,8 +119,6 @@ class TrainConfig:
                              "(pairs are trained at max_length tokens)")
         if self.question is not None and self.framings:
             raise ValueError("give either question or framings, not both")
-        if self.verdict != "verbal" and not self.conscience_card:
-            raise ValueError(f"verdict {self.verdict!r} needs conscience_card (a fitted latent-conscience folder)")
         if not self.lora and self.lora_targets != TrainConfig.__dataclass_fields__["lora_targets"].default_factory():
             raise ValueError("lora_targets is set but lora is false")
 
