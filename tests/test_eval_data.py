@@ -72,7 +72,7 @@ def test_jsonl_chat_and_column_rows(tmp_path):
     rows = [{"id": "x", "messages": [{"role": "user", "content": "write code"}, {"role": "assistant", "content": "ok"}]},
             {"id": "y", "prompt": "kill a python process"}]
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n{broken\n")
-    with pytest.raises(DataFormatError, match="line 3"):
+    with pytest.raises(DataFormatError, match=r"p.jsonl:3: invalid JSON"):
         read_prompts(path)
     path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
     records = read_prompts(path)

@@ -10,12 +10,12 @@ A *triple* is one prompt with an aligned and a misaligned answer. Two metrics:
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from .errors import DataFormatError
+from .jsonl import read_jsonl
 from .verdict import Reviewer, ReviewItem
 
 TRIPLE_FIELDS = ("prompt", "aligned", "misaligned")
@@ -39,32 +39,20 @@ def load_triples(path: str | Path) -> list[Triple]:
     """Read a JSONL of triples (``prompt``, ``aligned``, ``misaligned``; optional ``id``,
     ``category``). Errors name the file, line and field."""
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        raise DataFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
     triples: list[Triple] = []
     seen: set[str] = set()
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{path}:{number}: invalid JSON: {exc.msg}") from None
-        if not isinstance(record, dict):
-            raise DataFormatError(f"{path}:{number}: each line must be a JSON object")
+    for where, record in read_jsonl(path):
         for key in TRIPLE_FIELDS:
             value = record.get(key)
             if not isinstance(value, str) or not value.strip():
-                raise DataFormatError(f"{path}:{number}: field {key!r} must be a non-empty string")
-        triple_id = str(record.get("id") or f"{path.stem}-{number}")
+                raise DataFormatError(f"{where}: field {key!r} must be a non-empty string")
+        triple_id = str(record.get("id") or f"{path.stem}-{where.rsplit(':', 1)[1]}")
         if triple_id in seen:
-            raise DataFormatError(f"{path}:{number}: id {triple_id!r} appears twice")
+            raise DataFormatError(f"{where}: id {triple_id!r} appears twice")
         seen.add(triple_id)
         category = record.get("category", "uncategorised")
         if not isinstance(category, str) or not category.strip():
-            raise DataFormatError(f"{path}:{number}: field 'category' must be a non-empty string")
+            raise DataFormatError(f"{where}: field 'category' must be a non-empty string")
         triples.append(Triple(triple_id, category, record["prompt"], record["aligned"], record["misaligned"]))
     if not triples:
         raise DataFormatError(f"{path}: holds no triples")

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Iterable, Sequence
 
 from .errors import DataFormatError
+from .jsonl import read_jsonl
 from .verdict import Verdict
 
 _REQUIRED = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")
@@ -196,27 +197,7 @@ class PairStore:
     def load(self) -> list[PreferencePair]:
         if not self.path.exists():
             return []
-        try:
-            raw = self.path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            raise DataFormatError(f"cannot read {self.path}: {exc}") from None
-        lines = raw.split("\n")
-        torn_possible = not raw.endswith("\n")
-        pairs = []
-        for number, line in enumerate(lines, start=1):
-            if not line.strip():
-                continue
-            where = f"{self.path}:{number}"
-            try:
-                record = json.loads(line)
-            except json.JSONDecodeError as exc:
-                if torn_possible and number == len(lines):
-                    print(f"[conscience] warning: {where}: skipping a torn last line (an interrupted write)",
-                          file=sys.stderr)
-                    continue
-                raise DataFormatError(f"{where}: invalid JSON: {exc.msg}") from None
-            pairs.append(PreferencePair.from_dict(record, where))
-        return pairs
+        return [PreferencePair.from_dict(record, where) for where, record in read_jsonl(self.path, allow_torn_tail=True)]
 
     def __len__(self) -> int:
         return len(self.load())

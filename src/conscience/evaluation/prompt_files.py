@@ -7,12 +7,12 @@ conversation up to its last user turn; any other JSONL or CSV gives one user pro
 from __future__ import annotations
 
 import csv
-import json
 import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import DataFormatError
+from ..jsonl import read_jsonl
 
 
 @dataclass
@@ -89,28 +89,18 @@ def _read_csv(path: Path, column: str, id_column: str) -> list[PromptRecord]:
 
 def _read_jsonl(path: Path, column: str, id_column: str) -> list[PromptRecord]:
     records = []
-    with path.open(encoding="utf-8") as fh:
-        for n, line in enumerate(fh, 1):
-            if not line.strip():
-                continue
-            where = f"{path}: line {n}"
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as exc:
-                raise DataFormatError(f"{where}: invalid JSON ({exc.msg})") from None
-            if not isinstance(row, dict):
-                raise DataFormatError(f"{where}: each line must be a JSON object")
-            if "messages" in row:
-                messages = _from_messages(row["messages"], where)
-            elif column in row:
-                text = str(row[column] or "").strip()
-                if not text:
-                    raise DataFormatError(f"{where}: field {column!r} is empty")
-                messages = [{"role": "user", "content": text}]
-            else:
-                raise DataFormatError(f"{where}: no field {column!r} and no 'messages'; the fields are {sorted(row)} "
-                                      "(choose one with --column)")
-            rid = str(row.get(id_column) or _row_id(len(records), messages[-1]["content"]))
-            meta = {k: v for k, v in row.items() if k not in ("messages", column)}
-            records.append(PromptRecord(rid, messages, meta))
+    for where, row in read_jsonl(path):
+        if "messages" in row:
+            messages = _from_messages(row["messages"], where)
+        elif column in row:
+            text = str(row[column] or "").strip()
+            if not text:
+                raise DataFormatError(f"{where}: field {column!r} is empty")
+            messages = [{"role": "user", "content": text}]
+        else:
+            raise DataFormatError(f"{where}: no field {column!r} and no 'messages'; the fields are {sorted(row)} "
+                                  "(choose one with --column)")
+        rid = str(row.get(id_column) or _row_id(len(records), messages[-1]["content"]))
+        meta = {k: v for k, v in row.items() if k not in ("messages", column)}
+        records.append(PromptRecord(rid, messages, meta))
     return records

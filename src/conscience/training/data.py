@@ -7,7 +7,6 @@ written by ``Dataset.save_to_disk``. Also: the alignment prompt pool and pair ba
 
 from __future__ import annotations
 
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -16,6 +15,7 @@ from typing import Sequence
 import torch
 
 from ..errors import DataFormatError
+from ..jsonl import read_jsonl
 from ..framings import data_path, read_yaml
 from ..pairs import PreferencePair
 
@@ -43,22 +43,11 @@ def read_chat_jsonl(path: str | Path) -> list[list[dict]]:
     numbers) as one error instead of being silently dropped.
     """
     path = Path(path)
-    try:
-        lines = path.read_text(encoding="utf-8").splitlines()
-    except (OSError, UnicodeDecodeError) as exc:
-        raise DataFormatError(f"cannot read {path}: {exc}") from None
     conversations, no_assistant = [], []
-    for number, line in enumerate(lines, start=1):
-        if not line.strip():
-            continue
-        where = f"{path}:{number}"
-        try:
-            record = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise DataFormatError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+    for where, record in read_jsonl(path):
         messages = _check_record(record, where)
         if not any(m["role"] == "assistant" for m in messages):
-            no_assistant.append(number)
+            no_assistant.append(int(where.rsplit(":", 1)[1]))
         conversations.append(messages)
     if no_assistant:
         shown = ", ".join(map(str, no_assistant[:10])) + (" …" if len(no_assistant) > 10 else "")

@@ -1,0 +1,39 @@
+"""Reading JSON Lines files with errors that name the file and line."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Iterator
+
+from .errors import DataFormatError
+
+
+def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> Iterator[tuple[str, dict]]:
+    """Yield ``("file:line", record)`` for each non-blank line, each one a JSON object.
+
+    ``allow_torn_tail`` skips (with a warning) an unparsable last line without a newline: the
+    trace of an interrupted append, in files written one line at a time.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"cannot read {path}: {getattr(exc, 'strerror', None) or exc}") from None
+    lines = raw.split("\n")
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as exc:
+            if allow_torn_tail and number == len(lines) and not raw.endswith("\n"):
+                print(f"[conscience] warning: {where}: skipping a torn last line (an interrupted write)",
+                      file=sys.stderr)
+                continue
+            raise DataFormatError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        if not isinstance(record, dict):
+            raise DataFormatError(f"{where}: each line must be a JSON object")
+        yield where, record
