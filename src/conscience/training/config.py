@@ -54,7 +54,7 @@ class TrainConfig:
     # the conscience term
     lam: float = 1.0
     beta: float = 0.1
-    align_every: int = 8
+    align_every: int = 16
     align_prompts: str = "both"
     align_batch: int = 2
     k: int = 2
