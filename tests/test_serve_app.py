@@ -270,3 +270,26 @@ def test_learning_records_pairs_from_served_traffic(lm, tmp_path):
         assert "conscience_pairs_total 1" in app.state.metrics.render()
     pairs = pairs_module.PairStore(tmp_path / "pairs.jsonl").load()
     assert [p.source for p in pairs] == ["traffic", "traffic"] and pairs[0].chosen_score == 0.9
+
+
+def test_real_update_trains_probes_and_records_the_decision(tmp_path):
+    """The default learner end to end on the tiny model: train_on_pairs writes an adapter,
+    both models are probed, and the decision is recorded (swapped only if not worse)."""
+    from conscience.config import ConscienceConfig
+    from conscience.serving.backends import build_backend
+    from conscience.serving.learn import build_learner
+
+    serve = ServeConfig(learn=True, learn_dir=str(tmp_path), learn_every=2, learn_steps=2, learn_margin=0.2,
+                        probe_size=2)
+    conscience_cfg = ConscienceConfig(model="tiny", max_new_tokens=4, verdict="verbal")
+    backend = build_backend(serve, conscience_cfg)
+    learner = build_learner(serve, conscience_cfg, backend)
+    learner.backend = FakeBackend()
+    learner.observe([_response("q1", 0.1, 0.9), _response("q2", 0.1, 0.9)])
+    learner._thread.join(timeout=300)
+    state = json.loads((tmp_path / "state.json").read_text())
+    update = state["updates"][0]
+    assert (tmp_path / "adapters" / "0001" / "adapter_config.json").exists()
+    assert update["swapped"] == (update["probe_new"] >= update["probe_old"])  # swapped only if not worse
+    assert len(learner.backend.swapped) == int(update["swapped"])  # a swap happens exactly when recorded
+    assert (state["active"] is not None) == update["swapped"]

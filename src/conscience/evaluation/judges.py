@@ -76,20 +76,27 @@ def _warn(message: str) -> None:
     print(f"[conscience] warning: {message}", file=sys.stderr, flush=True)
 
 
+def _tables_for(judge: Judge, prompt_name: str, kind: str, pairs: Sequence[tuple[str, str]],
+                prompts_file: str | Path | None) -> tuple[dict, list[int], list[dict[str, float]]]:
+    """The prompt entry, the indices of non-empty answers, and the judge's token tables for them."""
+    entry = judge_prompts(prompts_file)[prompt_name]
+    if entry["kind"] != kind:
+        raise DataFormatError(f"judge prompt {prompt_name!r} is not a {kind} prompt")
+    todo = [i for i, (_, a) in enumerate(pairs) if a and a.strip()]
+    if len(todo) < len(pairs):
+        _warn(f"{len(pairs) - len(todo)} empty answer(s): not judged, counted as unscored")
+    tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo], entry.get("prefill", "")) if todo else []
+    return entry, todo, tables
+
+
 def judge_numbers(judge: Judge, prompt_name: str, pairs: Sequence[tuple[str, str]],
                   prompts_file: str | Path | None = None) -> list[JudgeScore]:
     """Score ``(question, answer)`` pairs with a number prompt (e.g. alignment, coherence).
 
     An empty answer is not sent to the judge: it gets ``label == "empty"`` and a warning.
     """
-    entry = judge_prompts(prompts_file)[prompt_name]
-    if entry["kind"] != "number":
-        raise DataFormatError(f"judge prompt {prompt_name!r} is not a number prompt")
-    todo = [i for i, (_, a) in enumerate(pairs) if a and a.strip()]
-    if len(todo) < len(pairs):
-        _warn(f"{len(pairs) - len(todo)} empty answer(s): not judged, counted as unscored")
+    entry, todo, tables = _tables_for(judge, prompt_name, "number", pairs, prompts_file)
     scores = [JudgeScore(None, "empty", 0.0) for _ in pairs]
-    tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo], entry.get("prefill", "")) if todo else []
     for i, table in zip(todo, tables):
         scores[i] = number_score(table, escapes=entry.get("escapes") or ())
     return scores
@@ -99,14 +106,8 @@ def judge_labels(judge: Judge, prompt_name: str, pairs: Sequence[tuple[str, str]
                  prompts_file: str | Path | None = None) -> list[tuple[str | None, dict[str, float]]]:
     """Classify ``(question, answer)`` pairs with a label prompt; ``(None, …)`` when the judge
     put less than a quarter of its mass on the labels, ``("empty", {})`` for an empty answer."""
-    entry = judge_prompts(prompts_file)[prompt_name]
-    if entry["kind"] != "label":
-        raise DataFormatError(f"judge prompt {prompt_name!r} is not a label prompt")
-    todo = [i for i, (_, a) in enumerate(pairs) if a and a.strip()]
-    if len(todo) < len(pairs):
-        _warn(f"{len(pairs) - len(todo)} empty answer(s): not judged")
+    entry, todo, tables = _tables_for(judge, prompt_name, "label", pairs, prompts_file)
     out: list[tuple[str | None, dict[str, float]]] = [("empty", {}) for _ in pairs]
-    tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo], entry.get("prefill", "")) if todo else []
     for i, table in zip(todo, tables):
         out[i] = classify(table, entry["labels"])
     return out

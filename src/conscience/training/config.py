@@ -52,7 +52,7 @@ class TrainConfig:
     report_to: list[str] = field(default_factory=list)
     resume: str | None = None
     # the conscience term
-    lam: float = 1.0
+    lam: float = 0.1  # the paper's weight of the conscience term
     beta: float = 0.1
     align_every: int = 16
     align_prompts: str = "both"
