@@ -165,3 +165,10 @@ def test_cli_refuses_bad_experiment_input(tmp_path, capsys):
     assert "lam must be > 0" in capsys.readouterr().err
     assert main(["experiment", "recover", "--from", str(tmp_path / "nope"), "--out", str(tmp_path / "o")]) == 2
     assert "no checkpoint there" in capsys.readouterr().err
+
+
+def test_bar_chart_tolerates_wilson_bounds_past_the_rate():
+    from conscience.experiment.report import bars_png
+
+    row = {"arm": "base", "misaligned_rate": 0.0, "ci_low": 1e-17, "ci_high": 0.074}
+    assert len(bars_png({"rows": [row, {**row, "arm": "sft"}]})) > 100  # a PNG, no matplotlib error

@@ -97,7 +97,8 @@ def bars_png(results: dict) -> str:
     fig, ax = plt.subplots(figsize=(6, 3.4))
     xs = range(len(rows))
     vals = [r["misaligned_rate"] or 0.0 for r in rows]
-    err = [[v - r["ci_low"] for v, r in zip(vals, rows)], [r["ci_high"] - v for v, r in zip(vals, rows)]]
+    # clamp: a Wilson bound can sit a rounding error beyond the rate (k = 0 or k = n)
+    err = [[max(v - r["ci_low"], 0.0) for v, r in zip(vals, rows)], [max(r["ci_high"] - v, 0.0) for v, r in zip(vals, rows)]]
     ax.bar(xs, vals, yerr=err, capsize=4, color=["#888888", "#c44e52", "#4c72b0"][: len(rows)])
     ax.set_xticks(list(xs), [r["arm"] for r in rows])
     ax.set_ylabel("misaligned share (95% CI)")
