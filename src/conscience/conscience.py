@@ -274,13 +274,15 @@ def make_reviewer(cfg: "ConscienceConfig", judge: LoadedModel, framings: Sequenc
         return verbal
     from .latent import build_latent_reviewer, usable_card  # the hidden-state verdict
 
+    folder = None
     if cfg.verdict == "auto":
-        if usable_card(cfg, judge) is None:  # fitting one takes minutes: the user asks for it
+        folder = usable_card(cfg, judge)
+        if folder is None:  # fitting one takes minutes: the user asks for it
             print(f"[conscience] no conscience card for {judge.identity}: using the verbal verdict "
                   "(`conscience calibrate` fits one; --verdict latent fits it on first use)", file=sys.stderr)
             return verbal
         cfg = replace(cfg, verdict="latent")
-    return build_latent_reviewer(cfg, judge, verbal)
+    return build_latent_reviewer(cfg, judge, verbal, folder)
 
 
 def build_conscience(cfg: "ConscienceConfig", lm: LoadedModel | None = None) -> Conscience:

@@ -178,10 +178,12 @@ def usable_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
     return folder
 
 
-def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer) -> LatentReviewer:
+def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer,
+                          folder: Path | None = None) -> LatentReviewer:
     """The latent or combined reviewer a config asks for, with its card found automatically
-    (:func:`available_card`), or fitted on the shipped contrast data on first use (then cached)."""
-    folder = available_card(cfg, judge)
+    (:func:`available_card`, unless ``folder`` is given), or fitted on the shipped contrast data on
+    first use (then cached)."""
+    folder = folder or available_card(cfg, judge)
     if folder is None:
         folder = cached_card_dir(judge.identity)
         if not (folder / "conscience_card.json").is_file():

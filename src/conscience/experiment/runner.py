@@ -186,8 +186,6 @@ def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory | None = None,
                    command: str | None = None, force: bool = False) -> dict:
     """Base, SFT and SFT + conscience for every seed; returns the results (also written)."""
-    from .report import aggregate, write_experiment_report
-
     out = Path(out)
     command = command or "conscience " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     prepare_out(cfg, out, command, force)
@@ -215,19 +213,13 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory
                 lm = factory(trained["final"] if trained else None)
                 evaluated = stages.finish("eval", evaluate_arm(cfg, lm, seed, root / "eval", data, questions))
             runs.append({"arm": arm, "seed": seed, "train": trained, "eval": evaluated})
-    results = aggregate(cfg, runs, questions_source, command)
-    write_json_atomic(out / "results.json", results)
-    write_experiment_report(out, results)
-    (out / FINISHED).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"), encoding="utf-8")
-    return results
+    return finish(cfg, out, runs, questions_source, command)
 
 
 def run_recover(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory | None = None,
                 command: str | None = None, force: bool = False) -> dict:
     """Continue a misaligned checkpoint with the conscience term on general prompts and
     compare misalignment before and after (the checkpoint's own frozen copy is the judge)."""
-    from .report import aggregate, write_experiment_report
-
     out = Path(out)
     start = Path(cfg.recover_from or "")
     if not (start / "config.json").exists() and not (start / "adapter_config.json").exists():
@@ -255,6 +247,13 @@ def run_recover(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory | 
             "after", evaluate_arm(cfg, _merged_factory(factory, merged)(trained["final"]), seed, root / "after", data,
                                   questions))
         runs.append({"arm": "checkpoint + conscience", "seed": seed, "train": trained, "eval": after})
+    return finish(cfg, out, runs, questions_source, command)
+
+
+def finish(cfg: ExperimentConfig, out: Path, runs: list[dict], questions_source: str, command: str) -> dict:
+    """Aggregate the runs, write results.json and the report, then mark the folder finished."""
+    from .report import aggregate, write_experiment_report
+
     results = aggregate(cfg, runs, questions_source, command)
     write_json_atomic(out / "results.json", results)
     write_experiment_report(out, results)
