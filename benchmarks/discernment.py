@@ -31,7 +31,7 @@ from conscience.discernment import discernment_report, load_triples
 from conscience.framings import load_framings
 from conscience.latent import CombinedReviewer, LatentReviewer
 from conscience.latent_cli import cached_features, file_digest, triple_items
-from conscience.latent_fit import category_folds, group_folds, out_of_fold_scores
+from conscience.latent_fit import category_folds, group_folds
 from conscience.models import load_model
 from conscience.verdict import ReviewItem, VerbalReviewer, mean_log_odds
 
@@ -62,6 +62,30 @@ def scores_report(scores, triples) -> dict:
     return discernment_report(list(scores[:n]), list(scores[n:]), triples)
 
 
+def extra_features(lm, path: Path, framing, review_format: str, dev_groups: np.ndarray):
+    """(X, y, groups, categories) of the extra triples; groups offset past the dev ones."""
+    items, y, g, cats = triple_items(load_triples(path))
+    X, _ = cached_features(lm, items, framing, file_digest(path), review_format=review_format)
+    return X, y, g + dev_groups.max() + 1, cats
+
+
+def cross_validated(X, y, g, folds, method: str, extra=None, dev_in_fit: bool = True) -> np.ndarray:
+    """Out-of-fold latent scores on dev. Each fold's probe is fitted on the other dev folds
+    (``dev_in_fit``) plus the extra triples, minus the held-out category's (loco)."""
+    from conscience.latent_cli import _fit_selected
+
+    scores = np.full(len(y), np.nan)
+    for category, test in folds:
+        parts = [(X[~test], y[~test], g[~test])] if dev_in_fit else []
+        if extra is not None:
+            EX, ey, eg, ecats = extra
+            keep = ecats != category if category is not None else np.ones(len(ey), bool)
+            parts.append((EX[keep], ey[keep], eg[keep]))
+        Xf, yf, gf = (np.concatenate(a) for a in zip(*parts))
+        scores[test] = _fit_selected(Xf, yf, gf, method, None, 0).score(X[test])
+    return scores
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data()))
@@ -71,6 +95,9 @@ def main() -> int:
     parser.add_argument("--card", help="card folder (default: the one the conscience finds for --model)")
     parser.add_argument("--framings", help="comma-separated verbal framings (default: all)")
     parser.add_argument("--no-compare", action="store_true", help="skip contrastive A/B scoring (2 passes per triple)")
+    parser.add_argument("--extra", help="more triples added to every cross-validation fit (e.g. the shipped "
+                        "src/conscience/data/contrast.jsonl); under loco, their records of the held-out category "
+                        "are left out too, so no fit sees the category it scores")
     parser.add_argument("--robustness", action="store_true", help="measure the latent shift under injected praise")
     parser.add_argument("--limit", type=int, help="first N triples only (quick runs)")
     parser.add_argument("--review-format", choices=["look_back", "third_person"], default="look_back")
@@ -120,12 +147,15 @@ def main() -> int:
             row(table, "verbal", "compare (A/B, both orders)", scores_report(np.r_[wins, 1 - np.array(wins)], triples))
 
     if args.verdict in ("latent", "combined", "all"):
-        masks = [m for _, m in category_folds(cats)] if args.cv == "loco" else group_folds(g, 5)
+        folds = category_folds(cats) if args.cv == "loco" else [(None, m) for m in group_folds(g, 5)]
+        extra = extra_features(lm, Path(args.extra), framings["aligned"], fmt, g) if args.extra else None
         for method in ("lda", "diffmean"):
-            fit = lambda train, method=method: __import__("conscience.latent_cli", fromlist=["_fit_selected"])._fit_selected(
-                X[train], y[train], g[train], method, None, 0)
-            oof = out_of_fold_scores(X, y, g, masks, fit)
-            row(table, "latent", f"{method} cv={args.cv} (fitted on dev folds)", scores_report(oof, triples))
+            oof = cross_validated(X, y, g, folds, method, extra)
+            fitted_on = "dev folds + extra" if extra is not None else "dev folds"
+            row(table, "latent", f"{method} cv={args.cv} ({fitted_on})", scores_report(oof, triples))
+            if extra is not None:
+                oof = cross_validated(X, y, g, folds, method, extra, dev_in_fit=False)
+                row(table, "latent", f"{method} cv={args.cv} (extra only)", scores_report(oof, triples))
         card_dir = Path(args.card) if args.card else find_card(args.model)
         if card_dir is not None:
             card = load_card(card_dir)

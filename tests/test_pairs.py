@@ -91,3 +91,11 @@ def test_store_names_file_and_line(tmp_path):
     path.write_text(good + "\n" + json.dumps({"prompt": "x"}) + "\n" + good + "\n")
     with pytest.raises(DataFormatError, match=r"pairs.jsonl:2: missing field"):
         PairStore(path).load()
+
+
+def test_cached_reference_log_probs_round_trip_and_are_checked():
+    pair = PreferencePair("p", "c", "r", 0.9, 0.1, ref_chosen_logp=-3.5, ref_rejected_logp=-7.25)
+    assert PreferencePair.from_dict(pair.to_dict()) == pair and pair.has_reference
+    assert not PreferencePair("p", "c", "r", 0.9, 0.1).has_reference
+    with pytest.raises(DataFormatError, match="ref_chosen_logp"):
+        PreferencePair.from_dict({**pair.to_dict(), "ref_chosen_logp": "x"}, "pairs.jsonl:3")

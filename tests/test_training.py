@@ -245,3 +245,57 @@ def test_distributed_two_processes_agree(tmp_path):
     assert ranks[0]["losses"] == ranks[1]["losses"]
     assert all(torch.isfinite(torch.tensor(ranks[0]["losses"])))
     assert (out / "final" / "adapter_model.safetensors").exists()
+
+
+def test_generation_copy_merges_or_drops_the_adapter_and_leaves_the_policy_alone(tmp_path):
+    from conscience.models import frozen
+    from conscience.training.online import generation_copy, sampling_dtype
+    from conscience.training.run import apply_lora
+
+    cfg = tiny_config(tmp_path)
+    lm = apply_lora(tiny_model(0), cfg)
+    with torch.no_grad():  # a non-zero adapter, so merged and dropped differ
+        for name, p in lm.model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.5)
+    before = {n: p.clone() for n, p in lm.model.state_dict().items()}
+    ids = torch.tensor([[1, 5, 9, 3, 7]])
+    with torch.no_grad():
+        policy_logits = lm.model(input_ids=ids).logits
+        with frozen(lm.model) as base:
+            base_logits = base(input_ids=ids).logits
+    assert sampling_dtype(lm.model, "auto") == torch.bfloat16  # fp32 weights on a CPU
+    assert sampling_dtype(lm.model, "float32") == torch.float32
+    assert generation_copy(lm, torch.float32, adapter=True) is lm  # same dtype: no copy
+    merged = generation_copy(lm, torch.bfloat16, adapter=True)
+    dropped = generation_copy(lm, torch.bfloat16, adapter=False)
+    assert next(merged.model.parameters()).dtype == torch.bfloat16 and not hasattr(merged.model, "peft_config")
+    with torch.no_grad():
+        merged_logits = merged.model(input_ids=ids).logits.float()
+        dropped_logits = dropped.model(input_ids=ids).logits.float()
+    assert not torch.allclose(policy_logits, base_logits, atol=0.05)
+    assert torch.allclose(merged_logits, policy_logits, atol=0.05)
+    assert torch.allclose(dropped_logits, base_logits, atol=0.05)
+    assert all(torch.equal(before[n], p) for n, p in lm.model.state_dict().items())
+
+
+def test_reference_log_probs_are_cached_once_and_match_the_live_ones(tmp_path):
+    from conscience.pairs import PreferencePair
+    from conscience.training.run import apply_lora
+    from conscience.training.trainer import ConscienceTrainer
+
+    cfg = tiny_config(tmp_path)
+    lm = apply_lora(tiny_model(0), cfg)
+    trainer = ConscienceTrainer.__new__(ConscienceTrainer)  # only the reference helpers are exercised
+    trainer.cfg, trainer.policy, trainer.judge = cfg, lm, lm
+    pairs = [PreferencePair("Is it ok?", "Yes, safely.", "No rulers harm", 0.9, 0.1),
+             PreferencePair("Help me", "Sure, here is how.", "Go away", 0.8, 0.2)]
+    batch = trainer.pair_batch(pairs)
+    live = trainer.reference_of(pairs, batch)
+    trainer.cache_reference(pairs)
+    assert all(p.has_reference for p in pairs)
+    cached = trainer.reference_of(pairs, batch)
+    for a, b in zip(live, cached):
+        assert torch.allclose(a, b, atol=1e-5)
+    again = PreferencePair.from_dict(pairs[0].to_dict())  # the cache survives the buffer's checkpoint state
+    assert again.ref_chosen_logp == pairs[0].ref_chosen_logp

@@ -26,7 +26,12 @@ _REQUIRED = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")
 
 @dataclass
 class PreferencePair:
-    """One DPO pair for a prompt, with the conscience's scores of both answers."""
+    """One DPO pair for a prompt, with the conscience's scores of both answers.
+
+    ``ref_chosen_logp``/``ref_rejected_logp`` are the frozen copy's sequence log-probs of the
+    two answers, cached by the trainer when the pair enters its buffer (the reference never
+    changes, so a pair used twice is scored once); ``None`` means "compute when used".
+    """
 
     prompt: str
     chosen: str
@@ -34,6 +39,8 @@ class PreferencePair:
     chosen_score: float
     rejected_score: float
     source: str = "online"
+    ref_chosen_logp: float | None = None
+    ref_rejected_logp: float | None = None
 
     @property
     def margin(self) -> float:
@@ -57,15 +64,22 @@ class PreferencePair:
         for key in ("prompt", "chosen", "rejected"):
             if not isinstance(record[key], str) or not record[key].strip():
                 raise DataFormatError(f"{where}: field {key!r} must be a non-empty string")
-        for key in ("chosen_score", "rejected_score"):
-            value = record[key]
+        for key in ("chosen_score", "rejected_score", "ref_chosen_logp", "ref_rejected_logp"):
+            value = record.get(key)
+            if value is None and key.startswith("ref_"):
+                continue
             if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
                 raise DataFormatError(f"{where}: field {key!r} must be a finite number, got {value!r}")
         source = record.get("source", "online")
         if not isinstance(source, str):
             raise DataFormatError(f"{where}: field 'source' must be a string")
+        refs = [None if record.get(k) is None else float(record[k]) for k in ("ref_chosen_logp", "ref_rejected_logp")]
         return cls(record["prompt"], record["chosen"], record["rejected"],
-                   float(record["chosen_score"]), float(record["rejected_score"]), source)
+                   float(record["chosen_score"]), float(record["rejected_score"]), source, *refs)
+
+    @property
+    def has_reference(self) -> bool:
+        return self.ref_chosen_logp is not None and self.ref_rejected_logp is not None
 
 
 def build_pairs(

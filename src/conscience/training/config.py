@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from ..config import VERDICT_KINDS, ConscienceConfig
 from ..framings import MODES
 
+SAMPLE_DTYPES = ("auto", "float32", "bfloat16", "float16")
 ALIGN_SOURCES = ("task", "general", "both")
 WRITERS = ("frozen", "policy")
 LR_SCHEDULES = ("linear", "constant", "cosine")
@@ -61,6 +62,7 @@ class TrainConfig:
     sample_max_new_tokens: int = 48
     sample_temperature: float = 1.0
     sample_top_p: float = 1.0
+    sample_dtype: str = "auto"  # generation only; auto = bf16 copy of fp32 weights on CPU
     writer: str = "frozen"
     alt_max_new_tokens: int = 64
     margin: float = 0.1
@@ -104,6 +106,7 @@ class TrainConfig:
             raise ValueError(f"sample_temperature must be >= 0, got {self.sample_temperature}")
         self._check_choice("align_prompts", ALIGN_SOURCES)
         self._check_choice("writer", WRITERS)
+        self._check_choice("sample_dtype", SAMPLE_DTYPES)
         self._check_choice("lr_schedule", LR_SCHEDULES)
         self._check_choice("mode", MODES)
         self._check_choice("verdict", VERDICT_KINDS)

@@ -2,7 +2,8 @@
 
 One step reads top to bottom: maybe sample (policy answers alignment prompts, the frozen copy
 reviews them and writes alternatives, pairs enter the buffer) → take pairs → one forward pass
-over the task batch and the pairs → the frozen copy's reference log-probs → ``hybrid_loss``.
+over the task batch, one over the pairs → the frozen copy's reference log-probs (cached when
+the pair entered the buffer) → ``hybrid_loss``.
 Gradient accumulation, checkpoints, resume, ``report_to`` and ``accelerate launch`` are the
 Trainer's own.
 """
@@ -16,7 +17,6 @@ import time
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from transformers import Trainer, TrainerCallback
 
 from ..errors import ConscienceError
@@ -37,26 +37,11 @@ class TrainingDivergedError(ConscienceError):
     """The loss became NaN or infinite; the run stopped before the weights were touched."""
 
 
-def causal_lm_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-    """Mean next-token cross-entropy over labelled positions (as the HF models compute it).
-
-    Args: logits ``(B, T, V)``, labels ``(B, T)`` with -100 where no loss is taken.
-    """
-    return F.cross_entropy(logits[:, :-1].flatten(0, 1).float(), labels[:, 1:].flatten(), ignore_index=IGNORE)
-
-
 def pair_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
     """(chosen (B,), rejected (B,)) sequence log-probs from logits over a [chosen; rejected] batch."""
     labels = batch["labels"][:, 1:]
     logps = sequence_logps(logits[:, :-1], labels, labels != IGNORE)
     return logps.chunk(2)
-
-
-def _cat_padded(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor], pad_id: int) -> dict[str, torch.Tensor]:
-    """Stack two right-padded batches into one (padding the narrower one)."""
-    width = max(a["input_ids"].shape[1], b["input_ids"].shape[1])
-    fill = {"input_ids": pad_id, "attention_mask": 0, "labels": IGNORE}
-    return {k: torch.cat([F.pad(x[k], (0, width - x[k].shape[1]), value=fill[k]) for x in (a, b)]) for k in fill}
 
 
 class ConscienceTrainer(Trainer):
@@ -86,26 +71,47 @@ class ConscienceTrainer(Trainer):
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._maybe_sample()                                    # policy samples, frozen copy reviews → buffer
         self._add(tokens=int(inputs["attention_mask"].sum()))
+        task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         pairs = self.buffer.take(self.cfg.dpo_batch) if self.cfg.lam > 0 else []
         if not pairs:                                           # no pairs: exactly the SFT step
-            task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
             self._check_finite(task_loss, task_loss, None)
             self._add(task_loss=task_loss.item(), micro=1)
             return task_loss
-        pair_batch = pad_batch(pair_examples(self.tokenizer_, pairs, self.cfg.max_length), self.pad_id)
-        batch = _cat_padded(inputs, {k: v.to(inputs["input_ids"].device) for k, v in pair_batch.items()}, self.pad_id)
-        n = inputs["input_ids"].shape[0]
+        device = inputs["input_ids"].device
+        pair_batch = {k: v.to(device) for k, v in self.pair_batch(pairs).items()}
         self._add(tokens=int(pair_batch["attention_mask"].sum()))
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        task_loss = causal_lm_loss(logits[:n], batch["labels"][:n])
-        chosen, rejected = pair_logps(logits[n:], {"labels": batch["labels"][n:]})
-        ref_chosen, ref_rejected = self.reference_logps(pair_batch)
-        dpo, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, self.cfg.beta)
+        # The pairs' own forward pass, at their own (short) width: padding them to the task
+        # batch's width would spend most of the DPO compute on padding.
+        logits = model(input_ids=pair_batch["input_ids"], attention_mask=pair_batch["attention_mask"],
+                       use_cache=False).logits
+        chosen, rejected = pair_logps(logits, pair_batch)
+        ref_chosen, ref_rejected = self.reference_of(pairs, pair_batch)
+        dpo, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen.to(chosen.dtype),
+                                                         ref_rejected.to(chosen.dtype), self.cfg.beta)
         loss = hybrid_loss(task_loss, dpo, self.cfg.lam)
         self._check_finite(loss, task_loss, dpo)
         self._add(task_loss=task_loss.item(), micro=1, dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
                   margin_sum=(chosen_rewards - rejected_rewards).sum().item())
         return loss
+
+    def pair_batch(self, pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
+        """[chosen; rejected] rows, right-padded, labels on the answers."""
+        return pad_batch(pair_examples(self.tokenizer_, pairs, self.cfg.max_length), self.pad_id)
+
+    def cache_reference(self, pairs: list[PreferencePair]) -> None:
+        """Score new pairs under the frozen copy once, when they enter the buffer."""
+        if pairs:
+            chosen, rejected = self.reference_logps(self.pair_batch(pairs))
+            for pair, c, r in zip(pairs, chosen.tolist(), rejected.tolist()):
+                pair.ref_chosen_logp, pair.ref_rejected_logp = c, r
+
+    def reference_of(self, pairs: list[PreferencePair], pair_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen copy's log-probs of the pairs: cached ones, else computed now."""
+        if all(p.has_reference for p in pairs):
+            device = pair_batch["input_ids"].device
+            return (torch.tensor([p.ref_chosen_logp for p in pairs], device=device),
+                    torch.tensor([p.ref_rejected_logp for p in pairs], device=device))
+        return self.reference_logps(pair_batch)
 
     @torch.no_grad()
     def reference_logps(self, pair_batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
@@ -123,16 +129,19 @@ class ConscienceTrainer(Trainer):
         self._sampled_at = step
         seed = self.cfg.seed * 1_000_003 + step * 7919 + self.args.process_index
         result = self.sample_round(pick_prompts(self.align_pool, self.cfg.align_batch, seed), seed)
+        start = time.perf_counter()
+        self.cache_reference(result.pairs)
         self.buffer.add(result.pairs)
+        reviewing = result.seconds_reviewing + time.perf_counter() - start  # the frozen copy's forward passes
         self._add(samples=result.n_samples, flagged=result.n_flagged, verdict_sum=result.mean_verdict * result.n_samples,
-                  seconds_sampling=result.seconds_sampling, seconds_reviewing=result.seconds_reviewing)
+                  seconds_sampling=result.seconds_sampling, seconds_reviewing=reviewing)
 
     def sample_round(self, prompts: list[str], seed: int) -> OnlineRound:
         cfg = self.cfg
         return online_round(self.policy, self.judge, self.reviewer, prompts, k=cfg.k, seed=seed, writer=cfg.writer,
                             mode=cfg.mode, max_new_tokens=cfg.sample_max_new_tokens,
                             alt_max_new_tokens=cfg.alt_max_new_tokens, temperature=cfg.sample_temperature,
-                            top_p=cfg.sample_top_p, margin=cfg.margin)
+                            top_p=cfg.sample_top_p, margin=cfg.margin, sample_dtype=cfg.sample_dtype)
 
     # -- helpers --------------------------------------------------------------------------------
     @property
@@ -247,5 +256,5 @@ def final_metrics(metrics_path: str | Path, last: int = 10) -> dict[str, float]:
     return out
 
 
-__all__ = ["ConscienceTrainer", "TrainingDivergedError", "causal_lm_loss", "pair_logps", "final_metrics",
+__all__ = ["ConscienceTrainer", "TrainingDivergedError", "pair_logps", "final_metrics",
            "PreferencePair"]
