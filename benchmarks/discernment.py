@@ -30,8 +30,8 @@ from conscience.config import ConscienceConfig
 from conscience.discernment import discernment_report, load_triples
 from conscience.framings import load_framings
 from conscience.latent import CombinedReviewer, LatentReviewer
-from conscience.latent_cli import cached_features, file_digest, triple_items
-from conscience.latent_fit import category_folds, group_folds
+from conscience.latent_cli import cached_features, file_digest, fit_selected, triple_items
+from conscience.latent_fit import category_folds, group_folds, scores_with_extra
 from conscience.models import load_model
 from conscience.verdict import ReviewItem, VerbalReviewer, mean_log_odds
 
@@ -69,29 +69,13 @@ def extra_features(lm, path: Path, framing, review_format: str, dev_groups: np.n
     return X, y, g + dev_groups.max() + 1, cats
 
 
-def cross_validated(X, y, g, folds, method: str, extra=None, dev_in_fit: bool = True) -> np.ndarray:
-    """Out-of-fold latent scores on dev. Each fold's probe is fitted on the other dev folds
-    (``dev_in_fit``) plus the extra triples, minus the held-out category's (loco)."""
-    from conscience.latent_cli import _fit_selected
-
-    scores = np.full(len(y), np.nan)
-    for category, test in folds:
-        parts = [(X[~test], y[~test], g[~test])] if dev_in_fit else []
-        if extra is not None:
-            EX, ey, eg, ecats = extra
-            keep = ecats != category if category is not None else np.ones(len(ey), bool)
-            parts.append((EX[keep], ey[keep], eg[keep]))
-        Xf, yf, gf = (np.concatenate(a) for a in zip(*parts))
-        scores[test] = _fit_selected(Xf, yf, gf, method, None, 0).score(X[test])
-    return scores
-
-
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default=str(default_data()))
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--verdict", choices=["verbal", "latent", "combined", "all"], default="all")
-    parser.add_argument("--cv", choices=["loco", "kfold"], default="loco")
+    parser.add_argument("--cv", choices=["loco", "kfold", "none"], default="loco",
+                        help="cross-validated rows fitted on dev folds (none: only the card's held-out rows)")
     parser.add_argument("--card", help="card folder (default: the one the conscience finds for --model)")
     parser.add_argument("--framings", help="comma-separated verbal framings (default: all)")
     parser.add_argument("--no-compare", action="store_true", help="skip contrastive A/B scoring (2 passes per triple)")
@@ -149,12 +133,13 @@ def main() -> int:
     if args.verdict in ("latent", "combined", "all"):
         folds = category_folds(cats) if args.cv == "loco" else [(None, m) for m in group_folds(g, 5)]
         extra = extra_features(lm, Path(args.extra), framings["aligned"], fmt, g) if args.extra else None
-        for method in ("lda", "diffmean"):
-            oof = cross_validated(X, y, g, folds, method, extra)
+        for method in ("lda", "diffmean") if args.cv != "none" else ():
+            fit = lambda X_, y_, g_, method=method: fit_selected(X_, y_, g_, method, None, 0)
+            oof = scores_with_extra(X, y, g, folds, fit, extra)
             fitted_on = "dev folds + extra" if extra is not None else "dev folds"
             row(table, "latent", f"{method} cv={args.cv} ({fitted_on})", scores_report(oof, triples))
             if extra is not None:
-                oof = cross_validated(X, y, g, folds, method, extra, dev_in_fit=False)
+                oof = scores_with_extra(X, y, g, folds, fit, extra, dev_in_fit=False)
                 row(table, "latent", f"{method} cv={args.cv} (extra only)", scores_report(oof, triples))
         card_dir = Path(args.card) if args.card else find_card(args.model)
         if card_dir is not None:
@@ -186,6 +171,8 @@ def main() -> int:
                 print(json.dumps(shifts, indent=2))
 
     default = ConscienceConfig().verdict
+    if default == "auto":  # auto is the latent verdict wherever a card fits the model
+        default = "latent" if "card" in results else "verbal"
     wanted = {"verbal": ("verbal", "aligned"), "latent": ("latent", "card"), "combined": ("combined", "card")}[default]
     chosen = next((r for r in table if r["verdict"] == wanted[0] and r["setting"].startswith(wanted[1])), None)
     results["default_verdict"] = default

@@ -65,6 +65,32 @@ def test_cross_validation_never_scores_a_record_it_was_fitted_on():
     assert all(len(set(categories[m])) == 1 for _, m in category_folds(categories))
 
 
+def test_extra_training_records_never_include_the_held_out_category():
+    from conscience.latent_fit import scores_with_extra
+
+    X, y, g, _ = _planted(n=60)
+    cats = np.array(["abc"[i % 3] for i in range(30)] * 2)
+    EX, ey, eg, _ = _planted(n=90, seed=1)
+    ecats = np.array(["abc"[i % 3] for i in range(45)] * 2)
+    EX[:, 0, 0] = 1000 + np.arange(90)  # a tag to recognise extra records inside a fit
+    X[:, 0, 0] = -1 - np.arange(60)     # and dev records
+    for dev_in_fit in (True, False):
+        fitted = []
+
+        def fit(X_, y_, g_):
+            fitted.append(X_[:, 0, 0].copy())
+            return fit_probe(X_, y_, g_, [1], "lda")
+
+        folds = category_folds(cats)
+        scores = scores_with_extra(X, y, g, folds, fit, (EX, ey, eg + 100, ecats), dev_in_fit=dev_in_fit)
+        assert not np.isnan(scores).any()
+        for (category, test), tags in zip(folds, fitted):
+            extra_used = ecats[(tags[tags >= 1000] - 1000).astype(int)]
+            dev_used = (-tags[tags < 0] - 1).astype(int)
+            assert category not in set(extra_used) and len(extra_used) == int((ecats != category).sum())
+            assert not test[dev_used].any() and (len(dev_used) == int((~test).sum()) if dev_in_fit else not len(dev_used))
+
+
 def _card(hidden=8, num_hidden=3, identity="tiny-random-llama:0", seed=0):
     from conscience.latent_fit import Probe
 

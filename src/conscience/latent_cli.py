@@ -87,7 +87,8 @@ def layer_candidates(num_hidden: int) -> list[list[int]]:
     return singles + windows or [[num_hidden - 1]]
 
 
-def _fit_selected(X, y, g, method: str, layers: list[int] | None, seed: int) -> Probe:
+def fit_selected(X, y, g, method: str, layers: list[int] | None, seed: int) -> Probe:
+    """A probe at ``layers``, or at the layers inner 5-fold CV on ``(X, y, g)`` picks."""
     chosen = layers or select_layers(X, y, g, layer_candidates(X.shape[1]), method, k=5, seed=seed, shrinkage=SHRINKAGE)[0]
     return fit_probe(X, y, g, chosen, method, shrinkage=SHRINKAGE)
 
@@ -122,11 +123,11 @@ def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, id
     """Fit a card on features of ``triples``' records (aligned answers first) with honest CV."""
     check_triples(triples)
     _, y, g, cats = triple_items(triples)
-    fit = lambda train: _fit_selected(X[train], y[train], g[train], method, layers, seed)
+    fit = lambda train: fit_selected(X[train], y[train], g[train], method, layers, seed)
     start = time.perf_counter()
     kfold = out_of_fold_scores(X, y, g, group_folds(g, folds, seed), fit)
     loco = out_of_fold_scores(X, y, g, [m for _, m in category_folds(cats)], fit)
-    probe = _fit_selected(X, y, g, method, layers, seed)
+    probe = fit_selected(X, y, g, method, layers, seed)
     probe.threshold = round(best_threshold(kfold, y), 4)
     combine = _combine_weights(kfold, verbal, y)
     combined_kfold = np.array([sigmoid(combine["latent"] * np.log(l / (1 - l)) + combine["verbal"] * np.log(v / (1 - v)) + combine["bias"])

@@ -182,6 +182,31 @@ def out_of_fold_scores(X: np.ndarray, y: np.ndarray, g: np.ndarray, masks: Seque
     return scores
 
 
+def scores_with_extra(X: np.ndarray, y: np.ndarray, g: np.ndarray, folds: Sequence[tuple[str | None, np.ndarray]],
+                      fit: Callable[[np.ndarray, np.ndarray, np.ndarray], Probe],
+                      extra: tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray] | None = None,
+                      dev_in_fit: bool = True) -> np.ndarray:
+    """Out-of-fold scores on ``(X, y, g)`` with more training records from elsewhere.
+
+    ``folds`` are ``(category or None, test mask)``; each fold's probe is ``fit(X, y, g)`` on the
+    other folds (when ``dev_in_fit``) plus ``extra = (X, y, g, categories)`` minus the extra
+    records of the held-out category, so a leave-one-category-out fit never sees that category.
+    ``extra``'s groups must not collide with ``g``.
+    """
+    scores = np.full(len(y), np.nan)
+    for category, test in folds:
+        parts = [(X[~test], y[~test], g[~test])] if dev_in_fit else []
+        if extra is not None:
+            EX, ey, eg, ecats = extra
+            keep = ecats != category if category is not None else np.ones(len(ey), bool)
+            parts.append((EX[keep], ey[keep], eg[keep]))
+        if not parts or not sum(len(p[1]) for p in parts):
+            continue
+        X_fit, y_fit, g_fit = (np.concatenate(a) for a in zip(*parts))
+        scores[test] = fit(X_fit, y_fit, g_fit).score(X[test])
+    return scores
+
+
 def select_layers(X: np.ndarray, y: np.ndarray, g: np.ndarray, candidates: Sequence[Sequence[int]], method: str,
                   k: int = 5, seed: int = 0, shrinkage: float = 0.5) -> tuple[list[int], dict]:
     """The layer set with the best inner k-fold paired margin; uses only the records given."""
