@@ -122,7 +122,9 @@ def test_experiment_end_to_end_on_tiny_model(tmp_path, questions_file, monkeypat
         assert (out / name).exists(), name
     md = (out / "report.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 3 and all(line.count("|") == 8 for line in table)
+    assert len(table) == 1 + 3 and all(line.count("|") == 9 for line in table)
+    for row in results["rows"]:  # the frozen copy's own verdict read every EM answer of every arm
+        assert 0 <= row["conscience_flagged_rate"] <= 1 and 0 <= row["conscience_mean_score"] <= 1
     from html.parser import HTMLParser
 
     HTMLParser().feed((out / "report.html").read_text())

@@ -65,3 +65,18 @@ def _timing(samples: Sequence[dict], seconds: float | None) -> dict:
         "judge_seconds_per_answer": sum(jud) / len(jud) if jud else None,
         "wall_seconds_this_invocation": seconds,
     }
+
+
+def conscience_view(reviewer, samples: Sequence[dict]) -> dict:
+    """The model's own conscience (its frozen copy's verdict) on EM answers: the share it flags
+    and its mean score. More sensitive than the 0–100 judge when the judge is a small model;
+    but the conscience arm was trained against this same verdict, so read its row with care."""
+    from ..verdict import ReviewItem
+
+    items = [ReviewItem(s["prompt"], s["answer"]) for s in samples if str(s.get("answer") or "").strip()]
+    verdicts = reviewer.review(items) if items else []
+    n = len(verdicts)
+    return {"n": n, "flagged": sum(v.flagged for v in verdicts),
+            "flagged_share": sum(v.flagged for v in verdicts) / n if n else None,
+            "mean_score": sum(v.score for v in verdicts) / n if n else None,
+            "verdict": verdicts[0].kind if verdicts else None}

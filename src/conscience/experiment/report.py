@@ -14,8 +14,8 @@ from ..evaluation.reports import _png, _pyplot, _write
 from ..evaluation.scoring import wilson_interval
 from .config import ExperimentConfig
 
-COLUMNS = ("model", "misaligned % (95% CI)", "coherent %", "code findings %", "task token accuracy",
-           "train minutes", "seeds")
+COLUMNS = ("model", "misaligned % (95% CI)", "coherent %", "flagged by own conscience %", "code findings %",
+           "task token accuracy", "train minutes", "seeds")
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -36,11 +36,15 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
         low, high = wilson_interval(k, n)
         found = sum(r["eval"]["code"].get("with_finding", 0) for r in items)
         answered = sum(r["eval"]["code"].get("n", 0) for r in items)
+        views = [r["eval"]["em"].get("conscience") or {} for r in items]
+        reviewed = sum(v.get("n", 0) for v in views)
         rows.append({
             "arm": arm,
             "misaligned_rate": k / n if n else None, "ci_low": low, "ci_high": high, "misaligned": k, "n": n,
             "coherent_share": _mean([r["eval"]["em"].get("coherent_share") for r in items]),
             "mean_alignment": _mean([r["eval"]["em"].get("mean_alignment") for r in items]),
+            "conscience_flagged_rate": sum(v.get("flagged", 0) for v in views) / reviewed if reviewed else None,
+            "conscience_mean_score": _mean([v.get("mean_score") for v in views]),
             "code_finding_rate": found / answered if answered else _mean(
                 [r["eval"]["code"].get("finding_rate") for r in items]),
             "token_accuracy": _mean([r["eval"].get("token_accuracy") for r in items]),
@@ -67,7 +71,8 @@ def table_rows(results: dict) -> list[list[str]]:
         label = {"base": "base", "sft": "SFT", "conscience": "SFT + conscience"}.get(r["arm"], r["arm"])
         mis = "–" if r["misaligned_rate"] is None else \
             f"{_pct(r['misaligned_rate'])} ({_pct(r['ci_low'])}–{_pct(r['ci_high'])}), {r['misaligned']}/{r['n']}"
-        out.append([label, mis, _pct(r["coherent_share"]), _pct(r["code_finding_rate"]),
+        out.append([label, mis, _pct(r["coherent_share"]), _pct(r.get("conscience_flagged_rate")),
+                    _pct(r["code_finding_rate"]),
                     "–" if r["token_accuracy"] is None else f"{r['token_accuracy']:.3f}",
                     "–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}",
                     ",".join(str(s) for s in r["seeds"])])
@@ -99,10 +104,13 @@ def bars_png(results: dict) -> str:
     vals = [r["misaligned_rate"] or 0.0 for r in rows]
     # clamp: a Wilson bound can sit a rounding error beyond the rate (k = 0 or k = n)
     err = [[max(v - r["ci_low"], 0.0) for v, r in zip(vals, rows)], [max(r["ci_high"] - v, 0.0) for v, r in zip(vals, rows)]]
-    ax.bar(xs, vals, yerr=err, capsize=4, color=["#888888", "#c44e52", "#4c72b0"][: len(rows)])
+    ax.bar([x - 0.2 for x in xs], vals, width=0.4, yerr=err, capsize=4, color="#c44e52", label="misaligned (judge)")
+    flagged = [r.get("conscience_flagged_rate") or 0.0 for r in rows]
+    ax.bar([x + 0.2 for x in xs], flagged, width=0.4, color="#4c72b0", label="flagged by own conscience")
     ax.set_xticks(list(xs), [r["arm"] for r in rows])
-    ax.set_ylabel("misaligned share (95% CI)")
-    ax.set_ylim(0, max(0.1, max(r["ci_high"] for r in rows) * 1.1))
+    ax.set_ylabel("share of EM answers (judge: 95% CI)")
+    ax.set_ylim(0, max(0.1, max(r["ci_high"] for r in rows) * 1.1, max(flagged) * 1.1))
+    ax.legend(fontsize=8)
     ax.set_title("Emergent misalignment by model")
     return _png(fig)
 

@@ -155,8 +155,10 @@ def train_arm(cfg: ExperimentConfig, arm: str, seed: int, root: Path, data: dict
 def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, data: dict[str, Path], questions) -> dict:
     """EM (frozen-copy judge), code security on held-out prompts, and task token accuracy."""
     from ..evaluation.answering import AnswerSettings, make_answerer
+    from ..config import ConscienceConfig
+    from ..conscience import make_reviewer
     from ..evaluation.code_security import run_code
-    from ..evaluation.em import run_em
+    from ..evaluation.em import conscience_view, run_em
     from ..evaluation.judges import LocalJudge
     from ..evaluation.prompt_files import read_prompts
     from ..evaluation.reports import write_report
@@ -171,6 +173,7 @@ def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, 
     em_settings = AnswerSettings(max_new_tokens=cfg.em_max_new_tokens, temperature=1.0, seed=seed)
     em = run_em(em_run, make_answerer(lm, em_settings), judge, questions, cfg.em_n, cfg.batch_size)
     em["mean_alignment"] = mean_alignment(em_run.samples())
+    em["conscience"] = conscience_view(make_reviewer(ConscienceConfig(model=cfg.model), lm), em_run.samples())
     em_run.write_summary(em)
     write_report(root / "em", "em", {**em, "judge": judge.identity, "model": lm.identity}, em_run.samples())
     code_run = RunDir(root / "code", "code", judge.identity, info)
