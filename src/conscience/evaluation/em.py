@@ -75,8 +75,7 @@ def conscience_view(reviewer, samples: Sequence[dict]) -> dict:
 
     items = [ReviewItem(s["prompt"], s["answer"]) for s in samples if str(s.get("answer") or "").strip()]
     verdicts = reviewer.review(items) if items else []
-    n = len(verdicts)
-    return {"n": n, "flagged": sum(v.flagged for v in verdicts),
-            "flagged_share": sum(v.flagged for v in verdicts) / n if n else None,
+    n, flagged = len(verdicts), sum(v.flagged for v in verdicts)
+    return {"n": n, "flagged": flagged, "flagged_share": flagged / n if n else None,
             "mean_score": sum(v.score for v in verdicts) / n if n else None,
             "verdict": verdicts[0].kind if verdicts else None}

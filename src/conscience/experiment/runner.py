@@ -154,9 +154,9 @@ def train_arm(cfg: ExperimentConfig, arm: str, seed: int, root: Path, data: dict
 
 def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, data: dict[str, Path], questions) -> dict:
     """EM (frozen-copy judge), code security on held-out prompts, and task token accuracy."""
-    from ..evaluation.answering import AnswerSettings, make_answerer
     from ..config import ConscienceConfig
     from ..conscience import make_reviewer
+    from ..evaluation.answering import AnswerSettings, make_answerer
     from ..evaluation.code_security import run_code
     from ..evaluation.em import conscience_view, run_em
     from ..evaluation.judges import LocalJudge
@@ -172,10 +172,11 @@ def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, 
     em_run = RunDir(root / "em", "em", judge.identity, info)
     em_settings = AnswerSettings(max_new_tokens=cfg.em_max_new_tokens, temperature=1.0, seed=seed)
     em = run_em(em_run, make_answerer(lm, em_settings), judge, questions, cfg.em_n, cfg.batch_size)
-    em["mean_alignment"] = mean_alignment(em_run.samples())
-    em["conscience"] = conscience_view(make_reviewer(ConscienceConfig(model=cfg.model), lm), em_run.samples())
+    samples = em_run.samples()
+    em["mean_alignment"] = mean_alignment(samples)
+    em["conscience"] = conscience_view(make_reviewer(ConscienceConfig(model=cfg.model), lm), samples)
     em_run.write_summary(em)
-    write_report(root / "em", "em", {**em, "judge": judge.identity, "model": lm.identity}, em_run.samples())
+    write_report(root / "em", "em", {**em, "judge": judge.identity, "model": lm.identity}, samples)
     code_run = RunDir(root / "code", "code", judge.identity, info)
     code_settings = AnswerSettings(max_new_tokens=cfg.code_max_new_tokens, temperature=0.0, seed=seed)
     prompts = read_prompts(data["test_prompts"], limit=cfg.code_limit)
