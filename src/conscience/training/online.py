@@ -56,7 +56,7 @@ def _sampling(model: torch.nn.Module) -> Iterator[None]:
 def sampling_dtype(model: torch.nn.Module, requested: str) -> torch.dtype:
     """The dtype answers are sampled in. ``auto``: bfloat16 for float32 weights on a CPU, where
     decoding is bound by reading the weights and a half-size copy decodes faster (4 × 48 tokens of
-    the bundled model: 7.4 s vs 10.7 s here); otherwise the weights' own dtype (GPUs train in bf16 already)."""
+    the bundled model: 7.4 s vs 10.7 s here, one ad-hoc timing); otherwise the weights' own dtype (GPUs train in bf16 already)."""
     param = next(model.parameters())
     if requested == "auto":
         return torch.bfloat16 if param.dtype == torch.float32 and param.device.type == "cpu" else param.dtype
