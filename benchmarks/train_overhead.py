@@ -5,6 +5,7 @@ difference is ``lam`` (0 vs the config's). Also: the fraction of fp32 matmul pea
 step reaches, with the peak measured in this same process (so both share the machine's load).
 
     python benchmarks/train_overhead.py --steps 8 --out overhead.json
+    python benchmarks/train_overhead.py --steps 32 --also-sample-dtype bfloat16 int8   # side by side
 
 Update FLOPs: with LoRA ≈ 4·N·tokens (forward 2N; backward 2N for activation gradients through
 the frozen weights, adapter weight gradients are negligible); full fine-tuning ≈ 6·N·tokens.
@@ -55,6 +56,8 @@ def main() -> int:
     parser.add_argument("--steps", type=int, default=8)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE", help="extra TrainConfig overrides")
+    parser.add_argument("--also-sample-dtype", nargs="*", default=[], metavar="DTYPE",
+                        help="extra hybrid runs with these sample_dtype values, reported beside the default")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
@@ -73,6 +76,8 @@ def main() -> int:
     peak = matmul_peak_gflops()
     sft = run(sft_cfg, "sft")
     hybrid = run(hybrid_cfg, "hybrid")
+    variants = [run(load_config(TrainConfig, args.config, common + [f"output_dir={work / name}", f"sample_dtype={name}"]),
+                    f"hybrid sample_dtype={name}") for name in args.also_sample_dtype]
     peak = max(peak, matmul_peak_gflops())  # measured before and after: the machine is shared
 
     from conscience.models import load_model
@@ -84,6 +89,12 @@ def main() -> int:
     achieved = sum(r["tokens"] for r in upd) * flops_per_token / sum(r["seconds_updating"] for r in upd) / 1e9
     ratio = hybrid["train_seconds"] / sft["train_seconds"]
     h = hybrid["rows"]
+
+    def phases(rows: list[dict]) -> dict:
+        return {"pairs": sum(r["pairs_in_step"] for r in rows),
+                "seconds_sampling": sum(r["seconds_sampling"] for r in rows),
+                "seconds_reviewing": sum(r["seconds_reviewing"] for r in rows)}
+
     summary = {
         "ratio": ratio,
         "peak_fraction": achieved / peak,
@@ -101,10 +112,17 @@ def main() -> int:
         "threads": args.threads,
         "params": n_params,
         "device": "cpu",
+        "sample_dtype": hybrid_cfg.sample_dtype,
+        "variants": [{"label": v["label"], "seconds": v["train_seconds"], "ratio": v["train_seconds"] / sft["train_seconds"],
+                      **phases(v["rows"])} for v in variants],
     }
-    print(f"{'run':<8}{'seconds':>10}")
-    print(f"{'sft':<8}{sft['train_seconds']:>10.1f}")
-    print(f"{'hybrid':<8}{hybrid['train_seconds']:>10.1f}")
+    print(f"{'run':<32}{'seconds':>9}{'ratio':>7}{'pairs':>7}{'sampling s':>12}{'reviewing s':>13}")
+    print(f"{'sft':<32}{sft['train_seconds']:>9.1f}{1:>7.2f}")
+    for v in [hybrid, *variants]:
+        p = phases(v["rows"])
+        label = v["label"] if v is not hybrid else f"hybrid sample_dtype={hybrid_cfg.sample_dtype}"
+        print(f"{label:<32}{v['train_seconds']:>9.1f}{v['train_seconds'] / sft['train_seconds']:>7.2f}{p['pairs']:>7}"
+              f"{p['seconds_sampling']:>12.1f}{p['seconds_reviewing']:>13.1f}")
     print(f"ratio hybrid/sft = {ratio:.3f} (target <= 1.25, align_every={hybrid_cfg.align_every}); "
           f"pairs={summary['pairs']}; sampling {summary['hybrid_seconds_sampling']:.1f}s, "
           f"reviewing {summary['hybrid_seconds_reviewing']:.1f}s")

@@ -264,18 +264,28 @@ def test_generation_copy_merges_or_drops_the_adapter_and_leaves_the_policy_alone
         policy_logits = lm.model(input_ids=ids).logits
         with frozen(lm.model) as base:
             base_logits = base(input_ids=ids).logits
-    assert sampling_dtype(lm.model, "auto") == torch.bfloat16  # fp32 weights on a CPU
-    assert sampling_dtype(lm.model, "float32") == torch.float32
-    assert generation_copy(lm, torch.float32, adapter=True) is lm  # same dtype: no copy
-    merged = generation_copy(lm, torch.bfloat16, adapter=True)
-    dropped = generation_copy(lm, torch.bfloat16, adapter=False)
-    assert next(merged.model.parameters()).dtype == torch.bfloat16 and not hasattr(merged.model, "peft_config")
-    with torch.no_grad():
-        merged_logits = merged.model(input_ids=ids).logits.float()
-        dropped_logits = dropped.model(input_ids=ids).logits.float()
+    from conscience.packing import PackedLinear, int8_supported, packing_supported
+
+    auto = sampling_dtype(lm.model, "auto")  # fp32 weights on a CPU: packed fp32, else bf16
+    assert auto == (torch.float32 if packing_supported(torch.float32) else torch.bfloat16)
+    assert sampling_dtype(lm.model, "int8") == torch.int8
+    if not packing_supported(torch.float32):
+        assert generation_copy(lm, torch.float32, adapter=True) is lm  # same dtype, nothing to pack
     assert not torch.allclose(policy_logits, base_logits, atol=0.05)
-    assert torch.allclose(merged_logits, policy_logits, atol=0.05)
-    assert torch.allclose(dropped_logits, base_logits, atol=0.05)
+    dtypes = [torch.float32, torch.bfloat16] + ([torch.int8] if int8_supported() else [])
+    for dtype, tol in zip(dtypes, (1e-4, 0.05, 0.1)):
+        merged = generation_copy(lm, dtype, adapter=True)
+        dropped = generation_copy(lm, dtype, adapter=False)
+        if merged is lm:
+            continue
+        assert not hasattr(merged.model, "peft_config") and not hasattr(dropped.model, "peft_config")
+        if dtype == torch.float32:
+            assert any(isinstance(m, PackedLinear) for m in merged.model.modules())
+        with torch.no_grad():
+            merged_logits = merged.model(input_ids=ids).logits.float()
+            dropped_logits = dropped.model(input_ids=ids).logits.float()
+        assert torch.allclose(merged_logits, policy_logits, atol=tol), dtype
+        assert torch.allclose(dropped_logits, base_logits, atol=tol), dtype
     assert all(torch.equal(before[n], p) for n, p in lm.model.state_dict().items())
 
 

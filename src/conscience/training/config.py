@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from ..config import VERDICT_KINDS, ConscienceConfig
 from ..framings import MODES
 
-SAMPLE_DTYPES = ("auto", "float32", "bfloat16", "float16")
+SAMPLE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ALIGN_SOURCES = ("task", "general", "both")
 WRITERS = ("frozen", "policy")
 LR_SCHEDULES = ("linear", "constant", "cosine")
@@ -62,7 +62,7 @@ class TrainConfig:
     sample_max_new_tokens: int = 48
     sample_temperature: float = 1.0
     sample_top_p: float = 1.0
-    sample_dtype: str = "auto"  # generation only; auto = bf16 copy of fp32 weights on CPU
+    sample_dtype: str = "auto"  # generation only; see training.online.sampling_dtype
     writer: str = "frozen"
     alt_max_new_tokens: int = 64
     margin: float = 0.1

@@ -17,9 +17,11 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..errors import ConscienceError
 from ..framings import load_prompts, mode_settings
 from ..generation import generate
 from ..models import LoadedModel, frozen
+from ..packing import int8_supported, pack_linears, packing_supported
 from ..pairs import PreferencePair, build_pairs
 from ..verdict import ReviewItem, Reviewer
 
@@ -54,27 +56,43 @@ def _sampling(model: torch.nn.Module) -> Iterator[None]:
 
 
 def sampling_dtype(model: torch.nn.Module, requested: str) -> torch.dtype:
-    """The dtype answers are sampled in. ``auto``: bfloat16 for float32 weights on a CPU, where
-    decoding is bound by reading the weights and a half-size copy decodes faster (4 × 48 tokens of
-    the bundled model: 7.4 s vs 10.7 s here, one ad-hoc timing); otherwise the weights' own dtype (GPUs train in bf16 already)."""
+    """The dtype answers are sampled in (``torch.int8``: int8 weights, bfloat16 activations; see
+    :mod:`conscience.packing`). ``auto``: the weights' own dtype, except for float32 weights on a
+    CPU without oneDNN packing, which decode from a bfloat16 copy (half the weight reads). Where
+    packing works, a packed float32 copy decodes a round about as fast as a bf16 one and samples
+    exactly what the policy would (``benchmarks/sampling.py``: 1.36× vs 1.25× dense fp32 here)."""
     param = next(model.parameters())
     if requested == "auto":
-        return torch.bfloat16 if param.dtype == torch.float32 and param.device.type == "cpu" else param.dtype
+        if param.dtype == torch.float32 and param.device.type == "cpu" and not packing_supported(torch.float32):
+            return torch.bfloat16
+        return param.dtype
     return getattr(torch, requested)
 
 
 def generation_copy(lm: LoadedModel, dtype: torch.dtype, adapter: bool) -> LoadedModel:
-    """``lm`` itself when it already runs in ``dtype`` (the caller disables a LoRA adapter with
-    :func:`frozen` where needed); otherwise a detached copy for generation only: the adapter merged
-    in (``adapter=True``, the policy) or left out (``adapter=False``, the frozen copy), cast to
-    ``dtype``. The copy lives for one round, so the trained weights are never touched or rounded."""
+    """A detached copy of ``lm`` for generation only: the LoRA adapter merged in (``adapter=True``,
+    the policy) or left out (``adapter=False``, the frozen copy), cast to ``dtype``, its linear
+    layers packed for CPU decoding where :func:`packing_supported` (``torch.int8``: int8 weights).
+    ``lm`` itself when no copy would help (same dtype, nothing to pack: the caller disables an
+    adapter with :func:`frozen`). The trained weights are never touched or rounded; the copy costs
+    one more model's weights in memory while it lives."""
     model = lm.model
-    if next(model.parameters()).dtype == dtype:
+    param = next(model.parameters())
+    int8 = dtype == torch.int8
+    cast = torch.bfloat16 if int8 else dtype
+    on_cpu = param.device.type == "cpu"
+    if int8 and not (on_cpu and int8_supported()):
+        raise ConscienceError("sample_dtype int8 needs CPU weights and a PyTorch with torch._weight_int8pack_mm")
+    pack = on_cpu and (int8 or packing_supported(cast))
+    if param.dtype == cast and not pack:
         return lm
     clone = copy.deepcopy(model)
     if hasattr(model, "peft_config"):
         clone = clone.merge_and_unload() if adapter else clone.unload()
-    return LoadedModel(clone.to(dtype).eval().requires_grad_(False), lm.tokenizer, lm.spec, lm.identity)
+    clone = clone.to(cast).eval().requires_grad_(False)
+    if pack:
+        pack_linears(clone, int8=int8)
+    return LoadedModel(clone, lm.tokenizer, lm.spec, lm.identity)
 
 
 def pick_prompts(pool: Sequence[str], n: int, seed: int) -> list[str]:
@@ -114,13 +132,16 @@ def online_round(
     top_p: float = 1.0,
     margin: float = 0.1,
     sample_dtype: str = "float32",
+    frozen_writer: LoadedModel | None = None,
 ) -> OnlineRound:
     """Sample → review → write alternatives for the flagged → review them → pairs.
 
     ``judge`` is the frozen copy (with LoRA the same module as the policy: its adapter is
     disabled while it judges or writes); ``writer`` picks who writes alternatives.
     ``sample_dtype`` (see :func:`sampling_dtype`) applies to generation only: verdicts are
-    always read from the judge's own weights, as its card was fitted.
+    always read from the judge's own weights, as its card was fitted. ``frozen_writer`` is the
+    frozen copy's generation copy when the caller keeps one across rounds (its weights never
+    change); otherwise one is made for this round.
     """
     result = OnlineRound()
     chats = [_with_system([{"role": "user", "content": p}], mode) for p in prompts for _ in range(k)]
@@ -143,7 +164,10 @@ def online_round(
         alt_verdicts: list = [None] * len(samples)
         if flagged:
             revise = [_with_system(revision_chat(asked[i], samples[i].text, mode), mode) for i in flagged]
-            author = generation_copy(judge, dtype, adapter=False) if writer == "frozen" else sampler
+            if writer == "frozen":
+                author = frozen_writer or generation_copy(judge, dtype, adapter=False)
+            else:
+                author = sampler
             ctx = frozen(author.model) if writer == "frozen" else contextlib.nullcontext()
             with ctx:
                 written = generate(author, revise, max_new_tokens=alt_max_new_tokens, temperature=temperature,

@@ -26,7 +26,7 @@ from ..pairs import PairBuffer, PreferencePair
 from ..verdict import Reviewer
 from .config import TrainConfig
 from .data import IGNORE, pad_batch, pair_examples
-from .online import OnlineRound, online_round, pick_prompts
+from .online import OnlineRound, generation_copy, online_round, pick_prompts, sampling_dtype
 
 STATE_FILE = "conscience_state.json"
 METRIC_KEYS = ("task_loss", "dpo_loss", "lam", "pairs_in_step", "flagged_share", "mean_verdict", "reward_margin",
@@ -63,6 +63,7 @@ class ConscienceTrainer(Trainer):
         self.metrics_path = Path(metrics_path)
         self.model_accepts_loss_kwargs = False  # per-micro-batch means; the Trainer divides by grad_accum
         self._sampled_at = -1
+        self._frozen_writer: LoadedModel | None = None
         self._step: dict[str, float] = {}
         self._pending_logs: list[dict] = []
         self.add_callback(_StepRecorder(self))
@@ -141,7 +142,18 @@ class ConscienceTrainer(Trainer):
         return online_round(self.policy, self.judge, self.reviewer, prompts, k=cfg.k, seed=seed, writer=cfg.writer,
                             mode=cfg.mode, max_new_tokens=cfg.sample_max_new_tokens,
                             alt_max_new_tokens=cfg.alt_max_new_tokens, temperature=cfg.sample_temperature,
-                            top_p=cfg.sample_top_p, margin=cfg.margin, sample_dtype=cfg.sample_dtype)
+                            top_p=cfg.sample_top_p, margin=cfg.margin, sample_dtype=cfg.sample_dtype,
+                            frozen_writer=self.frozen_writer())
+
+    def frozen_writer(self) -> LoadedModel | None:
+        """The frozen copy's generation copy, built once: the base weights never change, so
+        rebuilding it each round (≈1 s for the bundled model) would buy nothing."""
+        if self.cfg.writer != "frozen":
+            return None
+        if self._frozen_writer is None:
+            dtype = sampling_dtype(self.judge.model, self.cfg.sample_dtype)
+            self._frozen_writer = generation_copy(self.judge, dtype, adapter=False)
+        return self._frozen_writer
 
     # -- helpers --------------------------------------------------------------------------------
     @property
