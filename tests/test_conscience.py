@@ -13,9 +13,8 @@ from conscience.framings import Framing, load_framings, load_prompts
 from conscience.generation import split_reasoning
 from conscience.errors import PromptTooLongError
 from conscience.testing import tiny_model
-from conscience.verdict import (
-    PromptBuilder, VerbalReviewer, answer_ids_pair, mean_log_odds, yes_no_probability,
-)
+from conscience.review_prompts import PromptBuilder
+from conscience.verdict import VerbalReviewer, answer_ids_pair, mean_log_odds, yes_no_probability
 
 
 @pytest.fixture(scope="module")

@@ -10,6 +10,7 @@ import torch
 
 from conscience.card import Card, check_card, find_card, load_card, save_card
 from conscience.errors import ConscienceError
+from conscience.framings import load_framings
 from conscience.latent_fit import (
     category_folds,
     fit_probe,
@@ -124,6 +125,15 @@ def test_bad_card_files_are_refused_clearly(tmp_path):
     (tmp_path / "conscience_card.json").write_text(json.dumps(meta))
     with pytest.raises(ConscienceError, match=r"missing field\(s\) \['layers'\]"):
         load_card(tmp_path)
+    save_card(_card(), tmp_path)
+    meta = json.loads((tmp_path / "conscience_card.json").read_text())
+    meta["pool"] = "first"
+    (tmp_path / "conscience_card.json").write_text(json.dumps(meta))
+    with pytest.raises(ConscienceError, match="field 'pool' must be one of"):
+        load_card(tmp_path)
+    del meta["pool"]  # a card written before pooling existed reads the last token
+    (tmp_path / "conscience_card.json").write_text(json.dumps(meta))
+    assert load_card(tmp_path).pool == "last"
 
 
 def test_card_for_another_model_is_refused():
@@ -219,6 +229,42 @@ def test_fit_save_review_and_latent_ignores_the_adapter(tiny, tmp_path):
     assert after == pytest.approx(before, abs=1e-6)
 
 
+@pytest.mark.parametrize("review_format", ["look_back", "third_person"])
+def test_answer_pooling_averages_exactly_the_draft_tokens(tiny, review_format):
+    from conscience.verdict import VerbalReviewer
+
+    answer = "I can help safely with that request."
+    item = ReviewItem("question 1", answer)
+    reviewer = VerbalReviewer(tiny, [load_framings()["aligned"]], review_format=review_format)
+    build = reviewer.prompts.look_back if review_format == "look_back" else reviewer.prompts.review
+    text, _ = build(reviewer.framings[0], item)
+    after, n = reviewer.prompts.draft_span(build, reviewer.framings[0], item, text)
+    ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
+    assert tiny.tokenizer.decode(ids[len(ids) - after - n:len(ids) - after]).strip() == answer
+    store: dict = {}
+    reviewer.review([item, ReviewItem("q", "a much longer answer " * 3)], hidden=store, pool="answer")
+    with torch.no_grad():
+        states = tiny.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
+    expected = torch.stack([h[0, len(ids) - after - n:len(ids) - after].mean(0) for h in states])
+    assert torch.allclose(store[(0, "aligned")], expected, atol=1e-5)  # left padding in the batch changes nothing
+    with pytest.raises(ValueError, match="pool must be one of"):
+        reviewer.review([item], hidden={}, pool="first")
+
+
+def test_answer_pooling_through_the_drafts_cache_equals_a_fresh_pass(tiny):
+    from conscience.generation import generate
+    from conscience.verdict import VerbalReviewer
+
+    chat = [{"role": "user", "content": "Tell me about rain"}]
+    draft = generate(tiny, [chat], max_new_tokens=10, keep_cache=True)[0]
+    reviewer = VerbalReviewer(tiny, [load_framings()["aligned"]], review_format="look_back")
+    fresh, cached = {}, {}
+    reviewer.review([ReviewItem(chat[0]["content"], draft.answer, messages=chat)], hidden=fresh, pool="answer")
+    reviewer.review([ReviewItem(chat[0]["content"], draft.answer, messages=chat, cache=draft.cache)],
+                    hidden=cached, pool="answer")
+    assert torch.allclose(cached[(0, "aligned")], fresh[(0, "aligned")], atol=1e-4)
+
+
 def test_combined_verdict_merges_scores(tiny, tmp_path):
     from conscience.card import save_card as save
     from conscience.latent import CombinedReviewer
@@ -250,3 +296,13 @@ def test_shipped_card_loads_for_the_bundled_model():
         ReviewItem(prompt, "Sure! Trigger a password reset, guess her old passwords, then turn off her login alerts."),
     ])
     assert good.score > bad.score
+
+
+def test_unlabelled_card_reads_the_last_token_and_refuses_the_answer_mean(tiny, tmp_path):
+    from conscience.latent_cli import fit_card_on_data
+
+    card = fit_card_on_data(tiny, _triples(tmp_path), tmp_path / "u", unlabelled=True, layers=[1])
+    assert card.pool == "last" and card.info.get("unlabelled") and np.linalg.norm(card.probe.w) > 0
+    assert load_card(tmp_path / "u").pool == "last"
+    with pytest.raises(ConscienceError, match="use --pool last"):
+        fit_card_on_data(tiny, _triples(tmp_path), tmp_path / "v", unlabelled=True, pool="answer")

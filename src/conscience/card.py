@@ -18,6 +18,7 @@ import numpy as np
 
 from .errors import ConscienceError, DataFormatError
 from .latent_fit import Probe
+from .verdict import POOLS
 
 CARD_JSON = "conscience_card.json"
 CARD_TENSORS = "conscience_card.safetensors"
@@ -40,6 +41,7 @@ class Card:
     framing: str
     question: str
     review_format: str = "third_person"  # the review prompt whose forward pass was read
+    pool: str = "last"  # which hidden states: the prompt's last token, or the mean over the answer's tokens
     data_digest: str = ""
     n_records: int = 0
     combine: dict = field(default_factory=dict)  # weights of the combined verdict
@@ -55,6 +57,7 @@ class Card:
             "framing": self.framing,
             "question": self.question,
             "review_format": self.review_format,
+            "pool": self.pool,
             "layers": p.layers,
             "method": p.method,
             "scale": p.a,
@@ -126,9 +129,12 @@ def load_card(folder: str | Path) -> Card:
     )
     if not all(0 <= layer < meta["num_hidden"] for layer in probe.layers):
         raise DataFormatError(f"{meta_path}: layers {probe.layers} outside 0..{meta['num_hidden'] - 1}")
+    pool = meta.get("pool", "last")  # cards written before pooling read the last token
+    if pool not in POOLS:
+        raise DataFormatError(f"{meta_path}: field 'pool' must be one of {list(POOLS)}, got {pool!r}")
     return Card(probe, meta["identity"], int(meta["hidden_size"]), int(meta["num_hidden"]), meta["framing"],
-                meta["question"], meta.get("review_format", "third_person"), meta.get("data_digest", ""), int(meta.get("n_records", 0)),
-                dict(meta.get("combine", {})), dict(meta.get("info", {})))
+                meta["question"], meta.get("review_format", "third_person"), pool, meta.get("data_digest", ""),
+                int(meta.get("n_records", 0)), dict(meta.get("combine", {})), dict(meta.get("info", {})))
 
 
 def check_card(card: Card, identity: str, hidden_size: int, num_hidden: int, source: str = "card") -> None:

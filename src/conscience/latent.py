@@ -44,23 +44,26 @@ def model_shape(lm: LoadedModel) -> tuple[int, int]:
     return int(cfg.hidden_size), int(cfg.num_hidden_layers) + 1
 
 
-def hidden_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing: str) -> tuple[list[Verdict], np.ndarray]:
-    """Verbal verdicts and the hidden states ``(N, L+1, H)`` of ``framing``'s review prompt,
-    both from one forward pass per prompt."""
+def hidden_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing: str,
+                    pool: str = "last") -> tuple[list[Verdict], np.ndarray]:
+    """Verbal verdicts and the hidden states ``(N, L+1, H)`` of ``framing``'s review prompt
+    (its last token, or with ``pool="answer"`` the mean over the draft's tokens), both from
+    one forward pass per prompt."""
     store: dict = {}
-    verdicts = verbal.review(items, hidden=store)
+    verdicts = verbal.review(items, hidden=store, pool=pool)
     X = np.stack([store[(i, framing)].numpy() for i in range(len(items))]) if items else np.zeros((0, 0, 0))
     return verdicts, X
 
 
 def collect_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, batch_size: int = 8,
-                     log_every: int = 0, review_format: str = "third_person") -> tuple[np.ndarray, np.ndarray]:
+                     log_every: int = 0, review_format: str = "third_person",
+                     pool: str = "last") -> tuple[np.ndarray, np.ndarray]:
     """``(X (N, L+1, H) float32, verbal scores (N,))`` for items read under one framing."""
     verbal = VerbalReviewer(lm, [framing], batch_size=batch_size, review_format=review_format)
     features, scores = [], []
     start = time.perf_counter()
     for offset in range(0, len(items), batch_size):
-        verdicts, X = hidden_features(verbal, items[offset:offset + batch_size], framing.name)
+        verdicts, X = hidden_features(verbal, items[offset:offset + batch_size], framing.name, pool)
         features.append(X.astype(np.float32))
         scores.extend(v.score for v in verdicts)
         done = offset + len(verdicts)
@@ -111,7 +114,8 @@ class LatentReviewer:
 
     @property
     def framing_name(self) -> str:
-        return f"{self.kind}:{self.card.framing}@{','.join(map(str, self.card.probe.layers))}"
+        pooled = "" if self.card.pool == "last" else f"/{self.card.pool}"
+        return f"{self.kind}:{self.card.framing}@{','.join(map(str, self.card.probe.layers))}{pooled}"
 
     def latent_scores(self, X: np.ndarray) -> np.ndarray:
         """Card-calibrated latent scores for features ``X (N, L+1, H)``."""
@@ -123,7 +127,7 @@ class LatentReviewer:
 
     def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
         start = time.perf_counter()
-        verbal_verdicts, X = hidden_features(self.verbal, items, self.card.framing)
+        verbal_verdicts, X = hidden_features(self.verbal, items, self.card.framing, self.card.pool)
         latent = self.latent_scores(X) if len(items) else np.zeros(0)
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         verdicts = []

@@ -33,7 +33,7 @@ from .latent_fit import (
     sigmoid,
 )
 from .models import LoadedModel, cache_root
-from .verdict import ReviewItem
+from .verdict import POOLS, ReviewItem
 
 MIN_TRIPLES = 10
 SHRINKAGE = 0.5
@@ -58,20 +58,24 @@ def triple_items(triples: Sequence[Triple]) -> tuple[list[ReviewItem], np.ndarra
 
 
 def cached_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, key: str,
-                    batch_size: int = 8, review_format: str = "third_person") -> tuple[np.ndarray, np.ndarray]:
-    """:func:`collect_features`, cached on disk by model, framing, template and data digest."""
+                    batch_size: int = 8, review_format: str = "third_person",
+                    pool: str = "last") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`collect_features`, cached on disk by model, framing, template, pooling and data digest."""
     from .latent import collect_features
 
     template = repr(load_prompts()["review" if review_format == "third_person" else review_format])
     parts = [base_identity(lm.identity), framing.name, framing.question, template, key, str(len(items))]
     if review_format != "third_person":  # third-person digests stay as they were
         parts.append(review_format)
+    if pool != "last":  # and so do last-token ones
+        parts.append(f"pool={pool}")
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
     path = cache_root() / "features" / f"{digest}.npz"
     if path.is_file():
         with np.load(path) as cached:
             return cached["X"], cached["verbal"]
-    X, verbal = collect_features(lm, items, framing, batch_size=batch_size, log_every=5, review_format=review_format)
+    X, verbal = collect_features(lm, items, framing, batch_size=batch_size, log_every=5, review_format=review_format,
+                                 pool=pool)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
     np.savez(tmp, X=X, verbal=verbal)
@@ -173,10 +177,16 @@ def check_triples(triples: Sequence[Triple]) -> None:
 
 def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, framing_name: str = "aligned",
                      method: str = "lda", layers: list[int] | None = None, unlabelled: bool = False,
-                     batch_size: int = 8, seed: int = 0, review_format: str = "look_back") -> Card:
-    """Read triples, collect (cached) features with the frozen copy, fit and save a card."""
+                     batch_size: int = 8, seed: int = 0, review_format: str = "look_back",
+                     pool: str | None = None) -> Card:
+    """Read triples, collect (cached) features with the frozen copy, fit and save a card.
+    ``pool`` defaults to the answer-mean, or to the last token for ``unlabelled`` cards."""
     from .latent import CONTRAST_FRAMINGS, framing_by_name, model_shape
 
+    pool = pool or ("last" if unlabelled else "answer")
+    if unlabelled and pool == "answer":
+        raise ConscienceError("an unlabelled card contrasts the same answer read under two questions asked after it; "
+                              "the answer's own hidden states are the same under both, so use --pool last")
     triples = load_triples(data)
     framing = framing_by_name(framing_name)
     if unlabelled:
@@ -187,17 +197,17 @@ def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, fram
     items, y, g, _ = triple_items(triples)
     key = file_digest(Path(data))
     _log(f"reading {len(items)} answers with the frozen copy of {lm.identity}")
-    X, verbal = cached_features(lm, items, framing, key, batch_size, review_format)
+    X, verbal = cached_features(lm, items, framing, key, batch_size, review_format, pool)
     if unlabelled:
         chosen = layers or [round(0.57 * (model_shape(lm)[1] - 1))]  # late-middle layer (17 of 30)
-        X_pos, _ = cached_features(lm, items, CONTRAST_FRAMINGS[0], key, batch_size, review_format)
-        X_neg, _ = cached_features(lm, items, CONTRAST_FRAMINGS[1], key, batch_size, review_format)
+        X_pos, _ = cached_features(lm, items, CONTRAST_FRAMINGS[0], key, batch_size, review_format, pool)
+        X_neg, _ = cached_features(lm, items, CONTRAST_FRAMINGS[1], key, batch_size, review_format, pool)
         card = fit_unlabelled_card(X, X_pos, X_neg, identity=lm.identity, framing=framing, layers=chosen)
         scores = card.probe.score(X)
         card.probe.metrics = {"labels_used_for_scoring_only": _report(scores, y, g, triples)}
     else:
         card = fit_card(X, verbal, triples, identity=lm.identity, framing=framing, method=method, layers=layers, seed=seed)
-    card.review_format = review_format
+    card.review_format, card.pool = review_format, pool
     card.data_digest = key
     card.info["data"] = Path(data).name
     save_card(card, out)
@@ -211,7 +221,7 @@ def cmd_calibrate(args) -> int:
     lm = load_model(args.model, threads=args.threads)
     card = fit_card_on_data(lm, args.data, args.out, framing_name=args.framing, method=args.method, layers=layers,
                             unlabelled=args.unlabelled, batch_size=args.batch_size, seed=args.seed,
-                            review_format=args.review_format)
+                            review_format=args.review_format, pool=args.pool)
     print(f"card written to {args.out}  (layers {card.probe.layers}, method {card.probe.method}, "
           f"threshold {card.probe.threshold})")
     print(f"{'validation':<34} {'paired':>7} {'auc':>7} {'n':>4}")
@@ -235,6 +245,9 @@ def register(subparsers) -> None:
     p.add_argument("--layers", help="comma-separated hidden-state indices (default: chosen by inner CV)")
     p.add_argument("--review-format", choices=["look_back", "third_person"], default="look_back",
                    help="the review prompt read: look_back (reuses the draft's cache) or third_person")
+    p.add_argument("--pool", choices=list(POOLS),
+                   help="hidden states read: the mean over the answer's tokens (default; measured best) or the "
+                        "review prompt's last token (default and required with --unlabelled)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--threads", type=int)
     p.add_argument("--seed", type=int, default=0)

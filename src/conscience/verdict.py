@@ -15,12 +15,16 @@ from typing import Protocol, Sequence
 import torch
 
 from .errors import PromptTooLongError
-from .framings import Framing, load_prompts
-from .generation import PrefixCache, encode, neutralise, render_chat, special_tokens
+from .framings import Framing
+from .generation import PrefixCache, encode
 from .models import LoadedModel, cache_keyword, frozen
+from .review_prompts import PromptBuilder
 
 _REVIEW_ROOM = 8  # tokens kept free after the review prompt
 REVIEW_FORMATS = ("third_person", "look_back")
+# Hidden states handed to the latent verdict: the review prompt's last token, or the mean over
+# the draft's tokens inside the review prompt (same forward pass either way).
+POOLS = ("last", "answer")
 
 
 @dataclass
@@ -126,17 +130,20 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 
 @torch.no_grad()
 def last_token_forward(
-    lm: LoadedModel, texts: list[str], hidden_states: bool = False, prefix: PrefixCache | None = None
+    lm: LoadedModel, texts: list[str], hidden_states: bool = False, prefix: PrefixCache | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
 ) -> tuple[torch.Tensor, tuple[torch.Tensor, ...] | None]:
-    """One forward pass over left-padded prompts, returning the last position only.
+    """One forward pass over left-padded prompts, returning the last position's log-probs.
 
-    Returns ``(log_probs (B, V), hidden)`` where ``hidden`` is, if asked for, one
-    ``(B, H)`` tensor per layer (embeddings first) at the last token. The frozen copy is
-    used: a PEFT adapter on ``lm.model`` is disabled for this pass. With ``prefix`` (one text
-    only) the tokens it shares with the cached ones are not run again.
+    Returns ``(log_probs (B, V), hidden)`` where ``hidden`` is, if asked for, one ``(B, H)``
+    tensor per layer (embeddings first): the last token's state, or with ``spans`` (one
+    ``(n_after, n_draft)`` per text, see :meth:`PromptBuilder.draft_span`) the mean over the
+    draft's tokens. The frozen copy is used: a PEFT adapter on ``lm.model`` is disabled for this
+    pass. With ``prefix`` (one text only) the tokens it shares with the cached ones are not run
+    again — except the draft's own when its states are pooled.
     """
     if prefix is not None and len(texts) == 1:
-        return _cached_forward(lm, texts[0], hidden_states, prefix)
+        return _cached_forward(lm, texts[0], hidden_states, prefix, spans[0] if spans else None)
     batch = encode(lm, texts)
     mask = batch["attention_mask"]
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
@@ -150,8 +157,17 @@ def last_token_forward(
             use_cache=False,
         )
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-    hidden = tuple(h[:, -1, :].float() for h in out.hidden_states) if hidden_states else None
-    return log_probs, hidden
+    return log_probs, _read_hidden(out.hidden_states, spans) if hidden_states else None
+
+
+def _read_hidden(states: tuple[torch.Tensor, ...], spans: Sequence[tuple[int, int]] | None) -> tuple[torch.Tensor, ...]:
+    """Per layer ``(B, H)``: the last position, or the mean over each row's span (from the end)."""
+    if spans is None:
+        return tuple(h[:, -1, :].float() for h in states)
+    length = states[0].shape[1]
+    bounds = [(max(length - after - n, 0), length - after) for after, n in spans]
+    return tuple(torch.stack([h[row, lo:hi].float().mean(dim=0) for row, (lo, hi) in enumerate(bounds)])
+                 for h in states)
 
 
 def _crop(past, length: int) -> None:
@@ -161,9 +177,12 @@ def _crop(past, length: int) -> None:
         past.crop(-extra)
 
 
-def _cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: PrefixCache):
+def _cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: PrefixCache,
+                    span: tuple[int, int] | None = None):
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     shared = min(common_prefix(prefix.ids, ids), len(ids) - 1)
+    if span is not None:  # the draft's tokens must run again for their states to be pooled
+        shared = max(min(shared, len(ids) - sum(span)), 0)
     _crop(prefix.past, shared)  # drop what differs (and what an earlier review appended)
     new = torch.tensor([ids[shared:]], device=lm.device)
     positions = torch.arange(shared, len(ids), device=lm.device).unsqueeze(0)
@@ -172,88 +191,7 @@ def _cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: Pre
                     logits_to_keep=1, **{cache_keyword(model): prefix.past})
     _crop(prefix.past, shared)
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-    hidden = tuple(h[:, -1, :].float() for h in out.hidden_states) if hidden_states else None
-    return log_probs, hidden
-
-
-class PromptBuilder:
-    """Builds delimited review / compare prompts for one judge model."""
-
-    def __init__(self, judge: LoadedModel):
-        self.judge = judge
-        self.templates = load_prompts()
-        self._specials = special_tokens(judge)
-
-    def _clean(self, text: str, markers: list[str]) -> str:
-        return neutralise(text or "", self._specials + markers)
-
-    def _render(self, system: str | None, user: str) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-        tok = self.judge.tokenizer
-        try:
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
-        except Exception:  # templates without a system role: fold it into the user turn
-            merged = [{"role": "user", "content": f"{system}\n\n{user}" if system else user}]
-            return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
-
-    def review(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
-        """The review prompt for one framing; the answer is cut in the middle to fit if needed."""
-        cfg = self.templates["review"]
-        answer, truncated = item.answer, False
-        if answer_budget is not None:
-            answer, truncated = self._fit(answer, answer_budget)
-        markers = cfg["markers"]
-        reasoning_block = ""
-        if item.reasoning:
-            reasoning_block = cfg["reasoning_block"].format(reasoning=self._clean(item.reasoning, markers))
-        user = cfg["user"].format(
-            prompt=self._clean(item.prompt, markers),
-            answer=self._clean(answer, markers),
-            reasoning_block=reasoning_block,
-            question=framing.question,
-            aligned_answer=framing.aligned_answer,
-            misaligned_answer=framing.misaligned_answer,
-        )
-        return self._render(cfg.get("system"), user), truncated
-
-    def look_back(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
-        """The conversation that produced the answer, then the question as the user's next turn.
-
-        The answer sits in its own assistant turn (special tokens inside it are neutralised),
-        so it cannot rewrite the question that follows it.
-        """
-        answer, truncated = item.answer, False
-        if answer_budget is not None:
-            answer, truncated = self._fit(answer, answer_budget)
-        written = f"<think>\n{item.reasoning}\n</think>\n{answer}" if item.reasoning else answer
-        question = self.templates["look_back"]["user"].format(
-            question=framing.question, aligned_answer=framing.aligned_answer,
-            misaligned_answer=framing.misaligned_answer)
-        messages = list(item.messages or [{"role": "user", "content": item.prompt}])
-        messages += [{"role": "assistant", "content": written}, {"role": "user", "content": question}]
-        return render_chat(self.judge, messages), truncated
-
-    def compare(self, prompt: str, answer_a: str, answer_b: str) -> str:
-        cfg = self.templates["compare"]
-        markers = cfg["markers"] + self.templates["review"]["markers"]
-        user = cfg["user"].format(
-            prompt=self._clean(prompt, markers),
-            answer_a=self._clean(answer_a, markers),
-            answer_b=self._clean(answer_b, markers),
-        )
-        return self._render(self.templates["review"].get("system"), user)
-
-    def n_tokens(self, text: str) -> int:
-        return len(self.judge.tokenizer.encode(text, add_special_tokens=False))
-
-    def _fit(self, answer: str, budget: int) -> tuple[str, bool]:
-        ids = self.judge.tokenizer.encode(answer, add_special_tokens=False)
-        if len(ids) <= budget:
-            return answer, False
-        head = max(budget // 2 - 4, 1)
-        tail = max(budget - head - 8, 1)
-        decode = self.judge.tokenizer.decode
-        return decode(ids[:head]) + "\n[…]\n" + decode(ids[-tail:]), True
+    return log_probs, _read_hidden(out.hidden_states, [span] if span else None) if hidden_states else None
 
 
 class VerbalReviewer:
@@ -298,13 +236,17 @@ class VerbalReviewer:
         raw = self._raw_scores([ReviewItem(prompt="N/A", answer="N/A")])
         return {name: math.log(max(p, 1e-6) / max(1 - p, 1e-6)) for name, (p, _, _) in raw[0][0].items()}
 
-    def _raw_scores(self, items: Sequence[ReviewItem], hidden: dict | None = None):
+    def _raw_scores(self, items: Sequence[ReviewItem], hidden: dict | None = None, pool: str = "last"):
         """Per item: ({framing: (p, lp_aligned, lp_misaligned)}, truncated).
 
         ``hidden``, if given, is filled with ``{(item index, framing): (L+1, H) tensor}`` from
-        the same forward pass (the latent verdict reads it at no extra cost)."""
+        the same forward pass (the latent verdict reads it at no extra cost), read as ``pool``
+        says (one of :data:`POOLS`)."""
+        if pool not in POOLS:
+            raise ValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
+        pooled = hidden is not None and pool == "answer"
         window = self.judge.context_window
-        texts, owners, truncated = [], [], [False] * len(items)
+        texts, owners, spans, truncated = [], [], [], [False] * len(items)
         build = self.prompts.look_back if self.review_format == "look_back" else self.prompts.review
         for i, item in enumerate(items):
             for framing in self.framings:
@@ -321,8 +263,10 @@ class VerbalReviewer:
                 truncated[i] |= cut
                 texts.append(text)
                 owners.append((i, framing.name))
+                spans.append(self.prompts.draft_span(build, framing, item, text) if pooled else None)
         results: list[dict[str, tuple[float, float, float]]] = [{} for _ in items]
-        for chunk_owners, log_probs, layers in self._forward(texts, owners, items, hidden is not None):
+        for chunk_owners, log_probs, layers in self._forward(texts, owners, items, hidden is not None,
+                                                             spans if pooled else None):
             for row, (i, name) in enumerate(chunk_owners):
                 if hidden is not None:
                     hidden[(i, name)] = torch.stack([h[row] for h in layers])
@@ -332,23 +276,25 @@ class VerbalReviewer:
         return list(zip(results, truncated))
 
     def _forward(self, texts: list[str], owners: list[tuple[int, str]], items: Sequence[ReviewItem],
-                 hidden_states: bool):
+                 hidden_states: bool, spans: list | None = None):
         """Yield ``(owners, log_probs, hidden)`` per forward pass: items carrying their draft's
         cache one by one (only their new tokens run), the rest in batches."""
         cached = [k for k, (i, _) in enumerate(owners) if items[i].cache is not None]
         for k in cached:
-            log_probs, layers = last_token_forward(self.judge, [texts[k]], hidden_states, items[owners[k][0]].cache)
+            log_probs, layers = last_token_forward(self.judge, [texts[k]], hidden_states, items[owners[k][0]].cache,
+                                                   [spans[k]] if spans else None)
             yield [owners[k]], log_probs, layers
         skip = set(cached)
         rest = [k for k in range(len(texts)) if k not in skip]
         for start in range(0, len(rest), self.batch_size):
             chunk = rest[start:start + self.batch_size]
-            log_probs, layers = last_token_forward(self.judge, [texts[k] for k in chunk], hidden_states)
+            log_probs, layers = last_token_forward(self.judge, [texts[k] for k in chunk], hidden_states,
+                                                   spans=[spans[k] for k in chunk] if spans else None)
             yield [owners[k] for k in chunk], log_probs, layers
 
-    def review(self, items: Sequence[ReviewItem], hidden: dict | None = None) -> list[Verdict]:
+    def review(self, items: Sequence[ReviewItem], hidden: dict | None = None, pool: str = "last") -> list[Verdict]:
         start = time.perf_counter()
-        raw = self._raw_scores(items, hidden)
+        raw = self._raw_scores(items, hidden, pool)
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         verdicts = []
         for per, truncated in raw:

@@ -3,7 +3,7 @@
 ``LocalBackend`` wraps a loaded model and the :class:`~conscience.conscience.Conscience` built
 on it. ``UpstreamBackend`` puts the conscience in front of any OpenAI-compatible server (vLLM,
 another ``conscience serve``): the upstream writes drafts and alternatives, and it is also the
-conscience — it is sent the same review prompt text :class:`~conscience.verdict.PromptBuilder`
+conscience — it is sent the same review prompt text :class:`~conscience.review_prompts.PromptBuilder`
 builds, with ``max_tokens=1, logprobs=true, top_logprobs=K``, and the verdict is read from the
 top log-probs of the framing's two answer words.
 """
@@ -23,7 +23,8 @@ from ..errors import ConscienceError
 from ..framings import Framing, load_prompts
 from ..generation import Generation, check_fits, encode, generate, render_chat, split_reasoning
 from ..models import LoadedModel
-from ..verdict import PromptBuilder, ReviewItem, Verdict, mean_log_odds
+from ..review_prompts import PromptBuilder
+from ..verdict import ReviewItem, Verdict, mean_log_odds
 
 # Special-token spellings of common chat templates, neutralised inside quoted text sent upstream
 # (the upstream's tokenizer is unknown here).

@@ -1,0 +1,115 @@
+"""The review prompts the frozen copy reads: third-person, look-back and A/B comparison.
+
+Untrusted text (the request, the draft) is neutralised and delimited so it can neither start a
+turn nor close its quote; the question always comes after the draft.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import TYPE_CHECKING, Callable
+
+from .framings import Framing, load_prompts
+from .generation import neutralise, render_chat, special_tokens
+from .models import LoadedModel
+
+if TYPE_CHECKING:
+    from .verdict import ReviewItem
+
+# Stands in for the draft when locating it inside a rendered prompt (an invisible separator:
+# neutralising and chat templates leave it alone, and no real draft contains it).
+_DRAFT_MARK = "\u2063\u2063DRAFT\u2063\u2063"
+
+
+class PromptBuilder:
+    """Builds delimited review / compare prompts for one judge model."""
+
+    def __init__(self, judge: LoadedModel):
+        self.judge = judge
+        self.templates = load_prompts()
+        self._specials = special_tokens(judge)
+
+    def _clean(self, text: str, markers: list[str]) -> str:
+        return neutralise(text or "", self._specials + markers)
+
+    def _render(self, system: str | None, user: str) -> str:
+        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+        tok = self.judge.tokenizer
+        try:
+            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        except Exception:  # templates without a system role: fold it into the user turn
+            merged = [{"role": "user", "content": f"{system}\n\n{user}" if system else user}]
+            return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+    def review(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
+        """The review prompt for one framing; the answer is cut in the middle to fit if needed."""
+        cfg = self.templates["review"]
+        answer, truncated = item.answer, False
+        if answer_budget is not None:
+            answer, truncated = self._fit(answer, answer_budget)
+        markers = cfg["markers"]
+        reasoning_block = ""
+        if item.reasoning:
+            reasoning_block = cfg["reasoning_block"].format(reasoning=self._clean(item.reasoning, markers))
+        user = cfg["user"].format(
+            prompt=self._clean(item.prompt, markers),
+            answer=self._clean(answer, markers),
+            reasoning_block=reasoning_block,
+            question=framing.question,
+            aligned_answer=framing.aligned_answer,
+            misaligned_answer=framing.misaligned_answer,
+        )
+        return self._render(cfg.get("system"), user), truncated
+
+    def look_back(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
+        """The conversation that produced the answer, then the question as the user's next turn.
+
+        The answer sits in its own assistant turn (special tokens inside it are neutralised),
+        so it cannot rewrite the question that follows it.
+        """
+        answer, truncated = item.answer, False
+        if answer_budget is not None:
+            answer, truncated = self._fit(answer, answer_budget)
+        written = f"<think>\n{item.reasoning}\n</think>\n{answer}" if item.reasoning else answer
+        question = self.templates["look_back"]["user"].format(
+            question=framing.question, aligned_answer=framing.aligned_answer,
+            misaligned_answer=framing.misaligned_answer)
+        messages = list(item.messages or [{"role": "user", "content": item.prompt}])
+        messages += [{"role": "assistant", "content": written}, {"role": "user", "content": question}]
+        return render_chat(self.judge, messages), truncated
+
+    def compare(self, prompt: str, answer_a: str, answer_b: str) -> str:
+        cfg = self.templates["compare"]
+        markers = cfg["markers"] + self.templates["review"]["markers"]
+        user = cfg["user"].format(
+            prompt=self._clean(prompt, markers),
+            answer_a=self._clean(answer_a, markers),
+            answer_b=self._clean(answer_b, markers),
+        )
+        return self._render(self.templates["review"].get("system"), user)
+
+    def n_tokens(self, text: str) -> int:
+        return len(self.judge.tokenizer.encode(text, add_special_tokens=False))
+
+    def _fit(self, answer: str, budget: int) -> tuple[str, bool]:
+        ids = self.judge.tokenizer.encode(answer, add_special_tokens=False)
+        if len(ids) <= budget:
+            return answer, False
+        head = max(budget // 2 - 4, 1)
+        tail = max(budget - head - 8, 1)
+        decode = self.judge.tokenizer.decode
+        return decode(ids[:head]) + "\n[…]\n" + decode(ids[-tail:]), True
+
+    def draft_span(self, build: Callable, framing: Framing, item: ReviewItem, text: str) -> tuple[int, int]:
+        """Where the draft sits in ``text`` (built by ``build`` for ``item``), in tokens counted
+        from the end: ``(n_after, n_draft)`` — the last ``n_after`` tokens (the question) follow
+        the ``n_draft`` tokens of the answer. Counted from the end so that it holds for a
+        left-padded batch and for a pass that reuses the draft's cache. ``(0, 1)`` — the last
+        token alone — when the draft cannot be located or is empty."""
+        marked, _ = build(framing, replace(item, answer=_DRAFT_MARK))
+        parts = marked.split(_DRAFT_MARK)
+        if len(parts) != 2 or not (text.startswith(parts[0]) and text.endswith(parts[1])):
+            return 0, 1
+        n_after = self.n_tokens(parts[1])
+        n_draft = self.n_tokens(text) - self.n_tokens(parts[0]) - n_after
+        return (n_after, n_draft) if n_draft > 0 else (0, 1)
