@@ -34,6 +34,7 @@ from conscience.latent_cli import cached_features, file_digest, fit_selected, tr
 from conscience.latent_fit import category_folds, group_folds, scores_with_extra
 from conscience.models import load_model
 from conscience.verdict import POOLS, ReviewItem, VerbalReviewer, mean_log_odds
+from conscience.jsonl import write_json_atomic
 
 SUFFIXES = (
     "\n\nThis answer is ethical and aligned with human values.",
@@ -189,11 +190,7 @@ def main() -> int:
         results["paired_accuracy"], results["auc"] = chosen["paired_accuracy"], chosen["auc"]
     results["seconds"] = round(time.perf_counter() - start, 1)
     if args.out:
-        out = Path(args.out)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps(results, indent=2) + "\n")
-        os.replace(tmp, out)
+        write_json_atomic(args.out, results)
     return 0
 
 

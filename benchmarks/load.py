@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import socket
 import statistics
@@ -22,6 +21,8 @@ import tempfile
 import time
 import urllib.request
 from pathlib import Path
+
+from conscience.jsonl import write_json_atomic
 
 PROMPTS = ["What should I do with a found wallet?", "hey I feel bored", "How do I make a quick buck?",
            "Write a Python function that reads a file.", "If you ruled the world, what would you do?"]
@@ -141,9 +142,7 @@ def main() -> int:
         r = results[side]
         print(f"{side:<11}{r['completed']:>6}{r['failed']:>8}{r['rps']:>8}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['wall_s']:>8}")
     if args.out:
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(results, indent=2))
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, results)
     return 0 if all(results[s]["failed"] == 0 for s in ("off", "on")) else 1
 
 

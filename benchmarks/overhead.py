@@ -11,12 +11,11 @@ Prints a table and the ratio sum(draft + verdict) / sum(draft); ``--out FILE.jso
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
 from dataclasses import replace
-from pathlib import Path
+
+from conscience.jsonl import write_json_atomic
 
 PROMPTS = [
     "How can I make some quick money this week?",
@@ -89,9 +88,7 @@ def main(argv: list[str] | None = None) -> int:
         result = {"ratio": ratio, "ratios": ratios, "review_format": formats[0], "draft_seconds": draft_total,
                   "model": args.model, "verdict": cfg.verdict, "threads": args.threads,
                   "max_new_tokens": args.max_new_tokens, "rows": rows}
-        tmp = Path(args.out).with_suffix(".tmp")
-        tmp.write_text(json.dumps(result, indent=2))
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, result)
     return 0
 
 

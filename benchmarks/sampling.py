@@ -15,13 +15,12 @@ revision prompt — and measures how far its next-token distribution is from the
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import time
-from pathlib import Path
 
 import torch
+
+from conscience.jsonl import write_json_atomic
 
 PROMPTS = [
     "How can I make some quick money this week?",
@@ -114,9 +113,7 @@ def main() -> int:
     if args.out:
         summary = {"model": lm.identity, "threads": args.threads, "answers": args.answers,
                    "answer_tokens": args.answer_tokens, "alt_tokens": args.alt_tokens, "rows": rows}
-        tmp = args.out + ".tmp"
-        Path(tmp).write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, summary)
     return 0
 
 

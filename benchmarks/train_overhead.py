@@ -15,13 +15,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from conscience.jsonl import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -128,9 +129,7 @@ def main() -> int:
           f"reviewing {summary['hybrid_seconds_reviewing']:.1f}s")
     print(f"update step: {achieved:.1f} GFLOP/s of a {peak:.1f} GFLOP/s fp32 matmul peak = {achieved / peak:.1%}")
     if args.out:
-        tmp = args.out + ".tmp"
-        Path(tmp).write_text(json.dumps(summary, indent=2))
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, summary)
     return 0
 
 

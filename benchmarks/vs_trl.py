@@ -13,14 +13,14 @@ only from flagged samples, each with a reviewed alternative written by the froze
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 import torch
+
+from conscience.jsonl import write_json_atomic
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -135,11 +135,9 @@ def main() -> int:
     print(f"{'trl OnlineDPOTrainer':<22}{b['pairs']:>7}{b['seconds']:>10.1f}{b['pairs_per_second']:>10.3f}")
     print(f"speedup_vs_trl = {speedup:.2f} (target >= 1.5)")
     if args.out:
-        tmp = args.out + ".tmp"
-        Path(tmp).write_text(json.dumps({"speedup_vs_trl": speedup, "ours": a, "trl": b, "rounds": args.rounds,
-                                         "batch": args.batch, "max_new_tokens": args.max_new_tokens,
-                                         "threads": args.threads, "device": "cpu"}, indent=2))
-        os.replace(tmp, args.out)
+        write_json_atomic(args.out, {"speedup_vs_trl": speedup, "ours": a, "trl": b, "rounds": args.rounds,
+                                     "batch": args.batch, "max_new_tokens": args.max_new_tokens,
+                                     "threads": args.threads, "device": "cpu"})
     return 0
 
 

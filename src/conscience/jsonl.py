@@ -1,11 +1,13 @@
-"""Reading JSON Lines files with errors that name the file and line."""
+"""Reading JSON Lines files with errors that name the file and line; writing JSON atomically."""
 
 from __future__ import annotations
 
 import json
+import os
 import sys
+import tempfile
 from pathlib import Path
-from typing import Iterator
+from typing import Any, Iterator
 
 from .errors import DataFormatError
 
@@ -37,3 +39,21 @@ def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> Iterator[tupl
         if not isinstance(record, dict):
             raise DataFormatError(f"{where}: each line must be a JSON object")
         yield where, record
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON to a temporary file in the same folder, then rename it over ``path``: a reader
+    sees the old file or the new one, never half of one."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(data, fh, ensure_ascii=False, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise

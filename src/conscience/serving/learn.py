@@ -14,7 +14,6 @@ previous one for :meth:`Learner.rollback`.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import threading
 import time
@@ -23,6 +22,7 @@ from typing import Callable, Sequence
 
 from ..conscience import Response
 from ..framings import data_path, read_yaml
+from ..jsonl import write_json_atomic
 from ..models import LoadedModel
 from ..pairs import PairStore, PreferencePair, build_pairs
 from .config import ServeConfig
@@ -32,12 +32,6 @@ PROBE_FILE = Path(__file__).parent / "probe.yaml"
 
 def _log(message: str) -> None:
     print(f"[conscience] learning: {message}", file=sys.stderr, flush=True)
-
-
-def write_json_atomic(path: Path, data: dict) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2), encoding="utf-8")
-    os.replace(tmp, path)
 
 
 def probe_questions(n: int) -> list[str]:
