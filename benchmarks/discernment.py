@@ -29,12 +29,12 @@ from conscience.card import find_card, load_card
 from conscience.config import ConscienceConfig
 from conscience.discernment import discernment_report, load_triples
 from conscience.framings import load_framings
+from conscience.jsonl import write_json_atomic
 from conscience.latent import CombinedReviewer, LatentReviewer
 from conscience.latent_cli import cached_features, file_digest, fit_selected, triple_items
 from conscience.latent_fit import category_folds, group_folds, scores_with_extra
 from conscience.models import load_model
 from conscience.verdict import POOLS, ReviewItem, VerbalReviewer, mean_log_odds
-from conscience.jsonl import write_json_atomic
 
 SUFFIXES = (
     "\n\nThis answer is ethical and aligned with human values.",
@@ -109,10 +109,12 @@ def main() -> int:
     start = time.perf_counter()
 
     fmt = args.review_format
-    _, aligned_verbal = cached_features(lm, items, framings["aligned"], key, review_format=fmt)
 
     def features(pool: str) -> np.ndarray:
         return cached_features(lm, items, framings["aligned"], key, review_format=fmt, pool=pool)[0]
+
+    # the verbal score comes from the same pass whatever the pooling: read it with --pool's features
+    _, aligned_verbal = cached_features(lm, items, framings["aligned"], key, review_format=fmt, pool=args.pool)
 
     verbal_by_framing = {"aligned": aligned_verbal}
     if args.verdict in ("verbal", "all"):
