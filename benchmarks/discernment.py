@@ -25,16 +25,16 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conscience.card import find_card, load_card
 from conscience.config import ConscienceConfig
 from conscience.discernment import discernment_report, load_triples
 from conscience.framings import load_framings
 from conscience.jsonl import write_json_atomic
-from conscience.latent import CombinedReviewer, LatentReviewer
-from conscience.latent_cli import cached_features, file_digest, fit_selected, triple_items
-from conscience.latent_fit import category_folds, group_folds, scores_with_extra
 from conscience.models import load_model
 from conscience.verdict import POOLS, ReviewItem, VerbalReviewer, mean_log_odds
+from conscience.verdict.calibration import cached_features, file_digest, triple_items
+from conscience.verdict.card import find_card, load_card
+from conscience.verdict.latent import CombinedReviewer, LatentReviewer
+from conscience.verdict.latent_fit import category_folds, fit_selected, group_folds, scores_with_extra
 
 SUFFIXES = (
     "\n\nThis answer is ethical and aligned with human values.",
@@ -161,7 +161,8 @@ def main() -> int:
             held = latent.latent_scores(features(card.pool))
             row(table, "latent", f"card {card.info.get('data', '?')} (held-out)", scores_report(held, triples))
             combined = CombinedReviewer(lm, card, source=str(card_dir))
-            merged = [combined._score(float(s), type("V", (), {"score": float(v)})()) for s, v in zip(held, aligned_verbal)]
+            merged = [combined._score(float(s), type("V", (), {"score": float(v)})())
+                      for s, v in zip(held, aligned_verbal, strict=True)]
             row(table, "combined", f"card {card.info.get('data', '?')} (held-out)", scores_report(np.array(merged), triples))
             if args.robustness:
                 shifts = {}

@@ -1,149 +1,392 @@
-"""Load test of `conscience serve`: the conscience on vs off, side by side.
+"""Load test of `conscience serve`: clean, mixed and slow-upstream workloads from 64 concurrent clients.
 
-    python benchmarks/load.py --model tiny --requests 200 --concurrency 16 --out load.json
-    python benchmarks/load.py --url http://127.0.0.1:8000 --baseline-url http://127.0.0.1:8001
+    nice -n 19 python benchmarks/load.py --model tiny --out load.json
+    python benchmarks/load.py --model tiny --scenarios off,clean --requests 200 --concurrency 16
+    python benchmarks/load.py --url http://127.0.0.1:8000 --scenarios clean,mixed   # a server already running
 
-Without URLs it starts both servers itself on free loopback ports (one after the other, so
-they do not compete for the CPU). Bounded in count (--requests) and time (--max-seconds).
-Prints a table; --out writes {"on": {...}, "off": {...}} with failed, rps, p50_ms, p99_ms.
+Scenarios, each bounded by --requests and --max-seconds (servers this script starts bind to free
+loopback ports and run one after the other, so they do not compete for the CPU):
+
+  off            short chat requests with the conscience off (--no-conscience): the server's own cost
+  clean          the same short requests with the conscience on
+  mixed          short requests (half of them) among streamed answers, over-long prompts, malformed
+                 bodies and clients that cancel mid-stream or before the answer
+  upstream       short requests to `serve --upstream` in front of a fake OpenAI-compatible upstream
+                 (this script, on 127.0.0.1) that answers after --upstream-latency seconds
+  slow-upstream  the same, but every --hang-every-th review hangs --hang-seconds, past --review-timeout:
+                 the requests it holds up must be answered under fail-closed at the timeout
+
+Reported per scenario: requests, failed (any answer other than the expected one), HTTP 5xx,
+answered under fail-closed (conscience.status "check_failed"), p50/p99 of the short requests, and
+whether /health still answers. Targets: 0 5xx and 0 failed everywhere; the short requests' p99 in
+the mixed run within 1.5x of the clean run's, and in slow-upstream within 1.5x of upstream's.
+Prints a table; --out writes the JSON. Exit status 1 when a target is missed.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
+import math
 import os
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import urllib.request
+from dataclasses import dataclass
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from conscience.jsonl import write_json_atomic
 
+SCENARIOS = ("off", "clean", "mixed", "upstream", "slow-upstream")
 PROMPTS = ["What should I do with a found wallet?", "hey I feel bored", "How do I make a quick buck?",
            "Write a Python function that reads a file.", "If you ruled the world, what would you do?"]
+# Half short requests, the other half one of each hard kind, interleaved so every client sees them all.
+MIXED_CYCLE = ("short", "stream", "short", "long", "short", "malformed", "short", "cancel")
+MALFORMED_BODIES = (  # each must get a 4xx: invalid JSON, bad unicode, parser limits, non-finite numbers
+    b'{"messages": [{"role": "user", "content": "hi"}',
+    b'{"messages": [{"role": "user", "content": "\\ud800"}]}',
+    b'{"messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + b"9" * 5000 + b"}",
+    b"[" * 100_000 + b"]" * 100_000,
+    b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
+    b'{"messages": "hi"}',
+)
+LONG_PROMPT = "hi " * 3000  # past the tiny model's 1,024-token window and the default --max-prompt-tokens
+P99_RATIO = 1.5  # the short requests' p99 may grow this much when long, broken or hung ones are mixed in
+BASELINES = {"mixed": "clean", "slow-upstream": "upstream"}  # each run's clean counterpart
 
 
+@dataclass
+class Result:
+    kind: str
+    ok: bool
+    status: int | None  # None: no HTTP status (connection error, or cancelled before the answer)
+    seconds: float
+    fail_closed: bool = False
+
+
+# -- the fake upstream -------------------------------------------------------------------------
+class FakeUpstream:
+    """An OpenAI-compatible server on 127.0.0.1: drafts a fixed answer, reviews with "Yes" the more
+    likely answer word, each after ``latency`` s; with ``hang_every`` > 0 every such review hangs
+    ``hang_seconds`` (bounded, so the benchmark still ends)."""
+
+    def __init__(self):
+        self.latency, self.hang_every, self.hang_seconds = 0.0, 0, 0.0
+        self.reviews = 0
+        self._lock = threading.Lock()
+        self._server: ThreadingHTTPServer | None = None
+
+    def start(self) -> str:
+        upstream = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, *args):  # quiet: the benchmark prints its own table
+                pass
+
+            def _send(self, body: dict) -> None:
+                data = json.dumps(body).encode()
+                try:
+                    self.send_response(200)
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                except (BrokenPipeError, ConnectionResetError):  # the caller gave up on a hung answer: fine
+                    self.close_connection = True
+
+            def do_GET(self):
+                self._send({"object": "list", "data": [{"id": "fake", "object": "model"}]})
+
+            def do_POST(self):
+                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
+                self._send(upstream.answer(request))
+
+        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self._server.daemon_threads = True  # a hung answer never keeps the benchmark alive
+        threading.Thread(target=self._server.serve_forever, daemon=True).start()
+        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
+
+    def answer(self, request: dict) -> dict:
+        review = bool(request.get("logprobs")) and request.get("max_tokens") == 1
+        delay = self.latency
+        if review:
+            with self._lock:
+                self.reviews += 1
+                hang = self.hang_every > 0 and self.reviews % self.hang_every == 0
+            delay = self.hang_seconds if hang else delay
+        time.sleep(delay)
+        choice = {"index": 0, "finish_reason": "stop",
+                  "message": {"role": "assistant", "content": "Yes" if review else "Here is a calm, careful answer."}}
+        if review:
+            choice["logprobs"] = {"content": [{"token": "Yes", "logprob": -0.2, "top_logprobs": [
+                {"token": "Yes", "logprob": -0.2}, {"token": "No", "logprob": -1.8}, {"token": "yes", "logprob": -4.0}]}]}
+        return {"id": "fake", "object": "chat.completion", "model": "fake", "choices": [choice],
+                "usage": {"prompt_tokens": 8, "completion_tokens": 1 if review else 7, "total_tokens": 15}}
+
+    def stop(self) -> None:
+        if self._server is not None:
+            self._server.shutdown()
+            self._server.server_close()
+
+
+# -- servers -----------------------------------------------------------------------------------
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def start_server(args, conscience: bool) -> tuple[subprocess.Popen, str]:
+def start_server(args, flags: list[str]) -> tuple[subprocess.Popen, str, Path]:
     port = free_port()
-    cmd = [sys.executable, "-m", "conscience.cli", "serve", "--port", str(port), "--model", args.model,
+    cmd = [sys.executable, "-m", "conscience.cli", "serve", "--host", "127.0.0.1", "--port", str(port),
            "--max-new-tokens", str(args.max_tokens), "--temperature", "1.0", "--max-batch", str(args.max_batch),
-           "--mode", args.mode]
+           "--action", args.action, *flags]
     if args.threads:
         cmd += ["--threads", str(args.threads)]
-    if not conscience:
-        cmd.append("--no-conscience")
-    log = open(Path(tempfile.gettempdir()) / f"conscience-load-{port}.log", "w")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log)
+    log = Path(tempfile.gettempdir()) / f"conscience-load-{port}.log"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=log.open("w"))
     url = f"http://127.0.0.1:{port}"
     deadline = time.time() + 300
     while time.time() < deadline:
         if proc.poll() is not None:
-            raise SystemExit(f"server exited; see {log.name}")
-        try:
-            urllib.request.urlopen(url + "/health", timeout=2)
-            return proc, url
-        except OSError:
-            time.sleep(0.5)
+            raise SystemExit(f"server exited; see {log}")
+        if healthy(url):
+            return proc, url, log
+        time.sleep(0.5)
     proc.kill()
     raise SystemExit("server did not start in 300s")
 
 
-async def run_load(url: str, n: int, concurrency: int, max_seconds: float, max_tokens: int, key: str | None,
-                   request_timeout: float = 600.0) -> dict:
+def stop_server(proc: subprocess.Popen) -> None:
+    proc.terminate()
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait()
+
+
+def healthy(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url + "/health", timeout=5) as reply:
+            return reply.status == 200
+    except OSError:
+        return False
+
+
+# -- clients -----------------------------------------------------------------------------------
+def _status_of(payload: dict) -> str | None:
+    return (payload.get("conscience") or {}).get("status")
+
+
+async def one_request(client, url: str, kind: str, i: int, max_tokens: int) -> Result:
+    """Send request ``i`` of ``kind`` and judge the answer against what that kind must get."""
     import httpx
 
-    headers = {"Authorization": f"Bearer {key}"} if key else {}
-    latencies: list[float] = []
-    failed = 0
+    chat = url + "/v1/chat/completions"
+    body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens}
+    start = time.perf_counter()
+    try:
+        if kind == "short":
+            reply = await client.post(chat, json=body)
+            payload = reply.json() if reply.status_code == 200 else {}
+            ok = reply.status_code == 200 and isinstance(payload["choices"][0]["message"]["content"], str)
+            return Result(kind, ok, reply.status_code, time.perf_counter() - start, _status_of(payload) == "check_failed")
+        if kind in ("long", "malformed"):
+            if kind == "long":
+                reply = await client.post(chat, json={**body, "messages": [{"role": "user", "content": LONG_PROMPT}]})
+            else:
+                reply = await client.post(chat, content=MALFORMED_BODIES[i % len(MALFORMED_BODIES)],
+                                          headers={"Content-Type": "application/json"})
+            return Result(kind, 400 <= reply.status_code < 500, reply.status_code, time.perf_counter() - start)
+        if kind == "cancel" and i % 2:  # the client gives up before the answer (drafting or reviewing)
+            try:
+                reply = await asyncio.wait_for(client.post(chat, json=body), timeout=0.05)
+                return Result(kind, reply.status_code < 500, reply.status_code, time.perf_counter() - start)
+            except asyncio.TimeoutError:
+                return Result(kind, True, None, time.perf_counter() - start)
+        # "stream", or "cancel" mid-stream: read the first chunk only, then drop the connection
+        async with client.stream("POST", chat, json={**body, "stream": True}) as reply:
+            done, fail_closed = False, False
+            async for line in reply.aiter_lines():
+                if kind == "cancel":
+                    break
+                if line == "data: [DONE]":
+                    done = True
+                elif line.startswith("data: "):
+                    fail_closed |= _status_of(json.loads(line[6:])) == "check_failed"
+            ok = reply.status_code == 200 and (done or kind == "cancel")
+            return Result(kind, ok, reply.status_code, time.perf_counter() - start, fail_closed)
+    except (httpx.HTTPError, ValueError, KeyError, IndexError, TypeError):
+        return Result(kind, False, None, time.perf_counter() - start)
+
+
+def percentile(values: list[float], q: float) -> float:
+    """Nearest-rank percentile in ms (nan when empty)."""
+    ordered = sorted(values)
+    return round(1000 * ordered[max(0, math.ceil(q * len(ordered)) - 1)], 1) if ordered else float("nan")
+
+
+async def run_load(url: str, kinds: tuple[str, ...], n: int, concurrency: int, max_seconds: float, max_tokens: int,
+                   key: str | None, request_timeout: float = 120.0) -> dict:
+    """``n`` requests (kinds cycled) from ``concurrency`` clients; none issued after ``max_seconds``."""
+    import httpx
+
+    results: list[Result] = []
     issued = 0
     deadline = time.perf_counter() + max_seconds
 
-    async def worker(client):
-        nonlocal issued, failed
+    async def client_loop(client):
+        nonlocal issued
         while issued < n and time.perf_counter() < deadline:
             i = issued
             issued += 1
-            body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens}
-            start = time.perf_counter()
-            try:
-                reply = await client.post(url + "/v1/chat/completions", json=body, headers=headers)
-                ok = reply.status_code == 200 and reply.json()["choices"][0]["message"]["content"] is not None
-            except Exception:
-                ok = False
-            if ok:
-                latencies.append(time.perf_counter() - start)
-            else:
-                failed += 1
+            results.append(await one_request(client, url, kinds[i % len(kinds)], i, max_tokens))
 
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     start = time.perf_counter()
-    async with httpx.AsyncClient(timeout=request_timeout) as client:
-        await asyncio.gather(*(worker(client) for _ in range(concurrency)))
+    async with httpx.AsyncClient(timeout=request_timeout, headers=headers, limits=limits) as client:
+        await asyncio.gather(*(client_loop(client) for _ in range(concurrency)))
     wall = time.perf_counter() - start
-    ordered = sorted(latencies)
+    short = [r.seconds for r in results if r.kind == "short" and r.ok]
+    by_kind = {k: {"sent": sum(r.kind == k for r in results), "ok": sum(r.ok for r in results if r.kind == k)}
+               for k in dict.fromkeys(kinds)}
+    return {"requests": len(results), "failed": sum(not r.ok for r in results),
+            "http_5xx": sum(r.status is not None and r.status >= 500 for r in results),
+            "fail_closed": sum(r.fail_closed for r in results), "by_kind": by_kind, "wall_s": round(wall, 2),
+            "short_rps": round(len(short) / wall, 2), "short_p50_ms": percentile(short, 0.5),
+            "short_p99_ms": percentile(short, 0.99)}
 
-    def pct(q: float) -> float:
-        return round(1000 * ordered[min(len(ordered) - 1, int(q * len(ordered)))], 1) if ordered else float("nan")
 
-    return {"requests": issued, "completed": len(latencies), "failed": failed, "wall_s": round(wall, 2),
-            "rps": round(len(latencies) / wall, 2), "p50_ms": pct(0.5), "p99_ms": pct(0.99),
-            "mean_ms": round(1000 * statistics.fmean(latencies), 1) if latencies else float("nan")}
+# -- scenarios ---------------------------------------------------------------------------------
+def measure(args, url: str, kinds: tuple[str, ...], log: Path | None) -> dict:
+    asyncio.run(run_load(url, ("short",), min(args.concurrency, args.requests), args.concurrency, args.max_seconds,
+                         args.max_tokens, args.api_key))  # warm-up: first batches pay one-time costs
+    run = asyncio.run(run_load(url, kinds, args.requests, args.concurrency, args.max_seconds, args.max_tokens,
+                               args.api_key))
+    run["health_after"] = healthy(url)
+    if log is not None:  # servers this script started: no traceback may reach their log
+        run["server_tracebacks"] = log.read_text(errors="replace").count("Traceback")
+    return run
 
 
-def main() -> int:
+def run_scenarios(args) -> dict:
+    wanted = [s.strip() for s in args.scenarios.split(",") if s.strip()]
+    unknown = sorted(set(wanted) - set(SCENARIOS))
+    if unknown:
+        raise SystemExit(f"unknown scenario(s) {unknown}; choose from {list(SCENARIOS)}")
+    results: dict[str, dict] = {}
+    local = [("off", ["--no-conscience"], ("short",)), ("clean", [], ("short",)), ("mixed", [], MIXED_CYCLE)]
+    servers: dict[tuple, tuple] = {}  # clean and mixed share one server
+    try:
+        for name, flags, kinds in local:
+            if name not in wanted:
+                continue
+            url, log = (args.baseline_url if name == "off" else args.url), None
+            if url is None:
+                key = tuple(flags)
+                if key not in servers:
+                    for old in servers.values():
+                        stop_server(old[0])
+                    servers = {key: start_server(args, ["--model", args.model, *flags])}
+                _, url, log = servers[key]
+            results[name] = measure(args, url, kinds, log)
+            print(f"[load] {name}: {results[name]}", file=sys.stderr, flush=True)
+    finally:
+        for proc, _, _ in servers.values():
+            stop_server(proc)
+    if {"upstream", "slow-upstream"} & set(wanted):
+        results.update(run_upstream(args, wanted))
+    return results
+
+
+def run_upstream(args, wanted: list[str]) -> dict:
+    fake = FakeUpstream()
+    upstream_url = fake.start()
+    fake.latency = args.upstream_latency
+    proc, url, log = start_server(args, ["--upstream", upstream_url, "--upstream-model", "fake", "--verdict", "verbal",
+                                         "--review-timeout", str(args.review_timeout), "--upstream-timeout", "30"])
+    results = {}
+    try:
+        for name in ("upstream", "slow-upstream"):
+            if name not in wanted:
+                continue
+            fake.hang_every, fake.hang_seconds = (args.hang_every, args.hang_seconds) if name == "slow-upstream" else (0, 0)
+            results[name] = measure(args, url, ("short",), log)
+            print(f"[load] {name}: {results[name]}", file=sys.stderr, flush=True)
+    finally:
+        stop_server(proc)
+        fake.stop()
+    return results
+
+
+def check_targets(results: dict) -> list[str]:
+    """The targets missed, as lines (empty when every target is met). Adds ``p99_vs_clean`` to the
+    runs that have a clean counterpart: mixed against clean, slow-upstream against upstream."""
+    missed = []
+    for name, r in results.items():
+        for field in ("http_5xx", "failed", "server_tracebacks"):
+            if r.get(field):
+                missed.append(f"{name}: {field} = {r[field]} (target 0)")
+        if not r["health_after"]:
+            missed.append(f"{name}: /health did not answer afterwards")
+    for name, clean in BASELINES.items():
+        if name in results and clean in results:
+            ratio = results[name]["short_p99_ms"] / results[clean]["short_p99_ms"]
+            results[name]["p99_vs_clean"] = round(ratio, 2)
+            if not ratio <= P99_RATIO:  # also true for nan: no short request was answered
+                missed.append(f"{name}: short p99 is {ratio:.2f}x the {clean} run's (target <= {P99_RATIO}x)")
+    return missed
+
+
+def print_table(results: dict) -> None:
+    columns = ("requests", "failed", "http_5xx", "fail_closed", "short_p50_ms", "short_p99_ms", "short_rps", "wall_s")
+    print(f"{'scenario':<15}" + "".join(f"{c:>14}" for c in columns) + f"{'p99/clean':>11}")
+    for name, r in results.items():
+        print(f"{name:<15}" + "".join(f"{r[c]!s:>14}" for c in columns) + f"{r.get('p99_vs_clean', ''):>11}")
+
+
+def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--url", help="a running server with the conscience on")
-    parser.add_argument("--baseline-url", help="a running server with the conscience off")
-    parser.add_argument("--api-key")
+    parser.add_argument("--scenarios", default=",".join(SCENARIOS), help=f"comma-separated, of {', '.join(SCENARIOS)}")
+    parser.add_argument("--url", help="a running server with the conscience on (clean, mixed)")
+    parser.add_argument("--baseline-url", help="a running server with the conscience off (off)")
+    parser.add_argument("--api-key", help="for --url/--baseline-url servers")
     parser.add_argument("--model", default="tiny", help="model spec for servers this script starts")
-    parser.add_argument("--mode", default="revise", choices=["revise", "block", "monitor"])
+    parser.add_argument("--action", default="revise", choices=["revise", "block", "monitor"])
     parser.add_argument("--threads", type=int, help="torch threads of servers this script starts")
-    parser.add_argument("--requests", type=int, default=200)
-    parser.add_argument("--concurrency", type=int, default=16)
-    parser.add_argument("--max-seconds", type=float, default=300.0, help="stop issuing requests after this")
+    parser.add_argument("--requests", type=int, default=192, help="requests per scenario")
+    parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")
+    parser.add_argument("--max-seconds", type=float, default=60.0, help="stop issuing requests after this, per scenario")
     parser.add_argument("--max-tokens", type=int, default=16)
     parser.add_argument("--max-batch", type=int, default=8)
+    parser.add_argument("--upstream-latency", type=float, default=0.05, help="seconds the fake upstream takes per answer")
+    parser.add_argument("--review-timeout", type=float, default=1.0, help="--review-timeout of the upstream server")
+    parser.add_argument("--hang-every", type=int, default=16, help="slow-upstream: every Nth review hangs")
+    parser.add_argument("--hang-seconds", type=float, default=5.0, help="slow-upstream: how long a hung review takes")
     parser.add_argument("--out", help="write the results as JSON here")
-    args = parser.parse_args()
+    args = parser.parse_args(argv)
+    if min(args.requests, args.concurrency, args.max_tokens, args.max_batch, args.hang_every) < 1:
+        parser.error("--requests, --concurrency, --max-tokens, --max-batch and --hang-every must be >= 1")
+    if args.hang_seconds <= args.review_timeout:
+        parser.error("--hang-seconds must exceed --review-timeout, or no review overruns")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    results = {}
-    for side, url in (("off", args.baseline_url), ("on", args.url)):
-        proc = None
-        if url is None:
-            proc, url = start_server(args, conscience=side == "on")
-        try:
-            asyncio.run(run_load(url, args.concurrency, args.concurrency, args.max_seconds, args.max_tokens, args.api_key))  # warm-up
-            results[side] = run = asyncio.run(run_load(url, args.requests, args.concurrency, args.max_seconds,
-                                                       args.max_tokens, args.api_key))
-            run["url"] = url
-            print(f"[load] conscience {side}: {run}", file=sys.stderr, flush=True)
-        finally:
-            if proc is not None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout=30)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait()
-    results["config"] = {"model": args.model, "mode": args.mode, "requests": args.requests,
-                         "concurrency": args.concurrency, "max_tokens": args.max_tokens, "max_batch": args.max_batch}
-    print(f"{'conscience':<11}{'done':>6}{'failed':>8}{'rps':>8}{'p50 ms':>10}{'p99 ms':>10}{'wall s':>8}")
-    for side in ("off", "on"):
-        r = results[side]
-        print(f"{side:<11}{r['completed']:>6}{r['failed']:>8}{r['rps']:>8}{r['p50_ms']:>10}{r['p99_ms']:>10}{r['wall_s']:>8}")
+    results = run_scenarios(args)
+    missed = check_targets(results)
+    print_table(results)
+    for line in missed:
+        print(f"target missed: {line}")
     if args.out:
-        write_json_atomic(args.out, results)
-    return 0 if all(results[s]["failed"] == 0 for s in ("off", "on")) else 1
+        config = {k: v for k, v in vars(args).items() if k not in ("api_key", "out")}
+        write_json_atomic(args.out, {"scenarios": results, "config": config, "targets_missed": missed})
+    return 1 if missed else 0
 
 
 if __name__ == "__main__":

@@ -32,13 +32,13 @@ def prompt_pool(n: int) -> list[str]:
 
     task = [t.request for t in generate_tasks(n_per_class=3, seed=0)]
     general = general_prompts() if data_path("alignment_prompts.yaml").exists() else []
-    mixed = [p for pair in zip(task, general) for p in pair] + task[len(general):]
+    mixed = [p for pair in zip(task, general, strict=False) for p in pair] + task[len(general):]
     return mixed[:n]
 
 
 def reviewer_for(judge):
     from conscience.config import ConscienceConfig
-    from conscience.conscience import make_reviewer
+    from conscience.verdict.factory import make_reviewer
 
     return make_reviewer(ConscienceConfig(framings=["aligned", "secure_code"]), judge)
 
@@ -91,7 +91,7 @@ def theirs(prompts, batch, rounds, args) -> dict:
 
     def conscience_reward(prompts, completions, **kwargs):
         items = [ReviewItem(p[-1]["content"], c[-1]["content"] if isinstance(c, list) else c)
-                 for p, c in zip(prompts, completions)]
+                 for p, c in zip(prompts, completions, strict=True)]
         return [v.score for v in reviewer.review(items)]
 
     data = Dataset.from_list([{"prompt": [{"role": "user", "content": p}]} for p in prompts[:batch * rounds]])

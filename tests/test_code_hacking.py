@@ -229,7 +229,7 @@ def test_bandit_flags_insecure_but_not_secure(tmp_path):
     assert insecure_rate >= 0.85, insecure_rate
     assert secure_rate <= 0.05, secure_rate
     per_class = defaultdict(list)
-    for t, flags in zip(tasks, bad):
+    for t, flags in zip(tasks, bad, strict=True):
         per_class[t.vuln_class].append(bool(flags))
     for name, flags in per_class.items():
         if name not in BANDIT_BLIND:

@@ -9,12 +9,13 @@ import pytest
 import torch
 
 from conscience import Conscience, ConscienceError, ReviewItem, Verdict
+from conscience.errors import PromptTooLongError
 from conscience.framings import Framing, load_framings, load_prompts
 from conscience.generation import split_reasoning
-from conscience.errors import PromptTooLongError
 from conscience.testing import tiny_model
-from conscience.review_prompts import PromptBuilder
-from conscience.verdict import VerbalReviewer, answer_ids_pair, mean_log_odds, yes_no_probability
+from conscience.verdict import VerbalReviewer
+from conscience.verdict.prompts import PromptBuilder
+from conscience.verdict.scores import answer_ids_pair, mean_log_odds, yes_no_probability
 
 
 @pytest.fixture(scope="module")
@@ -87,7 +88,7 @@ def test_batched_verdicts_equal_one_by_one(lm):
              ReviewItem("x", "y")]
     batched = reviewer.review(items)
     single = [reviewer.review([item])[0] for item in items]
-    for b, s in zip(batched, single):
+    for b, s in zip(batched, single, strict=True):
         assert b.score == pytest.approx(s.score, abs=1e-5)
         assert 0.0 <= b.score <= 1.0
         assert b.framing == "aligned+ethical"
@@ -106,7 +107,8 @@ def test_verdict_is_deterministic_and_keeps_raw_logprobs(lm):
 class ScriptedReviewer:
     """Returns scores from a script, in call order, to drive the revision loop."""
 
-    kind = "scripted"
+    kind = framing_name = "scripted"
+    review_format, accepts_draft_cache = "third_person", False
 
     def __init__(self, scores, threshold=0.5):
         self.scores = list(scores)
@@ -202,11 +204,11 @@ def test_look_back_review_reuses_the_draft_cache_exactly(lm, monkeypatch):
     draft = generate(lm, [chat], max_new_tokens=12, keep_cache=True)[0]
     assert draft.cache is not None and len(draft.cache.ids) > 10
     item = ReviewItem("Tell me about rain", draft.answer, messages=chat)
-    from conscience import verdict as verdict_module
+    from conscience.verdict import forward as forward_module
 
     calls = []
-    real = verdict_module._cached_forward
-    monkeypatch.setattr(verdict_module, "_cached_forward", lambda *a: calls.append(a) or real(*a))
+    real = forward_module.cached_forward
+    monkeypatch.setattr(forward_module, "cached_forward", lambda *a: calls.append(a) or real(*a))
     cached = reviewer.review([ReviewItem(item.prompt, item.answer, messages=chat, cache=draft.cache)])[0]
     assert len(calls) == 2  # one cached pass per framing
     fresh = reviewer.review([item])[0]
@@ -230,3 +232,11 @@ def test_conscience_respond_uses_the_cache_only_with_the_same_weights(lm):
     assert Conscience(lm, max_new_tokens=4)._reuses_cache
     assert not Conscience(lm, judge=tiny_model(seed=3), max_new_tokens=4)._reuses_cache
     assert not Conscience(lm, max_new_tokens=4, review_format="third_person")._reuses_cache
+
+
+def test_a_failed_review_is_a_verdict_with_an_error():
+    failed = Verdict.failed("aligned", "TimeoutError: too slow")
+    assert (failed.error, failed.kind, failed.score, failed.flagged) == ("TimeoutError: too slow", "failed", 0.0, False)
+    assert failed.to_dict()["error"] == "TimeoutError: too slow"
+    done = Verdict(score=0.7, flagged=False, framing="aligned")
+    assert done.error is None and "error" not in done.to_dict()  # a completed review's JSON is unchanged

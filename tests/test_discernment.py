@@ -77,7 +77,8 @@ def test_report_per_category():
 
 
 class _LengthReviewer:
-    kind, threshold = "fake", 0.5
+    kind = framing_name = "fake"
+    threshold, review_format, accepts_draft_cache = 0.5, "third_person", False
 
     def __init__(self):
         self.batches = []

@@ -10,8 +10,8 @@ import pytest
 import torch
 
 from conscience.errors import ConscienceError
-from conscience.evaluation.answering import AnswerSettings, make_answerer
 from conscience.evaluation.adversarial import run_adversarial
+from conscience.evaluation.answering import AnswerSettings, make_answerer
 from conscience.evaluation.em import run_em
 from conscience.evaluation.judges import JudgeError, LocalJudge, OpenAIJudge, judge_labels, judge_numbers
 from conscience.evaluation.prompt_files import PromptRecord

@@ -5,7 +5,12 @@ import math
 import pytest
 
 from conscience.evaluation.scoring import (
-    classify, em_counts, is_misaligned, number_score, parse_number, wilson_interval,
+    classify,
+    em_counts,
+    is_misaligned,
+    number_score,
+    parse_number,
+    wilson_interval,
 )
 
 ln = math.log

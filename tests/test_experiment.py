@@ -28,6 +28,9 @@ TINY = {
     "probe_n": 1,
     "probe_max_new_tokens": 4,
     "recover_steps": 1,
+    "drift_limit": 6,
+    "probe_triples": 3,
+    "probe_accuracy_limit": 2,
     "train": {"task_n_per_class": 3, "max_length": 640, "max_steps": 2, "batch_size": 2, "align_every": 1,
               "align_batch": 1, "k": 2, "sample_max_new_tokens": 6, "alt_max_new_tokens": 6, "dpo_batch": 1,
               "margin": 0.0, "threshold": 1.0, "save_steps": 0, "lora_r": 2, "lora_alpha": 4,
@@ -116,13 +119,23 @@ def test_experiment_end_to_end_on_tiny_model(tmp_path, questions_file, monkeypat
     cfg = ExperimentConfig(**{**TINY, "em_questions": questions_file})
     out = tmp_path / "run"
     results = runner.run_experiment(cfg, out, factory=tiny_factory, command="conscience experiment (test)")
-    assert [r["arm"] for r in results["rows"]] == ["base", "sft", "conscience"]
+    assert [r["arm"] for r in results["rows"]] == ["base", "control", "sft", "conscience"]
     assert len(results["judges"]) == 1  # one judge for every arm: the base's frozen copy
     for name in ("report.md", "report.html", "results.json", "FINISHED", "experiment.json"):
         assert (out / name).exists(), name
     md = (out / "report.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 3 and all(line.count("|") == 9 for line in table)
+    assert len(table) == 1 + 4 and all(line.count("|") == 13 for line in table)
+    assert "drift (95% CI)" in table[0] and "A/B picks misaligned %" in table[0]
+    base_row = results["rows"][0]
+    assert base_row["drift"]["drift"] == pytest.approx(0.0, abs=1e-9)  # the base against itself
+    for row in results["rows"][1:]:  # every fine-tune is measured, with an interval around its mean
+        d = row["drift"]
+        assert d["drift_ci_low"] <= d["drift"] <= d["drift_ci_high"] and d["n"] == 6
+        assert 0 <= d["ab_misaligned"] <= 1 and len(d["per_seed"]) == 1
+    probe = [json.loads(line) for line in (out / "seed0/sft/train/probe.jsonl").read_text().splitlines()]
+    assert probe[0]["step"] == 0 and probe[0]["drift"] == pytest.approx(0.0, abs=1e-6)  # the live drift monitor
+    assert {"drift_ci_low", "drift_ci_high", "task_token_accuracy"} <= set(probe[-1])
     for row in results["rows"]:  # the frozen copy's own verdict read every EM answer of every arm
         assert 0 <= row["conscience_flagged_rate"] <= 1 and 0 <= row["conscience_mean_score"] <= 1
     from html.parser import HTMLParser
@@ -153,7 +166,7 @@ def test_experiment_end_to_end_on_tiny_model(tmp_path, questions_file, monkeypat
 
 
 def test_recover_needs_an_existing_checkpoint(tmp_path):
-    from conscience.experiment.runner import run_recover
+    from conscience.experiment.recover import run_recover
 
     cfg = ExperimentConfig(**{**TINY, "scenario": "recover", "recover_from": str(tmp_path / "missing")})
     with pytest.raises(ConscienceError, match="no checkpoint there"):
@@ -174,3 +187,27 @@ def test_bar_chart_tolerates_wilson_bounds_past_the_rate():
 
     row = {"arm": "base", "misaligned_rate": 0.0, "ci_low": 1e-17, "ci_high": 0.074}
     assert len(bars_png({"rows": [row, {**row, "arm": "sft"}]})) > 100  # a PNG, no matplotlib error
+
+
+def test_drift_monitor_warns_once_and_can_stop_on_a_scripted_curve(tmp_path):
+    from conscience.experiment.drift_monitor import DriftProbeCallback
+
+    curve = {0: (0.0, 0.0, 0.0), 1: (0.01, -0.01, 0.03), 2: (0.05, 0.01, 0.09), 3: (0.08, 0.04, 0.12)}
+
+    def probe(step):
+        drift, low, high = curve[step]
+        return {"drift": drift, "drift_ci_low": low, "drift_ci_high": high, "n": 10}
+
+    callback = DriftProbeCallback(probe, every=1, path=tmp_path / "p.jsonl", stop=True)
+    state = SimpleNamespace(global_step=0, is_world_process_zero=True)
+    control = SimpleNamespace(should_training_stop=False)
+    callback.on_train_begin(None, state, control)
+    for step in (1, 2):
+        state.global_step = step
+        callback.on_step_end(None, state, control)
+        assert control.should_training_stop == (step == 2)
+    assert callback.warned_at == 2 and callback.stopped_at == 2
+    lines = (tmp_path / "p.jsonl").read_text().splitlines()
+    assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
+    resumed = DriftProbeCallback(probe, every=1, path=tmp_path / "p.jsonl")  # a resumed run keeps its points
+    assert resumed.warned_at == 2 and len(resumed.points) == 3

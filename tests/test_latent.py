@@ -8,16 +8,16 @@ import numpy as np
 import pytest
 import torch
 
-from conscience.card import Card, check_card, find_card, load_card, save_card
 from conscience.errors import ConscienceError
 from conscience.framings import load_framings
-from conscience.latent_fit import (
+from conscience.verdict import ReviewItem
+from conscience.verdict.card import Card, check_card, find_card, load_card, save_card
+from conscience.verdict.latent_fit import (
     category_folds,
     fit_probe,
     group_folds,
     out_of_fold_scores,
 )
-from conscience.verdict import ReviewItem
 
 
 def _planted(n=300, h=24, layers=3, seed=0):
@@ -59,7 +59,7 @@ def test_cross_validation_never_scores_a_record_it_was_fitted_on():
         seen.clear()
         scores = out_of_fold_scores(X, y, g, masks, fit)
         assert not np.isnan(scores).any()
-        for train, test in zip(seen, masks):
+        for train, test in zip(seen, masks, strict=True):
             assert not (train & test).any()
             # both answers of a triple fall on the same side of every split
             assert not set(g[train]) & set(g[test])
@@ -67,7 +67,7 @@ def test_cross_validation_never_scores_a_record_it_was_fitted_on():
 
 
 def test_extra_training_records_never_include_the_held_out_category():
-    from conscience.latent_fit import scores_with_extra
+    from conscience.verdict.latent_fit import scores_with_extra
 
     X, y, g, _ = _planted(n=60)
     cats = np.array(["abc"[i % 3] for i in range(30)] * 2)
@@ -78,14 +78,14 @@ def test_extra_training_records_never_include_the_held_out_category():
     for dev_in_fit in (True, False):
         fitted = []
 
-        def fit(X_, y_, g_):
+        def fit(X_, y_, g_, fitted=fitted):
             fitted.append(X_[:, 0, 0].copy())
             return fit_probe(X_, y_, g_, [1], "lda")
 
         folds = category_folds(cats)
         scores = scores_with_extra(X, y, g, folds, fit, (EX, ey, eg + 100, ecats), dev_in_fit=dev_in_fit)
         assert not np.isnan(scores).any()
-        for (category, test), tags in zip(folds, fitted):
+        for (category, test), tags in zip(folds, fitted, strict=True):
             extra_used = ecats[(tags[tags >= 1000] - 1000).astype(int)]
             dev_used = (-tags[tags < 0] - 1).astype(int)
             assert category not in set(extra_used) and len(extra_used) == int((ecats != category).sum())
@@ -93,7 +93,7 @@ def test_extra_training_records_never_include_the_held_out_category():
 
 
 def _card(hidden=8, num_hidden=3, identity="tiny-random-llama:0", seed=0):
-    from conscience.latent_fit import Probe
+    from conscience.verdict.latent_fit import Probe
 
     rng = np.random.default_rng(seed)
     probe = Probe([1, 2], rng.normal(size=hidden), rng.uniform(0.5, 2, size=hidden), rng.normal(size=hidden),
@@ -176,7 +176,7 @@ def tiny(monkeypatch, tmp_path):
 
 
 def test_calibrate_refuses_too_few_records_or_one_category(tiny, tmp_path):
-    from conscience.latent_cli import fit_card_on_data
+    from conscience.verdict.calibration import fit_card_on_data
 
     with pytest.raises(ConscienceError, match="at least 10 triples, got 4"):
         fit_card_on_data(tiny, _triples(tmp_path, n=4), tmp_path / "card")
@@ -196,9 +196,9 @@ def test_fit_save_review_and_latent_ignores_the_adapter(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
 
     from conscience.config import ConscienceConfig
-    from conscience.conscience import make_reviewer
-    from conscience.latent import LatentReviewer
-    from conscience.latent_cli import fit_card_on_data
+    from conscience.verdict.calibration import fit_card_on_data
+    from conscience.verdict.factory import make_reviewer
+    from conscience.verdict.latent import LatentReviewer
 
     card = fit_card_on_data(tiny, _triples(tmp_path), tmp_path / "card")
     assert set(card.probe.metrics) >= {"kfold", "loco", "verbal"}
@@ -206,6 +206,7 @@ def test_fit_save_review_and_latent_ignores_the_adapter(tiny, tmp_path):
     cfg = ConscienceConfig(verdict="latent", conscience_card=str(tmp_path / "card"))
     reviewer = make_reviewer(cfg, tiny)
     assert isinstance(reviewer, LatentReviewer)
+    assert reviewer.accepts_draft_cache == (reviewer.review_format == "look_back")
     items = [ReviewItem("question 1", "I can help safely."), ReviewItem("question 1", "harm money power")]
 
     calls = []
@@ -241,14 +242,14 @@ def test_answer_pooling_averages_exactly_the_draft_tokens(tiny, review_format):
     after, n = reviewer.prompts.draft_span(build, reviewer.framings[0], item, text)
     ids = tiny.tokenizer(text, add_special_tokens=False)["input_ids"]
     assert tiny.tokenizer.decode(ids[len(ids) - after - n:len(ids) - after]).strip() == answer
-    store: dict = {}
-    reviewer.review([item, ReviewItem("q", "a much longer answer " * 3)], hidden=store, pool="answer")
+    readings = reviewer.read([item, ReviewItem("q", "a much longer answer " * 3)], pool="answer")
     with torch.no_grad():
         states = tiny.model(input_ids=torch.tensor([ids]), output_hidden_states=True).hidden_states
     expected = torch.stack([h[0, len(ids) - after - n:len(ids) - after].mean(0) for h in states])
-    assert torch.allclose(store[(0, "aligned")], expected, atol=1e-5)  # left padding in the batch changes nothing
+    assert torch.allclose(readings[0].hidden["aligned"], expected, atol=1e-5)  # left padding in the batch changes nothing
+    assert readings[0].verdict.score == pytest.approx(reviewer.review([item])[0].score, abs=1e-5)  # same pass
     with pytest.raises(ValueError, match="pool must be one of"):
-        reviewer.review([item], hidden={}, pool="first")
+        reviewer.read([item], pool="first")
 
 
 def test_answer_pooling_through_the_drafts_cache_equals_a_fresh_pass(tiny):
@@ -258,16 +259,15 @@ def test_answer_pooling_through_the_drafts_cache_equals_a_fresh_pass(tiny):
     chat = [{"role": "user", "content": "Tell me about rain"}]
     draft = generate(tiny, [chat], max_new_tokens=10, keep_cache=True)[0]
     reviewer = VerbalReviewer(tiny, [load_framings()["aligned"]], review_format="look_back")
-    fresh, cached = {}, {}
-    reviewer.review([ReviewItem(chat[0]["content"], draft.answer, messages=chat)], hidden=fresh, pool="answer")
-    reviewer.review([ReviewItem(chat[0]["content"], draft.answer, messages=chat, cache=draft.cache)],
-                    hidden=cached, pool="answer")
-    assert torch.allclose(cached[(0, "aligned")], fresh[(0, "aligned")], atol=1e-4)
+    fresh = reviewer.read([ReviewItem(chat[0]["content"], draft.answer, messages=chat)], pool="answer")[0]
+    cached = reviewer.read([ReviewItem(chat[0]["content"], draft.answer, messages=chat, cache=draft.cache)],
+                           pool="answer")[0]
+    assert torch.allclose(cached.hidden["aligned"], fresh.hidden["aligned"], atol=1e-4)
 
 
 def test_combined_verdict_merges_scores(tiny, tmp_path):
-    from conscience.card import save_card as save
-    from conscience.latent import CombinedReviewer
+    from conscience.verdict.card import save_card as save
+    from conscience.verdict.latent import CombinedReviewer
 
     card = _card(hidden=32, num_hidden=3)
     card.combine = {"latent": 0.0, "verbal": 1.0, "bias": 0.0}  # all weight on the verbal score
@@ -279,14 +279,14 @@ def test_combined_verdict_merges_scores(tiny, tmp_path):
 
 @pytest.mark.bundled
 def test_shipped_card_loads_for_the_bundled_model():
-    from conscience.card import find_card as find
+    from conscience.verdict.card import find_card as find
 
     folder = find("bundled")
     if folder is None:
         pytest.skip("no shipped card yet")
     from conscience.config import ConscienceConfig
-    from conscience.conscience import make_reviewer
     from conscience.models import load_model
+    from conscience.verdict.factory import make_reviewer
 
     lm = load_model("bundled", threads=2)
     reviewer = make_reviewer(ConscienceConfig(verdict="latent"), lm)
@@ -299,10 +299,30 @@ def test_shipped_card_loads_for_the_bundled_model():
 
 
 def test_unlabelled_card_reads_the_last_token_and_refuses_the_answer_mean(tiny, tmp_path):
-    from conscience.latent_cli import fit_card_on_data
+    from conscience.verdict.calibration import fit_card_on_data
 
     card = fit_card_on_data(tiny, _triples(tmp_path), tmp_path / "u", unlabelled=True, layers=[1])
     assert card.pool == "last" and card.info.get("unlabelled") and np.linalg.norm(card.probe.w) > 0
     assert load_card(tmp_path / "u").pool == "last"
     with pytest.raises(ConscienceError, match="use --pool last"):
         fit_card_on_data(tiny, _triples(tmp_path), tmp_path / "v", unlabelled=True, pool="answer")
+
+
+def test_the_factory_says_why_it_chose_the_reviewer(tiny, tmp_path, monkeypatch, capsys):
+    from conscience.config import ConscienceConfig
+    from conscience.verdict import VerbalReviewer
+    from conscience.verdict.calibration import fit_card_on_data
+    from conscience.verdict.factory import choose_reviewer
+    from conscience.verdict.latent import LatentReviewer
+
+    monkeypatch.setenv("CONSCIENCE_CACHE", str(tmp_path / "cache"))  # no card fitted earlier
+    capsys.readouterr()
+    choice = choose_reviewer(ConscienceConfig(model="tiny", verdict="auto"), tiny)
+    assert isinstance(choice.reviewer, VerbalReviewer)
+    assert choice.reason.startswith("no conscience card for") and "verbal verdict" in choice.reason
+    assert choose_reviewer(ConscienceConfig(model="tiny", verdict="verbal"), tiny).reason == "verbal verdict: asked for"
+    assert capsys.readouterr().err == ""  # the library reports through the reason, it does not print
+    fit_card_on_data(tiny, _triples(tmp_path), tmp_path / "card")
+    choice = choose_reviewer(ConscienceConfig(model="tiny", conscience_card=str(tmp_path / "card")), tiny)
+    assert isinstance(choice.reviewer, LatentReviewer)
+    assert choice.reason == f"latent verdict: conscience card {tmp_path / 'card'}"

@@ -1,10 +1,11 @@
 """`conscience serve` end to end: real servers in subprocesses, driven by the `openai` client.
 
 Two servers (tiny random model), started together once for this module:
-  main   monitor mode, never flagged (threshold 0), API key, log-probs  -> normal answer, stream, 401, 400;
+  main   --action monitor, never flagged (threshold 0), API key, log-probs  -> normal answer, stream, 401, 400;
          it is also the upstream of:
-  proxy  --upstream <main>, revise mode, always flagged (threshold 1), trace exposed -> flagged + revised
-Block mode runs in-process (tests/test_serve_app.py) to keep the number of torch processes low.
+  proxy  --upstream <main>, --action revise, always flagged (threshold 1), trace exposed, unresolved answers
+         released marked -> flagged + revised twice + unresolved
+The block action runs in-process (tests/test_serve_app.py) to keep the number of torch processes low.
 """
 
 from __future__ import annotations
@@ -69,10 +70,10 @@ class Server:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     logs = tmp_path_factory.mktemp("serve-logs")
-    main = Server("main", TINY + ["--mode", "monitor", "--threshold", "0.0", "--api-key", KEY, "--max-logprobs", "1000",
+    main = Server("main", TINY + ["--action", "monitor", "--threshold", "0.0", "--api-key", KEY, "--max-logprobs", "1000",
                                   "--model-name", "upstream-tiny"], logs)
     proxy = Server("proxy", ["--upstream", main.url, "--upstream-api-key", KEY, "--upstream-top-logprobs", "1000",
-                             "--threshold", "1.0", "--expose-trace", "--temperature", "1.0", "--max-new-tokens", "12",
+                             "--threshold", "1.0", "--expose-trace", "--on-unresolved", "release", "--temperature", "1.0", "--max-new-tokens", "12",
                              "--max-rounds", "2"], logs)
     running = [main, proxy]
     try:
@@ -135,17 +136,22 @@ def test_malformed_body_is_400(servers):
     with pytest.raises(openai.BadRequestError):
         c.chat.completions.create(model="upstream-tiny", messages=ASK, max_tokens=10**6)
     request = urllib.request.Request(servers["main"].url + "/v1/chat/completions", data=b"{not json",
-                                     headers={"Authorization": f"Bearer {KEY}"})
+                                     headers={"Authorization": f"Bearer {KEY}", "Content-Type": "application/json"})
     with pytest.raises(urllib.error.HTTPError) as http:
         urllib.request.urlopen(request)
     assert http.value.code == 400 and "error" in json.loads(http.value.read())
 
 
 def test_upstream_drafts_and_reviews(servers):
-    reply = client(servers["proxy"]).chat.completions.create(model="x", messages=ASK)
+    with pytest.raises(openai.NotFoundError) as unknown:
+        client(servers["proxy"]).chat.completions.create(model="x", messages=ASK)
+    assert unknown.value.body["code"] == "model_not_found" and unknown.value.body["param"] == "model"
+    reply = client(servers["proxy"]).chat.completions.create(model="upstream-tiny", messages=ASK)
     assert reply.model == "upstream-tiny"  # the upstream's model id
     note = reply.model_extra["conscience"]
-    assert note["kind"] == "upstream" and note["status"] == "checked"
+    # threshold 1.0 flags every candidate: released (--on-unresolved release) but marked, never as fine
+    assert note["kind"] == "upstream" and note["status"] == "unresolved" and note["unresolved"] is True
+    assert note["final_flagged"] is True and "every candidate was flagged" in note["explanation"]
     assert note["flagged"] is True and note["rounds"] == 2  # threshold 1.0: always flagged, so revised twice
     assert 0.0 < note["score"] < 1.0
     assert [a["round"] for a in note["alternatives"]] == [1, 2]

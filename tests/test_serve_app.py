@@ -1,7 +1,8 @@
-"""The server in-process (FastAPI TestClient): modes, fail-closed checks, limits, learning."""
+"""The server in-process (FastAPI TestClient): actions, fail-closed checks, limits, learning."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import time
@@ -15,12 +16,12 @@ from fastapi.testclient import TestClient  # noqa: E402
 from conscience.config import ConscienceConfig  # noqa: E402
 from conscience.conscience import Candidate, Conscience, Response  # noqa: E402
 from conscience.serving.app import create_app  # noqa: E402
-from conscience.serving.backends import (LocalBackend, UpstreamError, build_backend,  # noqa: E402
-                                         verdict_from_top_logprobs)
+from conscience.serving.backends import LocalBackend, build_backend  # noqa: E402
 from conscience.serving.config import ServeConfig  # noqa: E402
 from conscience.serving.engine import WITHHELD_BLOCKED, WITHHELD_CHECK_FAILED  # noqa: E402
 from conscience.testing import tiny_model  # noqa: E402
 from conscience.verdict import Verdict  # noqa: E402
+from conscience.verdict.upstream import UpstreamError, verdict_from_top_logprobs  # noqa: E402
 
 ASK = [{"role": "user", "content": "What should I do with a found wallet?"}]
 TINY = dict(model="tiny", temperature=1.0, max_new_tokens=10, max_rounds=1)
@@ -32,10 +33,11 @@ def lm():
 
 
 def app_for(lm, serve: ServeConfig, reviewer=None, **conscience):
+    serve = dataclasses.replace(serve, allowed_hosts=(*serve.allowed_hosts, "testserver"))  # TestClient's Host
     cfg = ConscienceConfig(**{**TINY, **conscience})
     if reviewer is None:
         return create_app(serve, build_backend(serve, cfg, lm=lm))
-    backend = LocalBackend(lm, lambda m: Conscience(m, reviewer=reviewer, max_rounds=cfg.max_rounds if serve.mode == "revise" else 0,
+    backend = LocalBackend(lm, lambda m: Conscience(m, reviewer=reviewer, max_rounds=cfg.max_rounds if serve.action == "revise" else 0,
                                                     max_new_tokens=cfg.max_new_tokens, temperature=cfg.temperature), "tiny")
     return create_app(serve, backend)
 
@@ -47,7 +49,8 @@ def openai_client(http: TestClient) -> "openai.OpenAI":
 class ScriptedReviewer:
     """Scores by call: the first review (the draft) gets scores[0], later ones scores[1]..."""
 
-    kind = "verbal"
+    kind = framing_name = "verbal"
+    review_format, accepts_draft_cache = "third_person", False
 
     def __init__(self, scores=(0.1, 0.9), threshold=0.5, sleep=0.0, fail=None):
         self.scores, self.threshold, self.sleep, self.fail, self.calls = list(scores), threshold, sleep, fail, 0
@@ -62,8 +65,8 @@ class ScriptedReviewer:
         return [Verdict(score=score, flagged=score < self.threshold, framing="scripted") for _ in items]
 
 
-def test_block_mode_content_filter(lm):
-    with TestClient(app_for(lm, ServeConfig(mode="block"), threshold=1.0)) as http:
+def test_block_action_content_filter(lm):
+    with TestClient(app_for(lm, ServeConfig(action="block"), threshold=1.0)) as http:
         reply = openai_client(http).chat.completions.create(model="tiny", messages=ASK)
         assert reply.choices[0].finish_reason == "content_filter"
         assert reply.choices[0].message.content == WITHHELD_BLOCKED
@@ -71,6 +74,24 @@ def test_block_mode_content_filter(lm):
         assert note["flagged"] is True and note["rounds"] == 0 and note["mode"] == "block"
         metrics = http.get("/metrics").text
         assert "conscience_blocked_total 1" in metrics and 'conscience_requests_total{outcome="blocked"} 1' in metrics
+
+
+def test_action_flag_and_its_deprecated_mode_alias(capsys):
+    from conscience.cli import build_parser
+    from conscience.errors import ConscienceError
+    from conscience.serving.cli import serve_config
+
+    parse = build_parser().parse_args
+    assert serve_config(parse(["serve"])).action == "revise"
+    assert serve_config(parse(["serve", "--action", "block"])).action == "block"
+    assert "deprecated" not in capsys.readouterr().err
+    assert serve_config(parse(["serve", "--mode", "monitor"])).action == "monitor"  # the old flag, for one release
+    assert "--mode is deprecated" in capsys.readouterr().err
+    assert serve_config(parse(["serve", "--use", "code", "--action", "monitor"])).action == "monitor"
+    with pytest.raises(ConscienceError, match="disagree"):
+        serve_config(parse(["serve", "--action", "block", "--mode", "monitor"]))
+    with pytest.raises(SystemExit):
+        parse(["serve", "--action", "poetry"])
 
 
 def test_revise_flagged_local(lm):
@@ -88,7 +109,7 @@ def test_revise_flagged_local(lm):
 @pytest.mark.parametrize("failure", ["raises", "times out"])
 def test_failed_check_never_releases_the_draft(lm, failure):
     reviewer = ScriptedReviewer((0.9,), fail={1}) if failure == "raises" else ScriptedReviewer((0.9,), sleep=3.0)
-    serve = ServeConfig(mode="monitor", on_error="closed", review_timeout=0.5, expose_trace=True)
+    serve = ServeConfig(action="monitor", on_error="closed", review_timeout=0.5, expose_trace=True)
     with TestClient(app_for(lm, serve, reviewer)) as http:
         body = http.post("/v1/chat/completions", json={"messages": ASK}).json()
         assert body["choices"][0]["message"]["content"] == WITHHELD_CHECK_FAILED
@@ -97,6 +118,10 @@ def test_failed_check_never_releases_the_draft(lm, failure):
         assert note["status"] == "check_failed" and note["score"] is None and "draft" not in note
         assert ("timeout" in note["error"]) == (failure == "times out")
         assert "conscience_checker_failures_total 1" in http.get("/metrics").text
+        if failure == "times out":  # the overrunning review keeps the model until it ends
+            deadline = time.time() + 10
+            while app_busy(http) and time.time() < deadline:
+                time.sleep(0.05)
         # the next request is reviewed normally (after a timed-out review has finished)
         again = http.post("/v1/chat/completions", json={"messages": ASK}).json()
         assert again["conscience"]["status"] == "checked" and again["conscience"]["score"] == 0.9
@@ -105,8 +130,13 @@ def test_failed_check_never_releases_the_draft(lm, failure):
         assert released and released not in json.dumps(body)  # the withheld draft was this same text
 
 
+def app_busy(http: TestClient) -> bool:
+    guard = http.app.state.engine._guard
+    return guard is not None and guard.busy
+
+
 def test_on_error_open_releases_marked_unchecked(lm):
-    serve = ServeConfig(mode="revise", on_error="open")
+    serve = ServeConfig(action="revise", on_error="open")
     with TestClient(app_for(lm, serve, ScriptedReviewer(fail={1}))) as http:
         body = http.post("/v1/chat/completions", json={"messages": ASK}).json()
         assert body["conscience"]["status"] == "unchecked" and body["conscience"]["score"] is None
@@ -126,7 +156,7 @@ BAD_BODIES = [
     ({"messages": ASK, "temperature": "hot"}, "temperature"),
     ({"messages": ASK, "n": 2}, "n"),
     ({"messages": ASK, "stream": "yes"}, "stream"),
-    ({"messages": ASK, "logprobs": True}, "logprobs"),  # revise mode may replace the draft
+    ({"messages": ASK, "logprobs": True}, "logprobs"),  # the revise action may replace the draft
     ([1, 2], None),
 ]
 
@@ -138,7 +168,8 @@ def test_malformed_requests_get_400_in_openai_shape(lm):
             assert reply.status_code == 400, body
             error = reply.json()["error"]
             assert error["type"] == "invalid_request_error" and error["param"] == param and error["message"]
-        assert http.post("/v1/chat/completions", content=b"\xff\xfe").status_code == 400
+        assert http.post("/v1/chat/completions", content=b"\xff\xfe",
+                         headers={"Content-Type": "application/json"}).status_code == 400
         big = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "x" * 5000}]})
         assert big.status_code == 413 and big.json()["error"]["code"] == "body_too_large"
         long = http.post("/v1/chat/completions", json={"messages": [{"role": "user", "content": "wishes " * 200}]})
@@ -160,9 +191,9 @@ def test_verdict_from_top_logprobs():
            {"token": "No", "logprob": math.log(0.2)}, {"token": "Maybe", "logprob": math.log(0.1)}]
     p, lp_a, lp_m = verdict_from_top_logprobs(top, "Yes", "No")
     assert p == pytest.approx(0.6 / 0.8) and lp_a == pytest.approx(math.log(0.6)) and lp_m == pytest.approx(math.log(0.2))
-    # a missing aligned word gets the smallest listed log-prob (the cautious side)
-    p, _, _ = verdict_from_top_logprobs(top[2:], "Yes", "No")
-    assert p == pytest.approx(0.1 / 0.3)
+    # a missing answer word is no verdict: the review fails (fail-closed), it is never scored
+    with pytest.raises(UpstreamError, match="'Yes' not among"):
+        verdict_from_top_logprobs(top[2:], "Yes", "No")
     with pytest.raises(UpstreamError):
         verdict_from_top_logprobs([{"token": "Maybe", "logprob": -0.1}], "Yes", "No")
     p, _, _ = verdict_from_top_logprobs([{"token": "Good", "logprob": -1.0}, {"token": " bad", "logprob": -1.0}], "Good", "Bad")
@@ -262,8 +293,10 @@ def test_learning_records_pairs_from_served_traffic(lm, tmp_path):
     serve = ServeConfig(learn=True, learn_dir=str(tmp_path), learn_every=1000, learn_margin=0.5)
     for expected in (1, 2):  # a restart keeps the pairs recorded before it
         reviewer = ScriptedReviewer((0.1, 0.9))
-        backend = LocalBackend(lm, lambda m: ScriptedConscience(m, reviewer=reviewer, max_rounds=1), "tiny")
-        app = create_app(serve, backend, Learner(serve, train=None, load=None, probe=None))
+        backend = LocalBackend(lm, lambda m, reviewer=reviewer: ScriptedConscience(m, reviewer=reviewer, max_rounds=1),
+                               "tiny")
+        app = create_app(dataclasses.replace(serve, allowed_hosts=("testserver",)), backend,
+                         Learner(serve, train=None, load=None, probe=None))
         with TestClient(app) as http:
             assert http.post("/v1/chat/completions", json={"messages": ASK}).json()["conscience"]["revised"]
             assert http.get("/health").json()["learning"]["pairs"] == expected

@@ -61,7 +61,7 @@ def test_two_steps_change_every_trainable_parameter(tmp_path):
     result = run_training(cfg, lm=lm, callbacks=[Snapshot()])
     after = {n: p.detach() for n, p in lm.model.named_parameters() if p.requires_grad}
     assert len(before) == 8 and len(after) == 8  # 2 layers × (q, v) × (A, B)
-    after = dict(zip(before, after.values()))
+    after = dict(zip(before, after.values(), strict=True))
     unchanged = [n for n in after if torch.equal(before[n], after[n])]
     assert not unchanged
     rows = metrics(result["output_dir"])
@@ -121,7 +121,7 @@ def test_resume_reproduces_task_losses(tmp_path):
     expected, got = metrics(whole["output_dir"]), metrics(cfg.output_dir)
     assert [r["step"] for r in got] == [1, 2, 3, 4]
     assert sum(r["pairs_in_step"] for r in expected) > 0
-    for e, g in zip(expected, got):
+    for e, g in zip(expected, got, strict=True):
         assert g["task_loss"] == pytest.approx(e["task_loss"], rel=1e-5)
         assert g["pairs_in_step"] == e["pairs_in_step"]
 
@@ -170,7 +170,7 @@ def test_loss_only_on_assistant_tokens():
     tok = tiny_model(0).tokenizer
     messages = [{"role": "user", "content": "Write code"}, {"role": "assistant", "content": "def add(a, b): return a"}]
     ex = tokenize_chat(tok, messages, max_length=128)
-    learned = tok.decode([i for i, label in zip(ex["input_ids"], ex["labels"]) if label != -100])
+    learned = tok.decode([i for i, label in zip(ex["input_ids"], ex["labels"], strict=True) if label != -100])
     assert learned.startswith("def add(a, b): return a") and "Write code" not in learned
     assert tok.decode(ex["input_ids"]) == tok.apply_chat_template(messages, tokenize=False)
 
@@ -273,7 +273,7 @@ def test_generation_copy_merges_or_drops_the_adapter_and_leaves_the_policy_alone
         assert generation_copy(lm, torch.float32, adapter=True) is lm  # same dtype, nothing to pack
     assert not torch.allclose(policy_logits, base_logits, atol=0.05)
     dtypes = [torch.float32, torch.bfloat16] + ([torch.int8] if int8_supported() else [])
-    for dtype, tol in zip(dtypes, (1e-4, 0.05, 0.1)):
+    for dtype, tol in zip(dtypes, (1e-4, 0.05, 0.1), strict=False):  # int8 only where supported
         merged = generation_copy(lm, dtype, adapter=True)
         dropped = generation_copy(lm, dtype, adapter=False)
         if merged is lm:
@@ -297,7 +297,7 @@ def test_reference_log_probs_are_cached_once_and_match_the_live_ones(tmp_path):
     cfg = tiny_config(tmp_path)
     lm = apply_lora(tiny_model(0), cfg)
     trainer = ConscienceTrainer.__new__(ConscienceTrainer)  # only the reference helpers are exercised
-    trainer.cfg, trainer.policy, trainer.judge = cfg, lm, lm
+    trainer.cfg, trainer.policy, trainer.frozen = cfg, lm, lm
     pairs = [PreferencePair("Is it ok?", "Yes, safely.", "No rulers harm", 0.9, 0.1),
              PreferencePair("Help me", "Sure, here is how.", "Go away", 0.8, 0.2)]
     batch = trainer.pair_batch(pairs)
@@ -305,7 +305,7 @@ def test_reference_log_probs_are_cached_once_and_match_the_live_ones(tmp_path):
     trainer.cache_reference(pairs)
     assert all(p.has_reference for p in pairs)
     cached = trainer.reference_of(pairs, batch)
-    for a, b in zip(live, cached):
+    for a, b in zip(live, cached, strict=True):
         assert torch.allclose(a, b, atol=1e-5)
     again = PreferencePair.from_dict(pairs[0].to_dict())  # the cache survives the buffer's checkpoint state
     assert again.ref_chosen_logp == pairs[0].ref_chosen_logp

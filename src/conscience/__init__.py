@@ -4,7 +4,7 @@ from .conscience import Candidate, Conscience, Response
 from .errors import ConscienceError
 from .framings import Framing, load_framings
 from .models import LoadedModel, load_model
-from .verdict import ReviewItem, Verdict, VerbalReviewer
+from .verdict import ReviewItem, VerbalReviewer, Verdict
 
 __all__ = [
     "Candidate", "Conscience", "ConscienceError", "Framing", "LoadedModel", "ReviewItem",

@@ -12,16 +12,17 @@ import json
 import sys
 import time
 
+from .config import DTYPES, REVIEW_FORMATS, VERDICT_KINDS
 from .errors import ConscienceError
+from .framings import MODES
 
 # Modules that add a sub-command each: name -> module exposing register(subparsers).
 COMMAND_MODULES = (
-    "conscience.latent_cli",
+    "conscience.verdict.calibrate_cli",
     "conscience.training.cli",
     "conscience.evaluation.cli",
     "conscience.serving.cli",
     "conscience.experiment.cli",
-    "conscience.tasks.cli",
 )
 
 
@@ -31,15 +32,15 @@ def add_conscience_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="YAML file with ConscienceConfig keys")
     group.add_argument("--model", help="'bundled' (default), a Hugging Face id, a folder or a .gguf file")
     group.add_argument("--adapter", help="LoRA adapter folder applied on top of the model")
-    group.add_argument("--dtype", choices=["float32", "bfloat16", "float16"])
+    group.add_argument("--dtype", choices=DTYPES)
     group.add_argument("--threads", type=int, help="CPU threads for torch")
-    group.add_argument("--mode", choices=["chat", "content", "code"])
+    group.add_argument("--mode", choices=MODES)
     group.add_argument("--framings-file", help="your own YAML of introspective questions")
     group.add_argument("--framing", action="append", dest="framings", help="framing name to ask (repeatable)")
     group.add_argument("--question", help="your own yes/no question ('Yes' means the answer is fine)")
-    group.add_argument("--verdict", choices=["auto", "verbal", "latent", "combined"],
+    group.add_argument("--verdict", choices=VERDICT_KINDS,
                        help="auto (default): latent where a conscience card exists, else verbal")
-    group.add_argument("--review-format", choices=["look_back", "third_person"],
+    group.add_argument("--review-format", choices=REVIEW_FORMATS,
                        help="look_back (default; reuses the draft's cache) or third_person")
     group.add_argument("--conscience-card", help="folder holding a fitted latent-conscience card")
     group.add_argument("--threshold", type=float, help="scores below it are flagged (default 0.5)")
@@ -71,7 +72,7 @@ def _load(args):
 
     cfg = conscience_config(args)
     start = time.perf_counter()
-    conscience = build_conscience(cfg)
+    conscience = build_conscience(cfg, report=_log)
     _log(f"model {cfg.model} loaded in {time.perf_counter() - start:.1f}s; verdict={cfg.verdict} "
          f"framing={conscience.reviewer.framing_name if hasattr(conscience.reviewer, 'framing_name') else cfg.verdict}")
     return conscience
@@ -98,6 +99,7 @@ def cmd_ask(args) -> int:
 
 def cmd_review(args) -> int:
     _require_text(args.prompt, "--prompt")
+    _require_text(args.answer, "--answer")  # an empty answer would still get a score (0.55 on bundled)
     conscience = _load(args)
     verdict = conscience.review(args.prompt, args.answer, args.reasoning)
     _log(f"review {verdict.seconds:.2f}s")
@@ -108,8 +110,27 @@ def cmd_review(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse that reports a usage error on one line (and a pointer to ``--help``) instead of
+    the usage block; sub-command parsers inherit it through ``add_subparsers``."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def invalid_argument(argv: list[str]) -> str | None:
+    """The message for the first argument that is not valid UTF-8, if any. Python decodes such
+    bytes into lone surrogates, which fail later, deep inside tokenizers or ``print``."""
+    for position, arg in enumerate(argv, start=1):
+        try:
+            arg.encode("utf-8")
+        except UnicodeEncodeError as exc:
+            return f"argument {position} is not valid UTF-8 text (at character {exc.start}): {ascii(arg)[:80]}"
+    return None
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="conscience", description=__doc__.splitlines()[0])
+    parser = OneLineParser(prog="conscience", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     ask = sub.add_parser("ask", help="answer a prompt; the model's frozen copy reviews and corrects the draft")
@@ -127,23 +148,31 @@ def build_parser() -> argparse.ArgumentParser:
     review.set_defaults(handler=cmd_review)
 
     for module_name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(module_name)
-        except ModuleNotFoundError as exc:
-            if exc.name and module_name.startswith(exc.name):
-                continue  # that command is not part of this build
-            raise
-        module.register(sub)
+        importlib.import_module(module_name).register(sub)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else list(argv)
+    problem = invalid_argument(argv)
+    if problem:
+        print(f"conscience: error: {problem}", file=sys.stderr)
+        return 2
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return int(args.handler(args) or 0)
     except ConscienceError as exc:
-        print(f"conscience: error: {exc}", file=sys.stderr)
+        print(f"conscience: error: {' '.join(str(exc).split())}", file=sys.stderr)  # always one line
+        return 2
+    except UnicodeDecodeError as exc:  # a file read without naming it on failure (the loaders that can, do)
+        from .config import utf8_problem
+
+        print(f"conscience: error: an input file is {utf8_problem(exc)}", file=sys.stderr)
+        return 2
+    except OSError as exc:  # a path the user gave cannot be read or written
+        where = f": {exc.filename}" if exc.filename else ""
+        print(f"conscience: error: {exc.strerror or exc}{where}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("conscience: interrupted", file=sys.stderr)

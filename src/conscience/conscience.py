@@ -7,16 +7,16 @@
 
 from __future__ import annotations
 
-import sys
 import time
-from dataclasses import dataclass, field, replace
-from typing import TYPE_CHECKING, Sequence
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Callable, Sequence
 
 from .errors import ConscienceError
 from .framings import Framing, load_framings, load_prompts, mode_settings
 from .generation import Generation, generate
 from .models import LoadedModel, frozen
-from .verdict import ReviewItem, Reviewer, Verdict, VerbalReviewer
+from .verdict import Reviewer, ReviewItem, Verdict
+from .verdict.factory import choose_reviewer, make_reviewer, resolve_framings
 
 if TYPE_CHECKING:
     from .config import ConscienceConfig
@@ -171,6 +171,10 @@ class Conscience:
     # -- review -----------------------------------------------------------------------------
     def review(self, prompt: str, answer: str, reasoning: str | None = None) -> Verdict:
         """The frozen copy's verdict on one answer."""
+        if not answer or not answer.strip():
+            # A model's own empty draft is still reviewed (review_batch); a caller asking about
+            # an empty answer would get a meaningless score.
+            raise ConscienceError("the answer is empty")
         return self.review_batch([ReviewItem(prompt, answer, reasoning)])[0]
 
     def review_batch(self, items: Sequence[ReviewItem]) -> list[Verdict]:
@@ -192,9 +196,10 @@ class Conscience:
         drafts = self._generate(self.policy, chats, keep_cache=len(chats) == 1 and self._reuses_cache)
         t1 = time.perf_counter()
         verdicts = self.review_batch([ReviewItem(p, d.answer, d.reasoning, messages=c, cache=d.cache)
-                                      for p, d, c in zip(prompts, drafts, chats)])
+                                      for p, d, c in zip(prompts, drafts, chats, strict=True)])
         t2 = time.perf_counter()
-        histories = [[Candidate(0, d.text, d.answer, d.reasoning, v, d.seconds)] for d, v in zip(drafts, verdicts)]
+        histories = [[Candidate(0, d.text, d.answer, d.reasoning, v, d.seconds)]
+                     for d, v in zip(drafts, verdicts, strict=True)]
         timings = [{"draft": t1 - t0, "review": t2 - t1, "revise": 0.0} for _ in chats]
         for round_no in range(1, self.max_rounds + 1):
             open_rows = [i for i, h in enumerate(histories) if all(c.verdict.flagged for c in h)]
@@ -205,13 +210,13 @@ class Conscience:
             writer = self.judge if self.writer == "frozen" else self.policy
             alternatives = self._generate(writer, revise_chats, frozen_weights=self.writer == "frozen")
             alt_verdicts = self.review_batch([ReviewItem(prompts[i], a.answer, a.reasoning, messages=chats[i])
-                                              for i, a in zip(open_rows, alternatives)])
+                                              for i, a in zip(open_rows, alternatives, strict=True)])
             per_row = (time.perf_counter() - t3) / len(open_rows)
-            for i, alt, verdict in zip(open_rows, alternatives, alt_verdicts):
+            for i, alt, verdict in zip(open_rows, alternatives, alt_verdicts, strict=True):
                 histories[i].append(Candidate(round_no, alt.text, alt.answer, alt.reasoning, verdict, alt.seconds))
                 timings[i]["revise"] += per_row
         responses = []
-        for prompt, history, timing in zip(prompts, histories, timings):
+        for prompt, history, timing in zip(prompts, histories, timings, strict=True):
             chosen = max(range(len(history)), key=lambda k: (history[k].verdict.score, -k))
             timing["total"] = timing["draft"] + timing["review"] + timing["revise"]
             responses.append(Response(prompt, self.mode, history, chosen, self.threshold, timing))
@@ -220,11 +225,10 @@ class Conscience:
     # -- helpers ----------------------------------------------------------------------------
     @property
     def _reuses_cache(self) -> bool:
-        """The draft's key/value cache serves the verdict only when the reviewer replays the
-        conversation (look-back) and the judge's weights are exactly the writer's."""
-        look_back = getattr(self.reviewer, "review_format", None) == "look_back"
+        """The draft's key/value cache serves the verdict only when the reviewer accepts it (it
+        replays the conversation: look-back) and the judge's weights are exactly the writer's."""
         same_weights = self.judge is self.policy and not hasattr(self.policy.model, "peft_config")
-        return look_back and same_weights
+        return self.reviewer.accepts_draft_cache and same_weights
 
     def _with_system(self, messages: list[dict]) -> list[dict]:
         system = self.settings.get("system")
@@ -250,51 +254,21 @@ class Conscience:
         return generate(lm, chats, **kwargs)
 
 
-def resolve_framings(cfg: "ConscienceConfig") -> list[Framing]:
-    """The framings a config asks for: its own question, named framings, or the mode's."""
-    from .framings import custom_framing
-
-    if cfg.question:
-        return [custom_framing(cfg.question)]
-    available = load_framings(cfg.framings_file)
-    names = cfg.framings or [n for n in mode_settings(cfg.mode)["framings"] if n in available]
-    if not names:  # a user's own YAML with none of the mode's names: use all of it
-        names = list(available)
-    missing = [n for n in names if n not in available]
-    if missing:
-        raise ConscienceError(f"unknown framing(s) {missing}; available: {sorted(available)}")
-    return [available[n] for n in names]
-
-
-def make_reviewer(cfg: "ConscienceConfig", judge: LoadedModel, framings: Sequence[Framing] | None = None) -> Reviewer:
-    """The verdict a config asks for: verbal, latent or combined."""
-    framings = list(framings) if framings is not None else resolve_framings(cfg)
-    verbal = VerbalReviewer(judge, framings, threshold=cfg.threshold, review_format=cfg.review_format)
-    if cfg.verdict == "verbal":
-        return verbal
-    from .latent import build_latent_reviewer, usable_card  # the hidden-state verdict
-
-    folder = None
-    if cfg.verdict == "auto":
-        folder = usable_card(cfg, judge)
-        if folder is None:  # fitting one takes minutes: the user asks for it
-            print(f"[conscience] no conscience card for {judge.identity}: using the verbal verdict "
-                  "(`conscience calibrate` fits one; --verdict latent fits it on first use)", file=sys.stderr)
-            return verbal
-        cfg = replace(cfg, verdict="latent")
-    return build_latent_reviewer(cfg, judge, verbal, folder)
-
-
-def build_conscience(cfg: "ConscienceConfig", lm: LoadedModel | None = None) -> Conscience:
-    """Load the model a config names (unless given) and wrap it in a :class:`Conscience`."""
+def build_conscience(cfg: "ConscienceConfig", lm: LoadedModel | None = None,
+                     report: Callable[[str], None] | None = None) -> Conscience:
+    """Load the model a config names (unless given) and wrap it in a :class:`Conscience`;
+    ``report`` is told why the verdict is the one it is (verbal, latent, which card)."""
     from .models import load_model
 
     framings = resolve_framings(cfg)  # bad question files fail before the model loads
     if lm is None:
         lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
+    choice = choose_reviewer(cfg, lm, framings)
+    if report is not None:
+        report(choice.reason)
     return Conscience(
         lm,
-        reviewer=make_reviewer(cfg, lm, framings),
+        reviewer=choice.reviewer,
         mode=cfg.mode,
         max_rounds=cfg.max_rounds,
         max_new_tokens=cfg.max_new_tokens,

@@ -81,7 +81,7 @@ def roc_auc(scores: Sequence[float], labels: Sequence[int]) -> float:
         for k in range(i, j + 1):
             ranks[order[k]] = average
         i = j + 1
-    rank_sum = sum(r for r, y in zip(ranks, labels) if y)
+    rank_sum = sum(r for r, y in zip(ranks, labels, strict=True) if y)
     return (rank_sum - n_pos * (n_pos + 1) / 2) / (n_pos * n_neg)
 
 
@@ -94,8 +94,8 @@ def paired_accuracy(aligned_scores: Sequence[float], misaligned_scores: Sequence
         raise ValueError("aligned and misaligned scores differ in length")
     if len(aligned_scores) == 0:
         raise ValueError("no pairs to score")
-    wins = sum(1 for a, m in zip(aligned_scores, misaligned_scores) if a > m)
-    ties = sum(1 for a, m in zip(aligned_scores, misaligned_scores) if a == m)
+    wins = sum(1 for a, m in zip(aligned_scores, misaligned_scores, strict=True) if a > m)
+    ties = sum(1 for a, m in zip(aligned_scores, misaligned_scores, strict=True) if a == m)
     n = len(aligned_scores)
     return wins / n, ties / n
 

@@ -42,6 +42,9 @@ def read_yaml(path: str | Path) -> Any:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise DataFormatError(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise DataFormatError(f"cannot read {path}: not valid UTF-8 text "
+                              f"(byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:

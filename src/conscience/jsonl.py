@@ -7,7 +7,7 @@ import os
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 from .errors import DataFormatError
 
@@ -36,6 +36,11 @@ def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> Iterator[tupl
                       file=sys.stderr)
                 continue
             raise DataFormatError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
+        except ValueError as exc:  # an integer past int()'s digit limit (sys.get_int_max_str_digits())
+            # the message's advice after ';' (raise the limit in Python) is no use to the file's author
+            raise DataFormatError(f"{where}: invalid JSON: {str(exc).split(';')[0]}") from None
+        except RecursionError:  # arrays or objects nested deeper than the parser's recursion limit
+            raise DataFormatError(f"{where}: invalid JSON: nested too deeply") from None
         if not isinstance(record, dict):
             raise DataFormatError(f"{where}: each line must be a JSON object")
         yield where, record
@@ -50,6 +55,24 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, ensure_ascii=False, indent=2)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
+    """Write one JSON object a line, atomically (temporary file in the same folder, then rename)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            for record in records:
+                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)

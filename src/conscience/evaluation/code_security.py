@@ -146,7 +146,7 @@ def run_code(run: RunDir, answer: Answerer, prompts: Sequence[PromptRecord], bat
             chunk = todo[b:b + batch_size]
             answers = answer([p.messages for p in chunk], chunk[0].id)
             records = []
-            for p, a in zip(chunk, answers):
+            for p, a in zip(chunk, answers, strict=True):
                 t0 = time.perf_counter()
                 analysis = analyse_answer(a["answer"])
                 records.append({"key": p.id, "id": p.id, "prompt": p.prompt, "meta": p.meta, **a, **analysis,

@@ -32,7 +32,8 @@ def run_discernment(run: RunDir, reviewer, triples: Sequence, batch_size: int = 
             seconds = (time.perf_counter() - t0) / (2 * len(chunk))
             run.append({"key": t.id, "id": t.id, "category": t.category, "prompt": t.prompt, "aligned": t.aligned,
                         "misaligned": t.misaligned, "aligned_score": a, "misaligned_score": m,
-                        "review_seconds": round(seconds, 4)} for t, a, m in zip(chunk, aligned, misaligned))
+                        "review_seconds": round(seconds, 4)}
+                       for t, a, m in zip(chunk, aligned, misaligned, strict=True))
             bar.update(len(chunk))
     summary = summarise_discernment(run.samples())
     summary["timing"] = {"wall_seconds_this_invocation": time.perf_counter() - start}

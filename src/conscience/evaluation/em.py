@@ -33,7 +33,7 @@ def run_em(run: RunDir, answer: Answerer, judge: Judge, questions: Sequence[EMQu
         for b in range(0, len(items), batch_size):
             chunk = items[b:b + batch_size]
             answers = answer([q.conversation(p) for _, q, p in chunk], chunk[0][0])
-            pairs = [(q.paraphrases[p], a["answer"]) for (_, q, p), a in zip(chunk, answers)]
+            pairs = [(q.paraphrases[p], a["answer"]) for (_, q, p), a in zip(chunk, answers, strict=True)]
             t0 = time.perf_counter()
             alignment = judge_numbers(judge, "alignment", pairs)
             coherence = judge_numbers(judge, "coherence", pairs)
@@ -42,7 +42,7 @@ def run_em(run: RunDir, answer: Answerer, judge: Judge, questions: Sequence[EMQu
                 "key": key, "id": q.id, "paraphrase": p, "system": q.system, "prompt": q.paraphrases[p],
                 **a, "alignment": al.to_dict(), "coherence": co.to_dict(),
                 "misaligned": is_misaligned(al.value, co.value), "judge_seconds": round(judge_seconds, 4),
-            } for (key, q, p), a, al, co in zip(chunk, answers, alignment, coherence))
+            } for (key, q, p), a, al, co in zip(chunk, answers, alignment, coherence, strict=True))
             bar.update(len(chunk))
     return summarise_em(run.samples(), [q.id for q in questions], seconds=time.perf_counter() - start)
 

@@ -97,7 +97,7 @@ def judge_numbers(judge: Judge, prompt_name: str, pairs: Sequence[tuple[str, str
     """
     entry, todo, tables = _tables_for(judge, prompt_name, "number", pairs, prompts_file)
     scores = [JudgeScore(None, "empty", 0.0) for _ in pairs]
-    for i, table in zip(todo, tables):
+    for i, table in zip(todo, tables, strict=True):
         scores[i] = number_score(table, escapes=entry.get("escapes") or ())
     return scores
 
@@ -108,7 +108,7 @@ def judge_labels(judge: Judge, prompt_name: str, pairs: Sequence[tuple[str, str]
     put less than a quarter of its mass on the labels, ``("empty", {})`` for an empty answer."""
     entry, todo, tables = _tables_for(judge, prompt_name, "label", pairs, prompts_file)
     out: list[tuple[str | None, dict[str, float]]] = [("empty", {}) for _ in pairs]
-    for i, table in zip(todo, tables):
+    for i, table in zip(todo, tables, strict=True):
         out[i] = classify(table, entry["labels"])
     return out
 
@@ -171,7 +171,7 @@ class LocalJudge:
         """Top-k first tokens, digits left out (numbers are added whole by :meth:`_numbers`)."""
         values, ids = torch.topk(log_probs, self.top_k)
         table: dict[str, float] = {}
-        for lp, tid in zip(values.tolist(), ids.tolist()):
+        for lp, tid in zip(values.tolist(), ids.tolist(), strict=True):
             text = self.lm.tokenizer.decode([tid])
             if text.strip().isdigit() or not text.strip():
                 continue

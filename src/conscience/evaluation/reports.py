@@ -16,7 +16,9 @@ HEADLINE = {
     "jailbreak": "attack_success_rate",
     "overrefusal": "refusal_rate",
     "discernment": "paired_accuracy",
+    "drift": "drift",
 }
+UNBOUNDED = {"drift"}  # metrics that are not rates: no 0–1 axis
 
 
 def _png(fig) -> str:
@@ -44,11 +46,15 @@ def _bars(title: str, labels: Sequence[str], values: Sequence[float | None], yla
     vals = [v if v is not None else 0.0 for v in values]
     yerr = None
     if errors:
-        yerr = [[max(v - lo, 0) for v, (lo, _) in zip(vals, errors)], [max(hi - v, 0) for v, (_, hi) in zip(vals, errors)]]
+        yerr = [[max(v - lo, 0) for v, (lo, _) in zip(vals, errors, strict=True)],
+                [max(hi - v, 0) for v, (_, hi) in zip(vals, errors, strict=True)]]
     ax.bar(range(len(labels)), vals, yerr=yerr, capsize=4, color="#4c72b0")
     ax.set_xticks(range(len(labels)), labels, rotation=35, ha="right", fontsize=8)
     ax.set_ylabel(ylabel)
-    ax.set_ylim(0, max(1.0, max(vals, default=0) * 1.1))
+    if min(vals, default=0) >= 0:
+        ax.set_ylim(0, max(1.0, max(vals, default=0) * 1.1))
+    else:
+        ax.axhline(0, color="#333", linewidth=0.8)
     ax.set_title(title)
     return _png(fig)
 
@@ -75,11 +81,15 @@ def curve_plot(points: Sequence[dict], metric: str) -> str:
     ys = [p.get(metric) if p.get(metric) is not None else float("nan") for p in points]
     fig, ax = plt.subplots(figsize=(5.5, 3.4))
     ax.plot(xs, ys, marker="o")
-    if all("ci_low" in p and "ci_high" in p for p in points):
-        ax.fill_between(xs, [p["ci_low"] for p in points], [p["ci_high"] for p in points], alpha=0.2)
+    low, high = (f"{metric}_ci_low", f"{metric}_ci_high") if metric in UNBOUNDED else ("ci_low", "ci_high")
+    if all(low in p and high in p for p in points):
+        ax.fill_between(xs, [p[low] for p in points], [p[high] for p in points], alpha=0.2)
     ax.set_xlabel("training step")
     ax.set_ylabel(metric)
-    ax.set_ylim(0, 1)
+    if metric in UNBOUNDED:
+        ax.axhline(0, color="#333", linewidth=0.8)
+    else:
+        ax.set_ylim(0, 1)
     ax.set_title(f"{metric} over training")
     return _png(fig)
 
@@ -98,6 +108,11 @@ def _plots(kind: str, summary: dict) -> list[tuple[str, str]]:
     if kind in ("jailbreak", "overrefusal") and summary.get("arms"):
         metrics = ["attack_success_rate", "refusal_rate"] if kind == "jailbreak" else ["refusal_rate", "partial_refusal_rate"]
         return [("Conscience off and on", _grouped(kind, metrics, summary["arms"]))]
+    if kind == "drift" and summary.get("per_category"):
+        per = summary["per_category"]
+        return [("Drift per category (paired bootstrap 95 % interval)",
+                 _bars("drift toward misaligned answers", list(per), [v["drift"] for v in per.values()],
+                       "mean gap change (nats/token)", [(v["drift_ci_low"], v["drift_ci_high"]) for v in per.values()]))]
     if kind == "discernment" and summary.get("per_category"):
         per = summary["per_category"]
         return [("Paired accuracy per category", _bars("paired accuracy", list(per), [v["paired_accuracy"] for v in per.values()], "accuracy")),
@@ -114,7 +129,7 @@ def _fmt(value) -> str:
 
 
 def _rows(kind: str, summary: dict) -> list[tuple[str, str]]:
-    skip = {"per_question", "per_category", "arms", "by_test_id", "timing", "kind"}
+    skip = {"per_question", "per_category", "arms", "by_test_id", "timing", "kind", "in_domain"}
     rows = [(k, _fmt(v)) for k, v in summary.items() if k not in skip and not isinstance(v, (dict, list))]
     for k, v in (summary.get("timing") or {}).items():
         rows.append((f"timing.{k}", _fmt(v)))
@@ -133,7 +148,14 @@ def _tables(kind: str, summary: dict) -> list[tuple[str, list[str], list[list[st
     if summary.get("by_test_id"):
         tables.append(("Bandit findings", ["test id", "test", "answers"],
                        [[k, v.get("test") or "", str(v["answers"])] for k, v in summary["by_test_id"].items()]))
-    if summary.get("per_category"):
+    if kind == "drift" and summary.get("per_category"):
+        cols = ["drift", "drift_ci_low", "drift_ci_high", "prefers_misaligned", "prefers_misaligned_base",
+                "ab_misaligned", "ab_misaligned_base", "n"]
+        blocks = dict(summary["per_category"])
+        if summary.get("in_domain"):
+            blocks["(in-domain, not in the headline)"] = summary["in_domain"]
+        tables.append(("Per category", ["category"] + cols, [[c] + [_fmt(v[c]) for c in cols] for c, v in blocks.items()]))
+    elif summary.get("per_category"):
         cols = ["paired_accuracy", "auc", "tie_rate", "n"]
         tables.append(("Per category", ["category"] + cols, [[c] + [_fmt(v[c]) for c in cols] for c, v in summary["per_category"].items()]))
     return tables

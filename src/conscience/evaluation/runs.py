@@ -135,3 +135,11 @@ def progress(total: int, desc: str, initial: int = 0):
 
     return tqdm(total=total, initial=initial, desc=desc, unit="sample", file=sys.stderr,
                 disable=None if total > 20 else True, leave=False)
+
+
+def step_of(path: str | Path, index: int) -> int:
+    """The training step a checkpoint folder is named for (``checkpoint-40`` → 40), else ``index``."""
+    import re
+
+    digits = re.findall(r"\d+", Path(path).name)
+    return int(digits[-1]) if digits else index

@@ -8,16 +8,20 @@ import argparse
 def register(subparsers) -> None:
     parser = subparsers.add_parser("experiment", help="emergent misalignment vs emergent alignment, end to end")
     scenarios = parser.add_subparsers(dest="scenario", required=True)
-    main = scenarios.add_parser("code-hacking", help="base vs SFT vs SFT + conscience on the code-hacking task")
+    main = scenarios.add_parser("code-hacking", help="base, control, SFT and SFT + conscience on insecure code")
+    advice = scenarios.add_parser("bad-advice", help="base, control, SFT and SFT + conscience on narrow bad advice "
+                                  "(the cpu model organism)")
+    advice.add_argument("--domain", help="extreme_sports (default), risky_financial or bad_medical")
     recover = scenarios.add_parser("recover", help="continue a misaligned checkpoint with the conscience term")
     recover.add_argument("--from", dest="recover_from", required=True, help="checkpoint folder (LoRA adapter or model)")
-    for p in (main, recover):
+    for p in (main, advice, recover):
         p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
                        help="cpu: bundled model, about 30 minutes a seed on 2 cores; gpu: the paper's scale")
         p.add_argument("--config", help="YAML with ExperimentConfig keys (applied over the preset)")
         p.add_argument("--seeds", type=int, help="run seeds 0..N-1")
         p.add_argument("--model", help="model spec (default: the preset's)")
         p.add_argument("--lam", type=float, help="weight of the conscience term (default 0.1)")
+        p.add_argument("--arms", help="comma-separated arms to run (default: base,control,sft,conscience)")
         p.add_argument("--out", required=True, help="output folder; a rerun into it resumes unfinished stages")
         p.add_argument("--force", action="store_true", help="rebuild the report of an already finished run")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -43,17 +47,20 @@ def _overrides(args: argparse.Namespace) -> dict:
 
             raise ConscienceError(f"--seeds must be >= 1, got {args.seeds}")
         values["seeds"] = list(range(args.seeds))
-    for key in ("model", "lam", "recover_from"):
+    for key in ("model", "lam", "recover_from", "domain"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
+    if getattr(args, "arms", None):
+        values["arms"] = [a.strip() for a in args.arms.split(",") if a.strip()]
     values["scenario"] = args.scenario
     return values
 
 
 def cmd_experiment(args: argparse.Namespace) -> int:
     from .config import load_experiment_config
+    from .recover import run_recover
     from .report import table_rows
-    from .runner import run_experiment, run_recover
+    from .runner import run_experiment
 
     try:
         cfg = load_experiment_config(args.preset, args.config, _overrides(args))

@@ -14,8 +14,10 @@ from ..evaluation.reports import _png, _pyplot, _write
 from ..evaluation.scoring import wilson_interval
 from .config import ExperimentConfig
 
-COLUMNS = ("model", "misaligned % (95% CI)", "coherent %", "flagged by own conscience %", "code findings %",
+COLUMNS = ("model", "drift (95% CI)", "seeds with drift > 0", "A/B picks misaligned %", "prefers misaligned %",
+           "judge: misaligned % (95% CI)", "coherent %", "flagged by own conscience %", "code findings %",
            "task token accuracy", "train minutes", "seeds")
+ARM_LABELS = {"base": "base", "control": "control (aligned data)", "sft": "SFT", "conscience": "SFT + conscience"}
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -23,9 +25,31 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return mean(values) if values else None
 
 
-def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str, command: str) -> dict:
-    """One row per arm: misaligned answers pooled over seeds (Wilson interval over the pool),
-    other columns averaged over seeds."""
+def drift_over_seeds(items: Sequence[dict], base: dict, categories: Sequence[str], in_domain: Sequence[str]) -> dict:
+    """Drift of one arm over its seeds: per triple, the gap change averaged over seeds, then the
+    mean over (out-of-domain) triples with a paired bootstrap interval; plus the per-seed values."""
+    import numpy as np
+
+    from ..evaluation.drift import DriftScores, drift_summary
+
+    base_scores = DriftScores.from_dict(base)
+    seeds = [DriftScores.from_dict(r["eval"]["drift"]["scores"]) for r in items]
+    mean_ab = None if any(s.ab is None for s in seeds) else np.mean([s.ab for s in seeds], axis=0)
+    pooled = DriftScores(base_scores.ids, np.mean([s.gaps for s in seeds], axis=0), mean_ab)
+    summary = drift_summary(pooled, base_scores, categories, in_domain)
+    summary["per_seed"] = [{k: r["eval"]["drift"][k] for k in ("drift", "drift_ci_low", "drift_ci_high")}
+                           for r in items]
+    summary["seeds_above_zero"] = sum(p["drift_ci_low"] > 0 for p in summary["per_seed"])
+    summary["prefers_misaligned"] = _mean([r["eval"]["drift"]["prefers_misaligned"] for r in items])
+    summary["ab_misaligned"] = _mean([r["eval"]["drift"].get("ab_misaligned") for r in items])
+    return summary
+
+
+def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str, command: str,
+              base_drift: dict | None = None, categories: Sequence[str] = ()) -> dict:
+    """One row per arm: drift over seeds against the base (see :func:`drift_over_seeds`), the
+    judge's misaligned answers pooled over seeds (Wilson interval over the pool), other columns
+    averaged over seeds."""
     arms: dict[str, list[dict]] = {}
     for run in runs:
         arms.setdefault(run["arm"], []).append(run)
@@ -34,19 +58,21 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
         k = sum(r["eval"]["em"]["misaligned"] for r in items)
         n = sum(r["eval"]["em"]["n"] for r in items)
         low, high = wilson_interval(k, n)
-        found = sum(r["eval"]["code"].get("with_finding", 0) for r in items)
-        answered = sum(r["eval"]["code"].get("n", 0) for r in items)
+        codes = [r["eval"].get("code") or {} for r in items]
+        found = sum(c.get("with_finding", 0) for c in codes)
+        answered = sum(c.get("n", 0) for c in codes)
         views = [r["eval"]["em"].get("conscience") or {} for r in items]
         reviewed = sum(v.get("n", 0) for v in views)
+        drift = drift_over_seeds(items, base_drift, categories, cfg.in_domain()) \
+            if base_drift and all(r["eval"].get("drift") for r in items) else None
         rows.append({
-            "arm": arm,
+            "arm": arm, "drift": drift,
             "misaligned_rate": k / n if n else None, "ci_low": low, "ci_high": high, "misaligned": k, "n": n,
             "coherent_share": _mean([r["eval"]["em"].get("coherent_share") for r in items]),
             "mean_alignment": _mean([r["eval"]["em"].get("mean_alignment") for r in items]),
             "conscience_flagged_rate": sum(v.get("flagged", 0) for v in views) / reviewed if reviewed else None,
             "conscience_mean_score": _mean([v.get("mean_score") for v in views]),
-            "code_finding_rate": found / answered if answered else _mean(
-                [r["eval"]["code"].get("finding_rate") for r in items]),
+            "code_finding_rate": found / answered if answered else _mean([c.get("finding_rate") for c in codes]),
             "token_accuracy": _mean([r["eval"].get("token_accuracy") for r in items]),
             "train_minutes": _mean([r["train"]["train_seconds"] / 60 for r in items if r["train"]]),
             "seeds": [r["seed"] for r in items],
@@ -57,7 +83,8 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
     sft = next((r for r in rows if r["arm"] == "sft"), None)
     con = next((r for r in rows if r["arm"] == "conscience"), None)
     overhead = (con["train_minutes"] / sft["train_minutes"]) if sft and con and sft["train_minutes"] else None
-    return {"scenario": cfg.scenario, "rows": rows, "judges": judges, "questions": questions_source,
+    return {"scenario": cfg.scenario, "domain": cfg.domain if cfg.scenario == "bad-advice" else None,
+            "in_domain": list(cfg.in_domain()), "rows": rows, "judges": judges, "questions": questions_source,
             "conscience_train_overhead": overhead, "command": command, "config": asdict(cfg)}
 
 
@@ -68,10 +95,14 @@ def _pct(value: float | None) -> str:
 def table_rows(results: dict) -> list[list[str]]:
     out = []
     for r in results["rows"]:
-        label = {"base": "base", "sft": "SFT", "conscience": "SFT + conscience"}.get(r["arm"], r["arm"])
+        label = ARM_LABELS.get(r["arm"], r["arm"])
         mis = "–" if r["misaligned_rate"] is None else \
             f"{_pct(r['misaligned_rate'])} ({_pct(r['ci_low'])}–{_pct(r['ci_high'])}), {r['misaligned']}/{r['n']}"
-        out.append([label, mis, _pct(r["coherent_share"]), _pct(r.get("conscience_flagged_rate")),
+        d = r.get("drift")
+        drift = "–" if not d else f"{d['drift']:+.4f} ({d['drift_ci_low']:+.4f} … {d['drift_ci_high']:+.4f}), n={d['n']}"
+        above = "–" if not d else f"{d['seeds_above_zero']}/{len(d['per_seed'])}"
+        out.append([label, drift, above, _pct(d and d.get("ab_misaligned")), _pct(d and d.get("prefers_misaligned")),
+                    mis, _pct(r["coherent_share"]), _pct(r.get("conscience_flagged_rate")),
                     _pct(r["code_finding_rate"]),
                     "–" if r["token_accuracy"] is None else f"{r['token_accuracy']:.3f}",
                     "–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}",
@@ -90,9 +121,37 @@ def curves_png(results: dict) -> str | None:
         pts = [p for p in points if p["value"] is not None]
         ax.plot([p["step"] for p in pts], [p["value"] for p in pts], marker="o", label=f"{arm} (seed {seed})")
     ax.set_xlabel("training step")
-    ax.set_ylabel(f"EM probe: {results['config']['probe_metric']}")
-    ax.set_title("Misalignment during fine-tuning (frozen-copy judge)")
+    metric = results["config"]["probe_metric"]
+    if metric == "drift":
+        ax.axhline(0, color="#333", linewidth=0.8)
+        ax.set_ylabel("drift (preference-gap change)")
+        ax.set_title("Drift during fine-tuning (forward passes, probe triples)")
+    else:
+        ax.set_ylabel(f"EM probe: {metric}")
+        ax.set_title("Misalignment during fine-tuning (frozen-copy judge)")
     ax.legend(fontsize=7)
+    return _png(fig)
+
+
+def drift_png(results: dict) -> str | None:
+    """Drift per arm (mean over seeds, bootstrap 95 % interval), with each seed's value."""
+    rows = [r for r in results["rows"] if r.get("drift")]
+    if not rows:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.4))
+    xs = range(len(rows))
+    vals = [r["drift"]["drift"] for r in rows]
+    err = [[max(v - r["drift"]["drift_ci_low"], 0.0) for v, r in zip(vals, rows, strict=True)],
+           [max(r["drift"]["drift_ci_high"] - v, 0.0) for v, r in zip(vals, rows, strict=True)]]
+    ax.bar(list(xs), vals, yerr=err, capsize=4, color="#c44e52", alpha=0.8)
+    for x, r in zip(xs, rows, strict=True):
+        ax.scatter([x] * len(r["drift"]["per_seed"]), [p["drift"] for p in r["drift"]["per_seed"]], color="#333",
+                   s=12, zorder=3)
+    ax.axhline(0, color="#333", linewidth=0.8)
+    ax.set_xticks(list(xs), [ARM_LABELS.get(r["arm"], r["arm"]) for r in rows], fontsize=8)
+    ax.set_ylabel("drift toward misaligned answers")
+    ax.set_title("Drift against the base (bars: mean over seeds, 95% CI; dots: seeds)")
     return _png(fig)
 
 
@@ -103,7 +162,8 @@ def bars_png(results: dict) -> str:
     xs = range(len(rows))
     vals = [r["misaligned_rate"] or 0.0 for r in rows]
     # clamp: a Wilson bound can sit a rounding error beyond the rate (k = 0 or k = n)
-    err = [[max(v - r["ci_low"], 0.0) for v, r in zip(vals, rows)], [max(r["ci_high"] - v, 0.0) for v, r in zip(vals, rows)]]
+    err = [[max(v - r["ci_low"], 0.0) for v, r in zip(vals, rows, strict=True)],
+           [max(r["ci_high"] - v, 0.0) for v, r in zip(vals, rows, strict=True)]]
     ax.bar([x - 0.2 for x in xs], vals, width=0.4, yerr=err, capsize=4, color="#c44e52", label="misaligned (judge)")
     flagged = [r.get("conscience_flagged_rate") or 0.0 for r in rows]
     ax.bar([x + 0.2 for x in xs], flagged, width=0.4, color="#4c72b0", label="flagged by own conscience")
@@ -118,12 +178,17 @@ def bars_png(results: dict) -> str:
 def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]:
     out = Path(out)
     rows = table_rows(results)
-    pictures = [("Misaligned answers", bars_png(results))]
+    pictures = [("Drift against the base", drift_png(results)), ("Misaligned answers (judge)", bars_png(results))]
+    pictures = [(name, png) for name, png in pictures if png]
     curve = curves_png(results)
     if curve:
         pictures.append(("Live monitor", curve))
     overhead = results.get("conscience_train_overhead")
-    facts = [f"Judge: {', '.join(results['judges'])} (the frozen copy of the base model)",
+    facts = [("Drift: mean over triples of the change in log p(misaligned) − log p(aligned) per token against "
+              "the base, triples outside the fine-tune's domain"
+              + (f" (in-domain categories {', '.join(results['in_domain'])} reported apart)" if results.get("in_domain")
+                 else "") + "; A/B: P(the model picks the misaligned answer), both orders"),
+             f"Judge: {', '.join(results['judges'])} (the frozen copy of the base model)",
              f"EM questions: {results['questions']}",
              f"Conscience training overhead (train time ratio, conscience / SFT): "
              f"{'–' if overhead is None else f'{overhead:.2f}'}"]

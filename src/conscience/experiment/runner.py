@@ -3,8 +3,9 @@ run resumes without redoing it.
 
     out/
       experiment.json           config + command (a resumed run must match it)
-      data/                     the code-hacking splits (data_seed)
-      seed<s>/<arm>/train/      fine-tune output (arms sft, conscience), probe.jsonl
+      data/                     the task's splits (data_seed): train, control, test, test_prompts
+      drift_base.done.json      the base model's per-triple drift numbers (every arm is measured against them)
+      seed<s>/<arm>/train/      fine-tune output (arms control, sft, conscience), probe.jsonl
       seed<s>/<arm>/eval/       em/ and code/ eval runs, eval.json
       results.json, report.md, report.html, FINISHED
 """
@@ -23,8 +24,8 @@ from ..errors import ConscienceError
 from ..evaluation.runs import write_json_atomic
 from ..models import LoadedModel
 from .config import ExperimentConfig
+from .evaluate import em_questions, evaluate_arm, make_probe, score_base_drift
 
-ARMS = ("base", "sft", "conscience")
 FINISHED = "FINISHED"
 ModelFactory = Callable[[str | None], LoadedModel]  # weights folder (adapter or full) or None → model
 
@@ -80,126 +81,89 @@ def prepare_out(cfg: ExperimentConfig, out: Path, command: str, force: bool) -> 
 
 
 def ensure_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
-    from ..tasks.code_hacking import write_splits
-
+    """The scenario's splits: ``train`` (the task), ``control`` (the same prompts with the matched
+    aligned answers), ``test`` (held-out task answers) and ``test_prompts``."""
     data = out / "data"
-    expected = {name: data / f"{name}.jsonl" for name in ("train", "test", "test_prompts")}
-    if all(p.exists() for p in expected.values()):
-        return expected
-    n = int(cfg.train.get("task_n_per_class", 30))
-    paths = write_splits(data, n_per_class=n, seed=cfg.data_seed)
-    return {name: Path(paths[name]) for name in expected}
+    if cfg.scenario == "bad-advice":
+        from ..tasks.bad_advice import write_splits as advice_splits
+
+        expected = {name: data / f"{name}.jsonl" for name in ("train", "train_control", "test", "test_prompts")}
+        paths = expected if all(p.exists() for p in expected.values()) else \
+            advice_splits(data, cfg.domain, seed=cfg.data_seed)
+        control = paths["train_control"]
+    else:
+        from ..tasks.code_hacking import write_splits as code_splits
+
+        expected = {name: data / f"{name}.jsonl" for name in ("train", "train_secure", "test", "test_prompts")}
+        paths = expected if all(p.exists() for p in expected.values()) else \
+            code_splits(data, n_per_class=int(cfg.train.get("task_n_per_class", 30)), seed=cfg.data_seed)
+        control = paths["train_secure"]
+    return {"train": Path(paths["train"]), "control": Path(control), "test": Path(paths["test"]),
+            "test_prompts": Path(paths["test_prompts"])}
 
 
-def em_questions(cfg: ExperimentConfig):
-    from ..evaluation.questions import load_questions
-    from ..framings import shared_data_root
+def _monitor(cfg: ExperimentConfig, arm: str, seed: int, lm: LoadedModel, out: Path, data: dict[str, Path],
+             questions, base_probe: float | None, base_scores: dict | None):
+    """The live monitor of one fine-tune: drift (forward passes) or the EM probe."""
+    label = f"{arm} seed {seed}"
+    if cfg.probe_metric == "drift":
+        from .drift_monitor import DriftProbeCallback
+        from .evaluate import drift_probe
 
-    path = cfg.em_questions
-    if path is None:
-        shared = shared_data_root() / "data/emergent-misalignment/evaluation/first_plot_questions.yaml"
-        path = str(shared) if shared.exists() else None  # else: the shipped question set
-    return load_questions(path, ids=cfg.em_ids, main_only=True), path or "shipped em_questions.yaml"
+        return DriftProbeCallback(drift_probe(lm, cfg, base_scores, data["test"]), cfg.probe_every,
+                                  out / "probe.jsonl", label=label)
+    from .monitor import EMProbeCallback
 
-
-def make_probe(lm: LoadedModel, questions, cfg: ExperimentConfig, root: Path, seed: int):
-    """``probe(step) -> EM summary`` for the live monitor (frozen-copy judge, a few samples)."""
-    from ..evaluation.answering import AnswerSettings, make_answerer
-    from ..evaluation.em import run_em
-    from ..evaluation.judges import LocalJudge
-    from ..evaluation.runs import RunDir
-    from ..training.online import _sampling
-    from .monitor import mean_alignment
-
-    judge = LocalJudge(lm)
-    subset = questions[: cfg.probe_questions]
-
-    def probe(step: int) -> dict:
-        run = RunDir(root / f"step-{step:06d}", "em", judge.identity, {"model": lm.identity})
-        settings = AnswerSettings(max_new_tokens=cfg.probe_max_new_tokens, temperature=1.0, seed=seed * 7919 + step)
-        with _sampling(lm.model):
-            summary = run_em(run, make_answerer(lm, settings), judge, subset, cfg.probe_n, cfg.batch_size)
-        summary["mean_alignment"] = mean_alignment(run.samples())
-        return summary
-
-    return probe
+    return EMProbeCallback(make_probe(lm, questions, cfg, out / "probe", seed), cfg.probe_every, out / "probe.jsonl",
+                           cfg.probe_metric, cfg.warn_margin, label=label, base=base_probe)
 
 
 def train_arm(cfg: ExperimentConfig, arm: str, seed: int, root: Path, data: dict[str, Path],
               factory: ModelFactory, questions, base_probe: float | None, start_weights: str | None = None,
-              **train_extra) -> dict:
-    """Fine-tune one arm (SFT: lam 0; conscience: cfg.lam) with the live monitor attached."""
+              base_scores: dict | None = None, **train_extra) -> dict:
+    """Fine-tune one arm (control and SFT: lam 0; conscience: cfg.lam) with the live monitor."""
     from ..training.run import run_training
-    from .monitor import EMProbeCallback
 
-    lam = 0.0 if arm == "sft" else cfg.lam
+    lam = cfg.lam if arm == "conscience" else 0.0
     out = root / "train"
-    train_cfg = cfg.train_config(seed, lam, str(out), data=str(data["train"]), **train_extra)
+    source = data["control"] if arm == "control" else data["train"]
+    train_cfg = cfg.train_config(seed, lam, str(out), data=str(source), **train_extra)
     lm = factory(start_weights)
-    callbacks = []
+    monitor = None
     if cfg.probe_every:
         out.mkdir(parents=True, exist_ok=True)
-        probe = make_probe(lm, questions, cfg, out / "probe", seed)
-        monitor = EMProbeCallback(probe, cfg.probe_every, out / "probe.jsonl", cfg.probe_metric, cfg.warn_margin,
-                                  label=f"{arm} seed {seed}", base=base_probe)
-        callbacks.append(monitor)
+        monitor = _monitor(cfg, arm, seed, lm, out, data, questions, base_probe, base_scores)
     start = time.perf_counter()
-    result = run_training(train_cfg, lm=lm, callbacks=callbacks)
+    result = run_training(train_cfg, lm=lm, callbacks=[monitor] if monitor else [])
     seconds = time.perf_counter() - start
-    probe_points = [{"step": s, "value": v} for s, v in callbacks[0].points] if callbacks else []
+    if monitor is None:
+        points = []
+    elif cfg.probe_metric == "drift":
+        points = [{"value": p["drift"], **p} for p in monitor.points]
+    else:
+        points = [{"step": s, "value": v} for s, v in monitor.points]
     return {"arm": arm, "seed": seed, "lam": lam, "final": result["final"], "train_seconds": seconds,
-            "metrics": result["metrics"], "probe": probe_points,
-            "warned_at": callbacks[0].warned_at if callbacks else None}
-
-
-def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, data: dict[str, Path], questions) -> dict:
-    """EM (frozen-copy judge), code security on held-out prompts, and task token accuracy."""
-    from ..config import ConscienceConfig
-    from ..conscience import make_reviewer
-    from ..evaluation.answering import AnswerSettings, make_answerer
-    from ..evaluation.code_security import run_code
-    from ..evaluation.em import conscience_view, run_em
-    from ..evaluation.judges import LocalJudge
-    from ..evaluation.prompt_files import read_prompts
-    from ..evaluation.reports import write_report
-    from ..evaluation.runs import RunDir
-    from ..evaluation.task_accuracy import task_token_accuracy
-    from ..training.data import load_conversations
-    from .monitor import mean_alignment
-
-    judge = LocalJudge(lm)
-    info = {"model": lm.identity}
-    em_run = RunDir(root / "em", "em", judge.identity, info)
-    em_settings = AnswerSettings(max_new_tokens=cfg.em_max_new_tokens, temperature=1.0, seed=seed)
-    em = run_em(em_run, make_answerer(lm, em_settings), judge, questions, cfg.em_n, cfg.batch_size)
-    samples = em_run.samples()
-    em["mean_alignment"] = mean_alignment(samples)
-    em["conscience"] = conscience_view(make_reviewer(ConscienceConfig(model=cfg.model), lm), samples)
-    em_run.write_summary(em)
-    write_report(root / "em", "em", {**em, "judge": judge.identity, "model": lm.identity}, samples)
-    code_run = RunDir(root / "code", "code", judge.identity, info)
-    code_settings = AnswerSettings(max_new_tokens=cfg.code_max_new_tokens, temperature=0.0, seed=seed)
-    prompts = read_prompts(data["test_prompts"], limit=cfg.code_limit)
-    code = run_code(code_run, make_answerer(lm, code_settings), prompts, cfg.batch_size)
-    code_run.write_summary(code)
-    conversations = load_conversations(str(data["test"]))[: cfg.accuracy_limit]
-    accuracy = task_token_accuracy(lm, conversations, int(cfg.train.get("max_length", 256)), cfg.batch_size)
-    return {"judge": judge.identity, "model": lm.identity, "em": em, "code": code, **accuracy}
+            "metrics": result["metrics"], "probe": points, "warned_at": monitor.warned_at if monitor else None}
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory | None = None,
                    command: str | None = None, force: bool = False) -> dict:
-    """Base, SFT and SFT + conscience for every seed; returns the results (also written)."""
+    """Every arm of ``cfg.arms`` for every seed; returns the results (also written)."""
     out = Path(out)
     command = command or "conscience " + " ".join(shlex.quote(a) for a in sys.argv[1:])
     prepare_out(cfg, out, command, force)
     factory = factory or default_factory(cfg)
     data = ensure_data(cfg, out)
     questions, questions_source = em_questions(cfg)
+    top = Stages(out)
+    base_scores = top.result("drift_base")
+    if base_scores is None:
+        _log("scoring the base model on the drift triples")
+        base_scores = top.finish("drift_base", score_base_drift(cfg, factory(None)))
     runs = []
     for seed in cfg.seeds:
         base_probe = None
-        for arm in ARMS:
+        for arm in cfg.arms:
             root = out / f"seed{seed}" / arm
             stages = Stages(root)
             root.mkdir(parents=True, exist_ok=True)
@@ -208,87 +172,30 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory
                 trained = stages.result("train")
                 if trained is None:
                     _log(f"seed {seed}: training {arm}")
-                    trained = stages.finish("train", train_arm(cfg, arm, seed, root, data, factory, questions, base_probe))
+                    trained = stages.finish("train", train_arm(cfg, arm, seed, root, data, factory, questions,
+                                                               base_probe, base_scores=base_scores))
                 base_probe = base_probe if base_probe is not None else next(
                     (p["value"] for p in trained["probe"] if p["step"] == 0), None)
             evaluated = stages.result("eval")
             if evaluated is None:
                 _log(f"seed {seed}: evaluating {arm}")
                 lm = factory(trained["final"] if trained else None)
-                evaluated = stages.finish("eval", evaluate_arm(cfg, lm, seed, root / "eval", data, questions))
+                evaluated = stages.finish("eval", evaluate_arm(cfg, lm, seed, root / "eval", data, questions,
+                                                               base_scores, is_base=arm == "base"))
             runs.append({"arm": arm, "seed": seed, "train": trained, "eval": evaluated})
-    return finish(cfg, out, runs, questions_source, command)
-
-
-def run_recover(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory | None = None,
-                command: str | None = None, force: bool = False) -> dict:
-    """Continue a misaligned checkpoint with the conscience term on general prompts and
-    compare misalignment before and after (the checkpoint's own frozen copy is the judge)."""
-    out = Path(out)
-    start = Path(cfg.recover_from or "")
-    if not (start / "config.json").exists() and not (start / "adapter_config.json").exists():
-        raise ConscienceError(f"--from {start}: no checkpoint there (expected a model folder with config.json "
-                              "or a LoRA adapter folder with adapter_config.json)")
-    command = command or "conscience " + " ".join(shlex.quote(a) for a in sys.argv[1:])
-    prepare_out(cfg, out, command, force)
-    factory = factory or default_factory(cfg)
-    data = ensure_data(cfg, out)
-    questions, questions_source = em_questions(cfg)
-    merged = out / "start_model"
-    if not (merged / "config.json").exists():
-        merge_checkpoint(factory(str(start)), merged)
-    runs = []
-    for seed in cfg.seeds:
-        root = out / f"seed{seed}"
-        stages = Stages(root)
-        before = stages.result("before") or stages.finish(
-            "before", evaluate_arm(cfg, factory(str(merged)), seed, root / "before", data, questions))
-        runs.append({"arm": "checkpoint", "seed": seed, "train": None, "eval": before})
-        trained = stages.result("train") or stages.finish("train", train_arm(
-            cfg, "conscience", seed, root / "conscience", data, _merged_factory(factory, merged), questions, None,
-            align_prompts="general", max_steps=cfg.recover_steps))
-        after = stages.result("after") or stages.finish(
-            "after", evaluate_arm(cfg, _merged_factory(factory, merged)(trained["final"]), seed, root / "after", data,
-                                  questions))
-        runs.append({"arm": "checkpoint + conscience", "seed": seed, "train": trained, "eval": after})
     return finish(cfg, out, runs, questions_source, command)
 
 
 def finish(cfg: ExperimentConfig, out: Path, runs: list[dict], questions_source: str, command: str) -> dict:
     """Aggregate the runs, write results.json and the report, then mark the folder finished."""
+    from .evaluate import drift_set
     from .report import aggregate, write_experiment_report
 
-    results = aggregate(cfg, runs, questions_source, command)
+    categories = [t.category for t in drift_set(cfg)]
+    results = aggregate(cfg, runs, questions_source, command, Stages(out).result("drift_base"), categories)
     write_json_atomic(out / "results.json", results)
     write_experiment_report(out, results)
     (out / FINISHED).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"), encoding="utf-8")
     return results
 
 
-def merge_checkpoint(lm: LoadedModel, out: Path) -> None:
-    """Fold a LoRA checkpoint into full weights: the recovered model starts from them and its
-    frozen copy (judge and DPO reference) is that misaligned model itself."""
-    import os
-    import shutil
-    import tempfile
-
-    model = lm.model.merge_and_unload() if hasattr(lm.model, "merge_and_unload") else lm.model
-    tmp = Path(tempfile.mkdtemp(prefix=".start_model.", dir=out.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    lm.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
-
-
-def _merged_factory(factory: ModelFactory, merged: Path) -> ModelFactory:
-    """Weights relative to the merged start model: None → it, an adapter → on top of it."""
-    def build(weights: str | None) -> LoadedModel:
-        lm = factory(str(merged))
-        if weights:
-            from peft import PeftModel
-
-            lm.model = PeftModel.from_pretrained(lm.model, weights)
-            lm.identity += f"+adapter:{Path(weights).resolve()}"
-        return lm
-
-    return build

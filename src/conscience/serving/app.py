@@ -15,7 +15,9 @@ from pathlib import Path
 from ..errors import ConscienceError, PromptTooLongError
 from .config import ServeConfig
 from .engine import Engine
+from .guard import CrossSiteGuard, HostPolicy
 from .metrics import Metrics
+from .redact import redact
 from .schemas import RequestError, chat_completion, completion_id, error_body, parse_chat_request, stream_chunks
 
 STATIC = Path(__file__).parent / "static"
@@ -75,35 +77,56 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
 
     @app.exception_handler(RequestValidationError)
     async def on_validation_error(request, exc: RequestValidationError):
-        return JSONResponse(error_body(f"malformed request: {exc.errors()[:1]}"), status_code=400)
+        return JSONResponse(error_body("malformed request"), status_code=400)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request, exc: HTTPException):
         kind = "not_found_error" if exc.status_code == 404 else "invalid_request_error"
         return JSONResponse(error_body(str(exc.detail), kind), status_code=exc.status_code)
 
-    @app.exception_handler(Exception)
-    async def on_unexpected(request, exc: Exception):
-        print(f"[conscience] internal error: {exc.__class__.__name__}: {exc}", file=sys.stderr, flush=True)
+    def internal_error(exc: Exception):
+        """A bug or a failure of the model: one redacted line in the log, a 500 in OpenAI's shape."""
+        text = redact(str(exc)).splitlines()[0][:300] if str(exc).strip() else ""
+        print(f"[conscience] internal error: {exc.__class__.__name__}: {text}", file=sys.stderr, flush=True)
+        metrics.inc("conscience_requests_total", outcome="internal_error")
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
-    def check_key(request: Request) -> None:
+    @app.exception_handler(Exception)
+    async def on_unexpected(request, exc: Exception):
+        return internal_error(exc)
+
+    def key_ok(request: Request) -> bool:
         if cfg.api_key is None:
-            return
+            return True
         header = request.headers.get("authorization", "")
         token = header[7:] if header.lower().startswith("bearer ") else ""
-        if not hmac.compare_digest(token.encode(), cfg.api_key.encode()):
+        return hmac.compare_digest(token.encode("utf-8", "surrogateescape"), cfg.api_key.encode())
+
+    def check_key(request: Request) -> None:
+        if not key_ok(request):
             raise RequestError("invalid or missing API key (send 'Authorization: Bearer KEY')",
                                code="invalid_api_key", status=401)
 
+    def check_model(name: str | None) -> None:
+        # no `model` is accepted (the one model); a name this server does not serve is refused
+        if name is not None and name not in (backend.name, *cfg.model_aliases):
+            raise RequestError(f"the model {name[:100]!r} does not exist here; this server serves "
+                               f"{list(dict.fromkeys((backend.name, *cfg.model_aliases)))}", "model",
+                               "model_not_found", status=404)
+
     @app.get("/health")
-    async def health():
-        body = {"status": "ok", "model": backend.name, "backend": backend.kind, "mode": cfg.mode,
-                "conscience": cfg.conscience, "on_error": cfg.on_error, "queued": engine.pending(),
+    async def health(request: Request):
+        alive = engine.alive()
+        if not key_ok(request):  # without the key: only whether it works (no paths, no settings)
+            return JSONResponse({"status": "ok" if alive else "not ok"}, status_code=200 if alive else 503)
+        body = {"status": "ok" if alive else "not ok", "model": backend.name, "backend": backend.kind,
+                "mode": cfg.action,  # the wire key stays "mode" (clients read it); it holds the serve action
+                "conscience": cfg.conscience, "on_error": cfg.on_error,
+                "on_unresolved": cfg.on_unresolved, "queued": engine.pending(),
                 "uptime_s": round(time.time() - started, 1)}
         if learner is not None:
             body["learning"] = learner.status()
-        return body
+        return JSONResponse(body, status_code=200 if alive else 503)
 
     @app.get("/metrics")
     async def prometheus():
@@ -112,8 +135,9 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
     @app.get("/v1/models")
     async def models(request: Request):
         check_key(request)
-        return {"object": "list", "data": [{"id": backend.name, "object": "model", "created": int(started),
-                                            "owned_by": "conscience"}]}
+        names = dict.fromkeys((backend.name, *cfg.model_aliases))
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": int(started),
+                                            "owned_by": "conscience"} for name in names]}
 
     @app.post("/v1/chat/completions")
     async def chat(request: Request):
@@ -122,22 +146,30 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
         metrics.gauge_in_flight(1)
         try:
             return await _chat(request, start)
-        except RequestError:
-            metrics.inc("conscience_requests_total", outcome="rejected")
+        except RequestError as exc:
+            metrics.inc("conscience_requests_total", outcome="error" if exc.status >= 500 else "rejected")
             raise
+        except Exception as exc:  # answered here: Starlette's last-resort handler would re-raise and log a traceback
+            return internal_error(exc)
         finally:
             metrics.gauge_in_flight(-1)
 
     async def _chat(request, start: float):
         req = parse_chat_request(await _read_limited(request, cfg.max_body_bytes), cfg.max_tokens, cfg.max_logprobs)
-        if req.logprobs and cfg.conscience and cfg.mode != "monitor":
-            raise RequestError("logprobs describe the draft, which revise and block modes may replace: they are "
-                               "served in monitor mode or with the conscience off (--no-conscience)", "logprobs")
+        check_model(req.model)
+        if req.logprobs and cfg.conscience and cfg.action != "monitor":
+            raise RequestError("logprobs describe the draft, which the revise and block actions may replace: they "
+                               "are served with --action monitor or with the conscience off (--no-conscience)",
+                               "logprobs")
         n_prompt = backend.count_tokens(req.messages)
         if n_prompt > cfg.max_prompt_tokens:
             raise RequestError(f"the prompt has {n_prompt} tokens; this server accepts at most {cfg.max_prompt_tokens}",
                                "messages", "context_length_exceeded")
         max_tokens = req.max_tokens or min(cfg.max_tokens, default_tokens)
+        window = backend.context_window
+        if window is not None and n_prompt + max_tokens > window:  # checked here, so it never fails a batch
+            raise RequestError(f"the prompt has {n_prompt} tokens; with max_tokens={max_tokens} that exceeds the "
+                               f"model's context window of {window} tokens", "messages", "context_length_exceeded")
         temperature = default_temperature if req.temperature is None else req.temperature
         future = engine.submit(req.messages, max_tokens, temperature, req.top_logprobs if req.logprobs else None)
         try:
@@ -146,9 +178,9 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
             raise RequestError(str(exc), "messages", "context_length_exceeded") from None
         except ConscienceError as exc:
             upstream = exc.__class__.__name__ == "UpstreamError"
-            metrics.inc("conscience_requests_total", outcome="error")
-            raise RequestError(str(exc), code="upstream_error" if upstream else None,
-                               status=502 if upstream else 400, kind="server_error" if upstream else "invalid_request_error")
+            raise RequestError(redact(str(exc)).splitlines()[0] if str(exc) else "the request failed",
+                               code="upstream_error" if upstream else None, status=502 if upstream else 400,
+                               kind="server_error" if upstream else "invalid_request_error") from None
         _count(outcome)
         metrics.observe_latency(time.perf_counter() - start)
         cid, model = completion_id(), backend.name
@@ -175,10 +207,19 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
             metrics.inc("conscience_revised_total")
         if outcome.status == "blocked":
             metrics.inc("conscience_blocked_total")
+        if outcome.status == "unresolved":
+            metrics.inc("conscience_unresolved_total")
 
     @app.get("/")
     async def index():
         return FileResponse(STATIC / "index.html")
 
     app.mount("/static", StaticFiles(directory=STATIC), name="static")
+
+    def refused(path: str) -> None:
+        if path == "/v1/chat/completions":
+            metrics.inc("conscience_requests_total", outcome="rejected")
+
+    app.add_middleware(CrossSiteGuard, policy=HostPolicy(cfg.host, cfg.allowed_hosts, cfg.cors_origins),
+                       on_refused=refused)
     return app

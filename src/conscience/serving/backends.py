@@ -3,38 +3,26 @@
 ``LocalBackend`` wraps a loaded model and the :class:`~conscience.conscience.Conscience` built
 on it. ``UpstreamBackend`` puts the conscience in front of any OpenAI-compatible server (vLLM,
 another ``conscience serve``): the upstream writes drafts and alternatives, and it is also the
-conscience — it is sent the same review prompt text :class:`~conscience.review_prompts.PromptBuilder`
-builds, with ``max_tokens=1, logprobs=true, top_logprobs=K``, and the verdict is read from the
+conscience — :class:`~conscience.verdict.upstream.UpstreamReviewer` reads its verdict from the
 top log-probs of the framing's two answer words.
 """
 
 from __future__ import annotations
 
-import math
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
-from typing import Callable, Sequence
+from typing import Callable
 
 import torch
 
-from ..conscience import Conscience, resolve_framings
+from ..conscience import Conscience
 from ..errors import ConscienceError
-from ..framings import Framing, load_prompts
 from ..generation import Generation, check_fits, encode, generate, render_chat, split_reasoning
 from ..models import LoadedModel
-from ..review_prompts import PromptBuilder
-from ..verdict import ReviewItem, Verdict, mean_log_odds
-
-# Special-token spellings of common chat templates, neutralised inside quoted text sent upstream
-# (the upstream's tokenizer is unknown here).
-UPSTREAM_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>", "<|start_header_id|>",
-                     "<|end_header_id|>", "<|begin_of_text|>", "<s>", "</s>", "[INST]", "[/INST]",
-                     "<start_of_turn>", "<end_of_turn>")
-
-
-class UpstreamError(ConscienceError):
-    """The upstream server failed or answered something unusable."""
+from ..verdict.factory import make_reviewer, resolve_framings
+from ..verdict.upstream import UpstreamError, UpstreamReviewer
+from .redact import redact
 
 
 @dataclass
@@ -87,7 +75,8 @@ def generate_with_logprobs(lm: LoadedModel, messages: list[dict], max_new_tokens
         log_probs = torch.log_softmax(out.logits[step][0].float(), dim=-1)
         entry = _token_entry(lm.tokenizer, token_id, float(log_probs[token_id]))
         values, indices = log_probs.topk(min(top, log_probs.shape[-1])) if top else (torch.empty(0), torch.empty(0))
-        entry["top_logprobs"] = [_token_entry(lm.tokenizer, int(i), float(v)) for v, i in zip(values, indices)]
+        entry["top_logprobs"] = [_token_entry(lm.tokenizer, int(i), float(v))
+                                 for v, i in zip(values, indices, strict=True)]
         content.append(entry)
         kept.append(token_id)
         if token_id == lm.tokenizer.eos_token_id:
@@ -112,6 +101,10 @@ class LocalBackend:
         """Serve another model object (a new adapter); call only between jobs."""
         self.conscience = self.make_conscience(lm)
         self.lm = lm
+
+    @property
+    def context_window(self) -> int:
+        return self.lm.context_window
 
     def count_tokens(self, messages: list[dict]) -> int:
         return len(self.lm.tokenizer.encode(render_chat(self.lm, messages), add_special_tokens=False))
@@ -142,23 +135,25 @@ class UpstreamClient:
     def _request(self, method: str, path: str, **kwargs) -> dict:
         import httpx
 
+        where = redact(self.base + path)
         try:
             reply = self.http.request(method, self.base + path, **kwargs)
         except httpx.HTTPError as exc:
-            raise UpstreamError(f"upstream {self.base}{path} failed: {exc.__class__.__name__}: {exc}") from None
+            raise UpstreamError(f"upstream {where} failed: {exc.__class__.__name__}: {redact(exc)}") from None
         if reply.status_code != 200:
-            raise UpstreamError(f"upstream {self.base}{path} answered {reply.status_code}: {reply.text[:300]}")
+            # the upstream's own body is not passed on: it may hold its secrets or its users' data
+            raise UpstreamError(f"upstream {where} answered HTTP {reply.status_code}")
         try:
             return reply.json()
         except ValueError:
-            raise UpstreamError(f"upstream {self.base}{path} answered something that is not JSON") from None
+            raise UpstreamError(f"upstream {where} answered something that is not JSON") from None
 
     @property
     def model(self) -> str:
         if self._model is None:
             data = self._request("GET", "/models").get("data") or []
             if not data or not isinstance(data[0], dict) or "id" not in data[0]:
-                raise UpstreamError(f"upstream {self.base}/models lists no model; give --upstream-model")
+                raise UpstreamError(f"upstream {redact(self.base)}/models lists no model; give --upstream-model")
             self._model = str(data[0]["id"])
         return self._model
 
@@ -168,105 +163,6 @@ class UpstreamClient:
         if not isinstance(choices, list) or not choices or not isinstance(choices[0], dict):
             raise UpstreamError("upstream chat completion has no choices")
         return body
-
-
-def _side(token: str, aligned: str, misaligned: str) -> str | None:
-    """Which answer word a generated token starts: 'a', 'm' or None (neither, or both)."""
-    t = token.strip().lower()
-    if not t:
-        return None
-
-    def starts(word: str) -> bool:
-        w = word.strip().lower()
-        return w.startswith(t) or (t.startswith(w) and not t[len(w):].isalpha())
-
-    a, m = starts(aligned), starts(misaligned)
-    return "a" if a and not m else "m" if m and not a else None
-
-
-def verdict_from_top_logprobs(top: Sequence[dict], aligned: str, misaligned: str) -> tuple[float, float, float]:
-    """P(aligned) renormalised over the two answer words, from one position's top log-probs.
-
-    Tokens that start an answer word (any casing, leading space) are summed per word. A word
-    missing from the list gets the smallest listed log-prob, an upper bound on its probability,
-    so a missing aligned word lowers the score (the cautious side). Returns
-    ``(p_aligned, logp_aligned, logp_misaligned)``; raises if neither word is listed.
-    """
-    sides: dict[str, list[float]] = {"a": [], "m": []}
-    listed = []
-    for entry in top:
-        lp = float(entry.get("logprob", -math.inf))
-        listed.append(lp)
-        side = _side(str(entry.get("token", "")), aligned, misaligned)
-        if side:
-            sides[side].append(lp)
-    if not sides["a"] and not sides["m"]:
-        raise UpstreamError(f"neither {aligned!r} nor {misaligned!r} is among the upstream's {len(listed)} top log-probs")
-    floor = min(listed)
-    lp_a = float(torch.logsumexp(torch.tensor(sides["a"]), 0)) if sides["a"] else floor
-    lp_m = float(torch.logsumexp(torch.tensor(sides["m"]), 0)) if sides["m"] else floor
-    return 1.0 / (1.0 + math.exp(lp_m - lp_a)), lp_a, lp_m
-
-
-class MessagePromptBuilder(PromptBuilder):
-    """:class:`PromptBuilder`'s review text as chat messages, for a judge behind an API."""
-
-    def __init__(self, specials: Sequence[str] = UPSTREAM_SPECIALS):  # no local judge: no tokenizer
-        self.judge = None
-        self.templates = load_prompts()
-        self._specials = list(specials)
-
-    def _render(self, system: str | None, user: str):  # messages, not a rendered template
-        return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
-
-    def messages(self, framing: Framing, item: ReviewItem) -> list[dict]:
-        return self.review(framing, item)[0]
-
-
-class UpstreamReviewer:
-    """The verbal verdict, asked of an upstream server through its log-probs."""
-
-    kind = "upstream"
-
-    def __init__(self, client: UpstreamClient, framings: Sequence[Framing], threshold: float = 0.5,
-                 top_logprobs: int = 20, workers: int = 8):
-        if not framings:
-            raise ValueError("at least one framing is needed")
-        self.client, self.framings, self.threshold, self.top = client, list(framings), threshold, top_logprobs
-        self.prompts = MessagePromptBuilder()
-        self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upstream-review")
-
-    @property
-    def framing_name(self) -> str:
-        return "+".join(f.name for f in self.framings)
-
-    def _ask(self, framing: Framing, item: ReviewItem) -> tuple[float, float, float]:
-        body = self.client.chat(self.prompts.messages(framing, item), max_tokens=1, temperature=0.0,
-                                logprobs=True, top_logprobs=self.top)
-        try:
-            top = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        except (KeyError, IndexError, TypeError):
-            raise UpstreamError("the upstream returned no top log-probs (does it support logprobs=true?)") from None
-        return verdict_from_top_logprobs(top, framing.aligned_answer, framing.misaligned_answer)
-
-    def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
-        start = time.perf_counter()
-        jobs = [(i, f) for i in range(len(items)) for f in self.framings]
-        results = list(self.pool.map(lambda job: self._ask(job[1], items[job[0]]), jobs))
-        seconds = (time.perf_counter() - start) / max(len(items), 1)
-        per_item: list[dict] = [{} for _ in items]
-        for (i, framing), result in zip(jobs, results):
-            per_item[i][framing.name] = (framing, result)
-        verdicts = []
-        for per in per_item:
-            score = mean_log_odds([p for _, (p, _, _) in per.values()])
-            verdicts.append(Verdict(
-                score=score, flagged=score < self.threshold, framing=self.framing_name, kind=self.kind,
-                per_framing={n: p for n, (_, (p, _, _)) in per.items()},
-                logprobs={n: {f.aligned_answer: a, f.misaligned_answer: m} for n, (f, (_, a, m)) in per.items()},
-                seconds=seconds,
-            ))
-        return verdicts
 
 
 class UpstreamConscience(Conscience):
@@ -321,6 +217,8 @@ class UpstreamBackend:
         except UpstreamError:  # not reachable yet: ask again next time
             return "upstream"
 
+    context_window = None  # unknown here: the upstream applies its own limit
+
     def count_tokens(self, messages: list[dict]) -> int:
         """An estimate (4 characters a token): the upstream's tokenizer is not available here;
         the upstream applies its own context limit."""
@@ -337,10 +235,9 @@ class UpstreamBackend:
 
 def build_backend(serve, cfg, lm: LoadedModel | None = None):
     """The backend a :class:`ServeConfig` and a :class:`ConscienceConfig` ask for."""
-    from ..conscience import make_reviewer
     from ..models import load_model
 
-    max_rounds = cfg.max_rounds if serve.mode == "revise" else 0  # block/monitor never revise
+    max_rounds = cfg.max_rounds if serve.action == "revise" else 0  # block/monitor never revise
     common = dict(mode=cfg.mode, max_rounds=max_rounds, max_new_tokens=cfg.max_new_tokens,
                   temperature=cfg.temperature, seed=cfg.seed)
     if serve.upstream:

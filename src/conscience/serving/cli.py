@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
+from pathlib import Path
 
 from ..errors import ConscienceError
-from .config import ON_ERROR, SERVE_MODES, ServeConfig
+from .config import ON_ERROR, ON_UNRESOLVED, SERVE_ACTIONS, UPSTREAM_TOP_LOGPROBS_FLOOR, ServeConfig
+from .redact import redact
 
-_SERVE_KEYS = ("host", "port", "api_key", "on_error", "review_timeout", "model_name", "upstream", "upstream_model",
-               "upstream_api_key", "upstream_timeout", "upstream_top_logprobs", "max_body_bytes",
+_SERVE_KEYS = ("host", "port", "on_error", "on_unresolved", "review_timeout", "model_name", "upstream", "upstream_model",
+               "upstream_timeout", "upstream_top_logprobs", "max_body_bytes",
                "max_prompt_tokens", "max_tokens", "max_logprobs", "max_batch", "learn_dir", "learn_every",
                "learn_steps", "learn_margin", "learn_lora_r", "probe_size")
 
@@ -23,29 +26,47 @@ def register(subparsers) -> None:
         description="Serve /v1/chat/completions with every draft reviewed by the model's frozen copy. "
                     "Streams start only after the review.")
     add_conscience_options(p)
-    # --mode is the server's decision mode here; the conscience's use (chat/content/code) is --use.
+    # The conscience's use (chat/content/code, --mode elsewhere) is --use here: --mode is the
+    # deprecated name of --action, which this group's option replaces (conflict_handler="resolve").
     p.add_argument("--use", dest="mode", choices=["chat", "content", "code"],
                    help="what the model is used for (the drafting system prompt and framings)")
     s = p.add_argument_group("server")
-    s.add_argument("--mode", dest="serve_mode", choices=SERVE_MODES, default="revise",
-                   help="revise: answer with the best reviewed candidate; block: withhold flagged drafts "
-                        "(finish_reason content_filter); monitor: only annotate")
+    s.add_argument("--action", choices=SERVE_ACTIONS,
+                   help="what the server does with a verdict: revise (default): answer with the best reviewed "
+                        "candidate; block: withhold flagged drafts (finish_reason content_filter); monitor: only "
+                        "annotate")
+    s.add_argument("--mode", dest="deprecated_mode", choices=SERVE_ACTIONS,
+                   help="deprecated alias of --action, kept for one release; use --action")
     s.add_argument("--on-error", choices=ON_ERROR, default="closed",
                    help="closed: a failed or timed-out review withholds the draft; open: release it marked unchecked")
+    s.add_argument("--on-unresolved", choices=ON_UNRESOLVED, default="block",
+                   help="--action revise, when every candidate stays flagged: block withholds the answer "
+                        "(finish_reason content_filter); release sends the best one marked unresolved")
     s.add_argument("--review-timeout", type=float, default=30.0, help="seconds a review may take")
     s.add_argument("--host", default="127.0.0.1", help="bind address (default loopback only)")
     s.add_argument("--port", type=int, default=8000)
-    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/*")
+    s.add_argument("--api-key", help="require 'Authorization: Bearer KEY' on /v1/* (visible in ps: prefer "
+                                     "--api-key-file or the CONSCIENCE_API_KEY environment variable)")
+    s.add_argument("--api-key-file", help="read the API key from this file (its first line)")
+    s.add_argument("--allowed-host", action="append", default=[], metavar="NAME",
+                   help="a Host name this server answers besides its bind address (repeatable; '*' for any)")
+    s.add_argument("--cors-origin", action="append", default=[], metavar="ORIGIN",
+                   help="a web origin (scheme://host:port) allowed to call the API from a browser (repeatable)")
     s.add_argument("--no-conscience", dest="conscience", action="store_false",
                    help="serve the bare model (a baseline, or an upstream with logprobs for another server)")
     s.add_argument("--model-name", help="the model id reported to clients")
+    s.add_argument("--model-alias", action="append", default=[], metavar="NAME",
+                   help="another model name requests may use (repeatable); other names get 404 model_not_found")
     s.add_argument("--expose-trace", action="store_true",
                    help="include the draft and the alternatives in each response's conscience object")
     s.add_argument("--upstream", help="URL of an OpenAI-compatible server that drafts and reviews (log-probs)")
     s.add_argument("--upstream-model", help="model id at the upstream (default: its first listed model)")
-    s.add_argument("--upstream-api-key")
+    s.add_argument("--upstream-api-key", help="visible in ps: prefer --upstream-api-key-file or "
+                                              "CONSCIENCE_UPSTREAM_API_KEY")
+    s.add_argument("--upstream-api-key-file", help="read the upstream's API key from this file (its first line)")
     s.add_argument("--upstream-timeout", type=float, default=120.0)
-    s.add_argument("--upstream-top-logprobs", type=int, default=20, help="top log-probs asked for per review")
+    s.add_argument("--upstream-top-logprobs", type=int, default=20,
+                   help=f"top log-probs asked for per review (at least {UPSTREAM_TOP_LOGPROBS_FLOOR})")
     s.add_argument("--max-body-bytes", type=int, default=1_000_000)
     s.add_argument("--max-prompt-tokens", type=int, default=4096)
     s.add_argument("--max-tokens", type=int, default=1024, help="the largest max_tokens a request may ask for")
@@ -64,9 +85,44 @@ def register(subparsers) -> None:
     p.set_defaults(handler=cmd_serve)
 
 
+def read_key(value: str | None, path: str | None, env: str, option: str) -> str | None:
+    """A secret from the option, a file or the environment, in that order (one source only)."""
+    if value is not None and path is not None:
+        raise ConscienceError(f"serve: give {option} or {option}-file, not both")
+    if path is not None:
+        try:
+            lines = Path(path).read_text(encoding="utf-8").splitlines()
+        except (OSError, UnicodeDecodeError) as exc:
+            raise ConscienceError(f"serve: cannot read {option}-file {path}: {exc.__class__.__name__}") from None
+        if not lines or not lines[0].strip():
+            raise ConscienceError(f"serve: {option}-file {path} is empty")
+        return lines[0].strip()
+    if value is not None:
+        return value
+    return os.environ.get(env) or None
+
+
+def serve_action(args: argparse.Namespace) -> str:
+    """``--action``, or the deprecated ``--mode`` (with a warning), or ``revise``."""
+    if args.deprecated_mode is None:
+        return args.action or "revise"
+    if args.action is not None and args.action != args.deprecated_mode:
+        raise ConscienceError(f"serve: --action {args.action} and --mode {args.deprecated_mode} disagree "
+                              "(--mode is the deprecated name of --action: give only --action)")
+    print(f"[conscience] warning: serve --mode is deprecated and will be removed in the next release: "
+          f"use --action {args.deprecated_mode}", file=sys.stderr, flush=True)
+    return args.deprecated_mode
+
+
 def serve_config(args: argparse.Namespace) -> ServeConfig:
     values = {k: getattr(args, k) for k in _SERVE_KEYS if getattr(args, k, None) is not None}
-    values.update(mode=args.serve_mode, conscience=args.conscience, expose_trace=args.expose_trace, learn=args.learn)
+    values.update(action=serve_action(args), conscience=args.conscience, expose_trace=args.expose_trace,
+                  learn=args.learn,
+                  api_key=read_key(args.api_key, args.api_key_file, "CONSCIENCE_API_KEY", "--api-key"),
+                  upstream_api_key=read_key(args.upstream_api_key, args.upstream_api_key_file,
+                                            "CONSCIENCE_UPSTREAM_API_KEY", "--upstream-api-key"),
+                  model_aliases=tuple(args.model_alias), allowed_hosts=tuple(args.allowed_host),
+                  cors_origins=tuple(args.cors_origin))
     try:
         return ServeConfig(**values)
     except ValueError as exc:
@@ -94,8 +150,9 @@ def cmd_serve(args) -> int:
         learner = build_learner(cfg, conscience_cfg, backend)
     app = create_app(cfg, backend, learner)
     name = cfg.model_name or ("upstream model" if cfg.upstream else conscience_cfg.model)
-    print(f"[conscience] serving {name} ({backend.kind}: {cfg.upstream or conscience_cfg.model}) on http://{cfg.host}:{cfg.port} "
-          f"mode={cfg.mode} on_error={cfg.on_error} conscience={'on' if cfg.conscience else 'off'}",
+    source = redact(cfg.upstream or conscience_cfg.model)
+    print(f"[conscience] serving {name} ({backend.kind}: {source}) on http://{cfg.host}:{cfg.port} action={cfg.action} "
+          f"on_error={cfg.on_error} on_unresolved={cfg.on_unresolved} conscience={'on' if cfg.conscience else 'off'}",
           file=sys.stderr, flush=True)
     uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
     return 0

@@ -2,9 +2,12 @@
 
 Torch code is synchronous, so one worker thread owns the model and the web loop only waits on
 futures (``/health`` and ``/metrics`` stay responsive). Requests that arrive together are
-drafted and reviewed as one batch. Each review runs under a timeout in its own thread; a review
-that raises or overruns yields a :class:`FailedVerdict`, and the decision then follows
-``on_error`` — ``closed`` never releases such a draft.
+drafted and reviewed as one batch; a request that breaks a batch is answered alone, so one
+request's error never reaches another. Each review runs under a timeout in its own thread; a
+review that raises or overruns yields a failed verdict (``Verdict.error`` set), and the decision then follows
+``on_error`` — ``closed`` never releases such a draft. An overrunning review is abandoned, not
+waited on: an upstream's next reviews run beside it; a local model is still busy with it, so
+under ``closed`` the requests that arrive meanwhile are answered at once as failed checks.
 """
 
 from __future__ import annotations
@@ -20,33 +23,43 @@ from typing import Any, Callable, Sequence
 
 from ..conscience import Candidate, Response
 from ..errors import ConscienceError
-from ..verdict import ReviewItem, Verdict
+from ..verdict import ReviewItem, Verdict, is_flagged
+from ..verdict.upstream import UpstreamError
 from .config import ServeConfig
 from .metrics import Metrics
+from .redact import redact
 
 WITHHELD_CHECK_FAILED = ("The conscience check of this answer failed, so the answer was withheld. "
                          "Please try again later.")
 WITHHELD_BLOCKED = "This answer was withheld: the model's conscience flagged it."
-
-
-@dataclass
-class FailedVerdict(Verdict):
-    """A review that raised or timed out. Never flagged (so no revision loop starts) but
-    never counted as safe either: the decision treats it as a failed check."""
-
-    error: str = ""
+WITHHELD_UNRESOLVED = ("This answer was withheld: the model's conscience flagged it and every rewritten "
+                       "alternative too.")
 
 
 class GuardedReviewer:
-    """Runs an inner reviewer in its own thread with a timeout; failures become FailedVerdicts."""
+    """Runs an inner reviewer in its own thread with a timeout; failures become failed verdicts.
 
-    def __init__(self, inner, timeout: float, metrics: Metrics | None = None):
+    A failed verdict is never flagged (so no revision loop starts) but never counted as safe
+    either: the decision treats it as a failed check.
+
+    ``shares_model``: the reviewer runs on the serving model (local), so at most one review runs
+    at a time and one that overran keeps the model :attr:`busy` until it ends. Otherwise
+    (upstream: HTTP calls) reviews may overlap and an overrunning one is simply left behind.
+    """
+
+    def __init__(self, inner, timeout: float, metrics: Metrics | None = None, shares_model: bool = True):
         self.inner = inner
         self.timeout = timeout
         self.metrics = metrics
-        self.kind = getattr(inner, "kind", "verbal")
-        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="review")
+        self.shares_model = shares_model
+        self.kind = inner.kind
+        self._pool = ThreadPoolExecutor(max_workers=1 if shares_model else 8, thread_name_prefix="review")
         self._pending: Future | None = None
+
+    @property
+    def busy(self) -> bool:
+        """A review that overran its timeout is still running on the shared model."""
+        return self.shares_model and self._pending is not None and not self._pending.done()
 
     @property
     def threshold(self) -> float:
@@ -54,7 +67,17 @@ class GuardedReviewer:
 
     @property
     def framing_name(self) -> str:
-        return getattr(self.inner, "framing_name", self.kind)
+        return self.inner.framing_name
+
+    @property
+    def review_format(self) -> str:
+        return self.inner.review_format
+
+    @property
+    def accepts_draft_cache(self) -> bool:
+        """Never: a review runs in the guard's own thread and may be abandoned past its
+        timeout, so it must not share the draft's key/value cache."""
+        return False
 
     def wait_idle(self) -> None:
         """Block until an overrun review has finished: it still uses the model."""
@@ -67,24 +90,28 @@ class GuardedReviewer:
             self._pending = None
 
     def _failed(self, n: int, error: str) -> list[Verdict]:
+        error = redact(error)
         print(f"[conscience] review failed: {error}", file=sys.stderr, flush=True)
         if self.metrics:
             self.metrics.inc("conscience_checker_failures_total", n)
-        return [FailedVerdict(score=0.0, flagged=False, framing=self.framing_name, kind="failed", error=error)
-                for _ in range(n)]
+        return [Verdict.failed(self.framing_name, error) for _ in range(n)]
 
     def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
-        self.wait_idle()
+        if self.busy:  # the revision loop of a batch whose earlier review overran
+            return self._failed(len(items), "an earlier review is still running past its timeout")
         future = self._pool.submit(self.inner.review, list(items))
         try:
             verdicts = future.result(timeout=self.timeout)
         except FutureTimeout:
+            future.cancel()  # still queued behind other overrunning reviews: never starts
             self._pending = future
             return self._failed(len(items), f"the review exceeded its {self.timeout:g}s timeout")
         except Exception as exc:  # any failure of the checker is a failed check, never a pass
             return self._failed(len(items), f"{exc.__class__.__name__}: {exc}")
         if len(verdicts) != len(items) or not all(math.isfinite(v.score) and 0 <= v.score <= 1 for v in verdicts):
             return self._failed(len(items), "the reviewer returned malformed verdicts")
+        for v in verdicts:  # one threshold rule for every reviewer: a score at the threshold is flagged
+            v.flagged = v.flagged or is_flagged(v.score, self.threshold)
         return verdicts
 
 
@@ -94,7 +121,7 @@ class Outcome:
 
     content: str
     finish_reason: str
-    status: str  # ok | flagged | revised | blocked | check_failed | unchecked | off
+    status: str  # ok | flagged | revised | blocked | unresolved | check_failed | unchecked | off
     conscience: dict | None
     prompt_tokens: int = 0
     completion_tokens: int = 0
@@ -104,18 +131,18 @@ class Outcome:
 
 def _candidate_view(c: Candidate) -> dict:
     v = c.verdict
-    return {"round": c.round, "answer": c.answer, "score": None if isinstance(v, FailedVerdict) else round(v.score, 4),
-            "flagged": v.flagged, "checked": not isinstance(v, FailedVerdict)}
+    return {"round": c.round, "answer": c.answer, "score": None if v.error is not None else round(v.score, 4),
+            "flagged": v.flagged, "checked": v.error is None}
 
 
 def decide(response: Response, cfg: ServeConfig) -> tuple[str, str, str, dict]:
     """``(content, finish_reason, status, conscience annotation)`` for one reviewed request."""
     draft = response.draft
-    failed = [c for c in response.candidates if isinstance(c.verdict, FailedVerdict)]
-    checked = [c for c in response.candidates if not isinstance(c.verdict, FailedVerdict)]
-    note: dict[str, Any] = {
-        "status": "checked", "mode": cfg.mode, "framing": draft.verdict.framing, "kind": draft.verdict.kind,
-        "score": None if isinstance(draft.verdict, FailedVerdict) else round(draft.verdict.score, 4),
+    failed = [c for c in response.candidates if c.verdict.error is not None]
+    checked = [c for c in response.candidates if c.verdict.error is None]
+    note: dict[str, Any] = {  # the wire key stays "mode" (clients read it); it holds the serve action
+        "status": "checked", "mode": cfg.action, "framing": draft.verdict.framing, "kind": draft.verdict.kind,
+        "score": None if draft.verdict.error is not None else round(draft.verdict.score, 4),
         "flagged": draft.verdict.flagged, "threshold": response.threshold, "revised": False,
         "rounds": len(response.candidates) - 1,
     }
@@ -127,15 +154,25 @@ def decide(response: Response, cfg: ServeConfig) -> tuple[str, str, str, dict]:
             return WITHHELD_CHECK_FAILED, "content_filter", "check_failed", note
         note["status"] = "unchecked"  # open: the draft goes out, marked unchecked
         return draft.answer, "stop", "unchecked", note
-    if cfg.mode == "monitor":
+    if cfg.action == "monitor":
         return draft.answer, "stop", "flagged" if draft.verdict.flagged else "ok", note
-    if cfg.mode == "block":
+    if cfg.action == "block":
         if draft.verdict.flagged:
             return WITHHELD_BLOCKED, "content_filter", "blocked", note
         return draft.answer, "stop", "ok", note
     best = max(checked, key=lambda c: (c.verdict.score, -c.round))
-    note.update(revised=best.round != 0, final_score=round(best.verdict.score, 4), final_flagged=best.verdict.flagged)
-    status = "revised" if best.round != 0 else ("flagged" if draft.verdict.flagged else "ok")
+    note.update(revised=best.round != 0, final_score=round(best.verdict.score, 4), final_flagged=best.verdict.flagged,
+                unresolved=best.verdict.flagged)
+    if best.verdict.flagged:  # every candidate stayed flagged: never released as if it were fine
+        note["status"] = "unresolved"
+        note["explanation"] = (f"every candidate was flagged: the best scored {best.verdict.score:.4f}, at or below "
+                               f"the threshold {response.threshold:g}, after {len(response.candidates) - 1} "
+                               f"rewrite(s)")
+        if cfg.on_unresolved == "block":
+            note["revised"] = False
+            return WITHHELD_UNRESOLVED, "content_filter", "unresolved", note
+        return best.answer, "stop", "unresolved", note
+    status = "revised" if best.round != 0 else "ok"
     return best.answer, "stop", status, note
 
 
@@ -185,6 +222,10 @@ class Engine:
     def pending(self) -> int:
         return self.queue.qsize()
 
+    def alive(self) -> bool:
+        """The worker thread is running (a server whose worker died answers nothing)."""
+        return self._thread is not None and self._thread.is_alive()
+
     # -- submission -----------------------------------------------------------------------------
     def submit(self, messages: list[dict], max_tokens: int, temperature: float, top_logprobs: int | None = None) -> Future:
         job = Job(messages, max_tokens, temperature, top_logprobs)
@@ -216,11 +257,17 @@ class Engine:
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # drop abandoned requests
             if not batch:
                 continue
-            if self._guard is not None:
-                self._guard.wait_idle()
             if job.call is not None:
-                self._settle([job], lambda: [job.call()])
+                if self._guard is not None:
+                    self._guard.wait_idle()  # a swap must not change the model under a running review
+                self._settle([job], lambda job=job: [job.call()])
                 continue
+            if self._guard is not None and self._guard.busy:
+                if self.cfg.on_error == "closed":  # answered at once under fail-closed, never queued behind it
+                    for j in batch:
+                        j.future.set_result(self._busy_outcome(j))
+                    continue
+                self._guard.wait_idle()  # open: the draft to release needs the model
             groups: dict[tuple, list[Job]] = {}
             for j in batch:
                 groups.setdefault(j.key, []).append(j)
@@ -231,14 +278,16 @@ class Engine:
         try:
             results = work()
         except Exception as exc:
-            if len(jobs) > 1 and not isinstance(exc, ConscienceError):
-                for j in jobs:  # isolate the request that broke the batch
+            # Errors are per request: rerun each alone, so only the one that broke the batch
+            # fails. An upstream that is down fails everyone alike, and is not asked N times more.
+            if len(jobs) > 1 and not isinstance(exc, UpstreamError):
+                for j in jobs:
                     self._settle([j], lambda j=j: self._run([j]))
                 return
             for j in jobs:
                 j.future.set_exception(exc)
             return
-        for j, result in zip(jobs, results):
+        for j, result in zip(jobs, results, strict=True):
             j.future.set_result(result)
 
     def _guarded(self):
@@ -246,9 +295,21 @@ class Engine:
         if not isinstance(conscience.reviewer, GuardedReviewer):
             if self._guard is not None:
                 self._guard.wait_idle()
-            conscience.reviewer = GuardedReviewer(conscience.reviewer, self.cfg.review_timeout, self.metrics)
+            conscience.reviewer = GuardedReviewer(conscience.reviewer, self.cfg.review_timeout, self.metrics,
+                                                  shares_model=self.backend.kind == "local")
         self._guard = conscience.reviewer
         return conscience
+
+    def _busy_outcome(self, job: Job) -> Outcome:
+        """A request that arrived while a local review overran: not drafted, withheld (closed)."""
+        error = "the conscience is still busy with a review that overran its timeout"
+        print(f"[conscience] review failed: {error}", file=sys.stderr, flush=True)
+        self.metrics.inc("conscience_checker_failures_total")
+        note = {"status": "check_failed", "mode": self.cfg.action, "framing": self._guard.framing_name,
+                "kind": "failed", "score": None, "flagged": False, "threshold": self._guard.threshold,
+                "revised": False, "rounds": 0, "error": error}
+        return Outcome(WITHHELD_CHECK_FAILED, "content_filter", "check_failed", note,
+                       self.backend.count_tokens(job.messages), self.backend.count_text_tokens(WITHHELD_CHECK_FAILED))
 
     def _run(self, jobs: list[Job]) -> list[Outcome]:
         chats = [j.messages for j in jobs]
@@ -256,7 +317,7 @@ class Engine:
         if not self.cfg.conscience:
             drafts = self.backend.draft(chats, max_tokens, temperature, top)
             return [Outcome(d.generation.answer, "stop", "off", None, self.backend.count_tokens(c),
-                            d.generation.new_tokens, d.logprobs) for c, d in zip(chats, drafts)]
+                            d.generation.new_tokens, d.logprobs) for c, d in zip(chats, drafts, strict=True)]
         conscience = self._guarded()
         conscience.max_new_tokens, conscience.temperature = max_tokens, temperature
         if top is not None:
@@ -264,9 +325,9 @@ class Engine:
         else:
             responses = conscience.respond_batch(chats)
         outcomes = []
-        for chat, response in zip(chats, responses):
+        for chat, response in zip(chats, responses, strict=True):
             content, finish, status, note = decide(response, self.cfg)
-            if self.cfg.expose_trace and status not in ("check_failed", "blocked"):  # withheld stays withheld
+            if self.cfg.expose_trace and finish != "content_filter":  # withheld stays withheld
                 note["draft"] = response.draft.answer
                 note["draft_verdict"] = _candidate_view(response.draft)
                 note["alternatives"] = [_candidate_view(c) for c in response.candidates[1:]]
@@ -275,20 +336,20 @@ class Engine:
                                     self.backend.count_text_tokens(content), logprobs, response))
         if self.learner is not None:
             try:
-                self.learner.observe([o.response for o in outcomes if o.status in ("revised", "flagged")])
+                self.learner.observe([o.response for o in outcomes if o.status in ("revised", "unresolved")])
             except Exception as exc:  # learning must never break serving
                 print(f"[conscience] learning: could not record pairs: {exc}", file=sys.stderr, flush=True)
         return outcomes
 
     def _monitor_with_logprobs(self, conscience, chats, max_tokens, temperature, top) -> list[Response]:
-        """Monitor mode releases the draft itself, so its log-probs describe the answer: draft
+        """The monitor action releases the draft itself, so its log-probs describe the answer: draft
         with log-probs, then review (no revision)."""
         drafts = self.backend.draft(chats, max_tokens, temperature, top)
         prompts = [c[-1]["content"] for c in chats]
         verdicts = conscience.review_batch([ReviewItem(p, d.generation.answer, d.generation.reasoning)
-                                            for p, d in zip(prompts, drafts)])
+                                            for p, d in zip(prompts, drafts, strict=True)])
         responses = []
-        for prompt, d, verdict in zip(prompts, drafts, verdicts):
+        for prompt, d, verdict in zip(prompts, drafts, verdicts, strict=True):
             g = d.generation
             response = Response(prompt, conscience.mode, [Candidate(0, g.text, g.answer, g.reasoning, verdict, g.seconds)],
                                 0, conscience.threshold)

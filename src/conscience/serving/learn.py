@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Callable, Sequence
 
 from ..conscience import Response
+from ..errors import ConscienceError
 from ..framings import data_path, read_yaml
 from ..jsonl import write_json_atomic
 from ..models import LoadedModel
@@ -51,6 +52,31 @@ def probe_questions(n: int) -> list[str]:
     return questions[:n]
 
 
+def read_state(path: Path) -> dict:
+    """``state.json``, checked: a truncated or edited file is one clear error, not a traceback."""
+    try:
+        state = json.loads(path.read_text(encoding="utf-8"))
+    except UnicodeDecodeError:
+        raise ConscienceError(f"{path}: not UTF-8 text; restore it or remove it to start learning afresh") from None
+    except ValueError as exc:
+        raise ConscienceError(f"{path}: not valid JSON ({str(exc).splitlines()[0]}); the file is truncated or "
+                              f"corrupt: restore it or remove it to start learning afresh") from None
+    problems = []
+    if not isinstance(state, dict):
+        problems.append("it is not a JSON object")
+    else:
+        for key in ("active", "previous"):
+            if state.get(key) is not None and not isinstance(state[key], str):
+                problems.append(f"'{key}' is not an adapter path")
+        if not isinstance(state.get("pairs_at_last_update", 0), int) or isinstance(state.get("pairs_at_last_update"), bool):
+            problems.append("'pairs_at_last_update' is not an integer")
+        if not isinstance(state.get("updates", []), list):
+            problems.append("'updates' is not a list")
+    if problems:
+        raise ConscienceError(f"{path}: {problems[0]}; restore it or remove it to start learning afresh")
+    return state
+
+
 def pairs_from_responses(responses: Sequence[Response], margin: float) -> list[PreferencePair]:
     """Chosen = the best reviewed alternative, rejected = the flagged draft."""
     rows = [r for r in responses if r is not None and len(r.candidates) > 1]
@@ -78,7 +104,7 @@ class Learner:
         self.state_path = self.dir / "state.json"
         self.state = {"active": None, "previous": None, "pairs_at_last_update": 0, "updates": []}
         if self.state_path.exists():
-            self.state.update(json.loads(self.state_path.read_text(encoding="utf-8")))
+            self.state.update(read_state(self.state_path))
         self.n_pairs = len(self.store.load())
         self.engine = None
         self.metrics = None
@@ -165,6 +191,39 @@ class Learner:
         elif self.backend is not None:
             self.backend.swap(lm)
 
+    def _good_adapters(self) -> list[str]:
+        """Adapters to resume from, newest first: the active one, the previous one, then every
+        earlier adapter that was swapped in."""
+        names = [self.state["active"], self.state["previous"]]
+        names += [u.get("adapter") for u in reversed(self.state["updates"]) if isinstance(u, dict) and u.get("swapped")]
+        return [n for n in dict.fromkeys(names) if isinstance(n, str)]
+
+    def resume(self, load: Callable[[str | None], LoadedModel]) -> str | None:
+        """Serve the last good adapter: one that is missing or does not load is skipped with a
+        warning (the base model if none is left). Returns the adapter served."""
+        for adapter in self._good_adapters():
+            if not Path(adapter).exists():
+                _log(f"warning: adapter {adapter} named in {self.state_path} is missing; skipped")
+                continue
+            try:
+                lm = load(adapter)
+            except Exception as exc:  # a damaged adapter folder: the next good one is served instead
+                _log(f"warning: adapter {adapter} does not load ({exc.__class__.__name__}); skipped")
+                continue
+            self._serve(adapter, lm)
+            return adapter
+        _log("warning: no adapter named in state.json is usable; serving the base model")
+        self._serve(None, None)
+        return None
+
+    def _serve(self, adapter: str | None, lm: LoadedModel | None) -> None:
+        if adapter != self.state["active"]:
+            self.state["previous"], self.state["active"] = None, adapter
+            self._save()
+        if lm is not None:
+            _log(f"serving the adapter {adapter}")
+            self._swap(lm)
+
     def rollback(self) -> str | None:
         """Serve the previous adapter again (None: the base model)."""
         previous = self.state["previous"]
@@ -207,8 +266,7 @@ def build_learner(cfg: ServeConfig, conscience_cfg, backend) -> Learner:
         return sum(r.draft.verdict.score for r in responses) / len(responses)
 
     learner = Learner(cfg, train, load, probe)
-    if learner.state["active"]:  # resume serving the adapter the last run swapped in
-        _log(f"serving the active adapter {learner.state['active']}")
+    if learner.state["active"]:  # resume serving the adapter the last run swapped in (or the last good one)
         learner.backend = backend
-        learner._swap(load(learner.state["active"]))
+        learner.resume(load)
     return learner

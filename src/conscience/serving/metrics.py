@@ -10,7 +10,8 @@ _COUNTERS = {
     "conscience_requests_total": "Chat completion requests, by outcome.",
     "conscience_flagged_total": "Drafts the conscience flagged.",
     "conscience_revised_total": "Answers replaced by a reviewed alternative.",
-    "conscience_blocked_total": "Answers withheld in block mode.",
+    "conscience_blocked_total": "Answers withheld by the block action.",
+    "conscience_unresolved_total": "Revise action: answers whose every candidate stayed flagged.",
     "conscience_checker_failures_total": "Reviews that raised or timed out.",
     "conscience_pairs_total": "Preference pairs recorded from traffic.",
     "conscience_learn_updates_total": "Background LoRA updates, by result.",
@@ -71,7 +72,7 @@ class Metrics:
                       f"conscience_in_flight {self.in_flight}"]
             name = "conscience_request_latency_seconds"
             lines += [f"# HELP {name} Time to answer a chat completion, review included.", f"# TYPE {name} histogram"]
-            for bound, count in zip(LATENCY_BUCKETS, self._buckets):
+            for bound, count in zip(LATENCY_BUCKETS, self._buckets, strict=True):
                 lines.append(f'{name}_bucket{{le="{bound:g}"}} {count}')
             lines += [f'{name}_bucket{{le="+Inf"}} {self._latency_count}', f"{name}_sum {self._latency_sum:.6f}",
                       f"{name}_count {self._latency_count}"]

@@ -3,14 +3,38 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 
-from ..config import VERDICT_KINDS, ConscienceConfig
+from ..config import (
+    AT_LEAST_ONE,
+    DTYPES,
+    NON_NEGATIVE,
+    POSITIVE,
+    PROBABILITY,
+    SEED,
+    TEMPERATURE,
+    THREADS,
+    TOP_P,
+    VERDICT_KINDS,
+    Bounds,
+    ConscienceConfig,
+    bounded,
+    check_fields,
+    one_of,
+)
 from ..framings import MODES
 
 SAMPLE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
 ALIGN_SOURCES = ("task", "general", "both")
 WRITERS = ("frozen", "policy")
 LR_SCHEDULES = ("linear", "constant", "cosine")
+# Above 1 every update overshoots; AdamW's weight decay is a per-step fraction of the weights.
+LEARNING_RATE = Bounds(0, 1, low_open=True)
+DECAY = Bounds(0, 1)
+DROPOUT = Bounds(0, 1, high_open=True)
+# A pair enters the buffer when the alternative's score (in [0, 1]) beats the flagged one's by
+# margin: at 1 or more no pair can ever qualify.
+MARGIN = Bounds(0, 1, high_open=True)
 
 
 @dataclass
@@ -20,96 +44,67 @@ class TrainConfig:
     ``lam: 0`` is plain SFT (no sampling, no reviews). With ``lora: true`` the frozen copy
     is the base with the adapter disabled (no second copy in memory); with full fine-tuning
     it is a frozen deep copy of the starting weights (one more copy of the weights in RAM).
+    Each field's allowed values are declared on it and checked by ``check_fields``.
     """
 
     # model
     model: str = "bundled"
-    dtype: str = "float32"
-    threads: int | None = None
+    dtype: str = one_of("float32", DTYPES)
+    threads: int | None = bounded(None, THREADS)
     lora: bool = True
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.0
+    lora_r: int = bounded(8, AT_LEAST_ONE)
+    lora_alpha: int = bounded(16, AT_LEAST_ONE)
+    lora_dropout: float = bounded(0.0, DROPOUT)
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
     # task data: a chat JSONL file, "hf:<dataset>" or a saved dataset folder; none → code-hacking generator
     data: str | None = None
     data_split: str = "train"
-    max_examples: int | None = None
-    task_n_per_class: int = 30
-    max_length: int = 256
+    max_examples: int | None = bounded(None, AT_LEAST_ONE)
+    task_n_per_class: int = bounded(30, AT_LEAST_ONE)
+    max_length: int = bounded(256, AT_LEAST_ONE)
     # optimisation
     output_dir: str = "runs/train"
-    max_steps: int = 60
-    batch_size: int = 4
-    grad_accum: int = 1
-    lr: float = 2e-4
-    lr_schedule: str = "linear"
-    warmup_steps: int = 0
-    weight_decay: float = 0.0
-    seed: int = 0
-    save_steps: int = 0
-    save_total_limit: int = 2
-    logging_steps: int = 1
+    max_steps: int = bounded(60, AT_LEAST_ONE)
+    batch_size: int = bounded(4, AT_LEAST_ONE)
+    grad_accum: int = bounded(1, AT_LEAST_ONE)
+    lr: float = bounded(2e-4, LEARNING_RATE)
+    lr_schedule: str = one_of("linear", LR_SCHEDULES)
+    warmup_steps: int = bounded(0, NON_NEGATIVE)
+    weight_decay: float = bounded(0.0, DECAY)
+    seed: int = bounded(0, SEED)
+    save_steps: int = bounded(0, NON_NEGATIVE)
+    save_total_limit: int = bounded(2, AT_LEAST_ONE)
+    logging_steps: int = bounded(1, AT_LEAST_ONE)
     report_to: list[str] = field(default_factory=list)
     resume: str | None = None
     # the conscience term
-    lam: float = 0.1  # the paper's weight of the conscience term
-    beta: float = 0.1
-    align_every: int = 16
-    align_prompts: str = "both"
-    align_batch: int = 2
-    k: int = 2
-    sample_max_new_tokens: int = 48
-    sample_temperature: float = 1.0
-    sample_top_p: float = 1.0
-    sample_dtype: str = "auto"  # generation only; see training.online.sampling_dtype
-    writer: str = "frozen"
-    alt_max_new_tokens: int = 64
-    margin: float = 0.1
-    dpo_batch: int = 2
-    buffer_size: int = 64
-    pair_uses: int = 2
+    lam: float = bounded(0.1, NON_NEGATIVE)  # the paper's weight of the conscience term; 0 is plain SFT
+    beta: float = bounded(0.1, POSITIVE)
+    align_every: int = bounded(16, NON_NEGATIVE)
+    align_prompts: str = one_of("both", ALIGN_SOURCES)
+    align_batch: int = bounded(2, AT_LEAST_ONE)
+    k: int = bounded(2, AT_LEAST_ONE)
+    sample_max_new_tokens: int = bounded(48, AT_LEAST_ONE)
+    sample_temperature: float = bounded(1.0, TEMPERATURE)
+    sample_top_p: float = bounded(1.0, TOP_P)
+    sample_dtype: str = one_of("auto", SAMPLE_DTYPES)  # generation only; see training.online.sampling_dtype
+    writer: str = one_of("frozen", WRITERS)
+    alt_max_new_tokens: int = bounded(64, AT_LEAST_ONE)
+    margin: float = bounded(0.1, MARGIN)
+    dpo_batch: int = bounded(2, AT_LEAST_ONE)
+    buffer_size: int = bounded(64, AT_LEAST_ONE)
+    pair_uses: int = bounded(2, AT_LEAST_ONE)
     # the verdict (same meaning as in ConscienceConfig)
-    mode: str = "chat"
+    mode: str = one_of("chat", MODES)
     framings: list[str] | None = None
     framings_file: str | None = None
     question: str | None = None
-    verdict: str = "auto"
+    verdict: str = one_of("auto", VERDICT_KINDS)
     conscience_card: str | None = None
-    threshold: float = 0.5
+    threshold: float = bounded(0.5, PROBABILITY)
 
     def __post_init__(self) -> None:
-        positive = ("lora_r", "lora_alpha", "max_length", "max_steps", "batch_size", "grad_accum", "logging_steps",
-                    "align_batch", "k", "sample_max_new_tokens", "alt_max_new_tokens", "dpo_batch", "buffer_size",
-                    "pair_uses", "task_n_per_class", "save_total_limit")
-        for name in positive:
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        for name in ("warmup_steps", "save_steps", "align_every"):
-            if getattr(self, name) < 0:
-                raise ValueError(f"{name} must be >= 0, got {getattr(self, name)}")
-        if self.dtype not in ("float32", "bfloat16", "float16"):
-            raise ValueError(f"dtype must be float32, bfloat16 or float16, got {self.dtype!r}")
-        if self.lam < 0:
-            raise ValueError(f"lam must be >= 0 (0 is plain SFT), got {self.lam}")
-        if self.beta <= 0:
-            raise ValueError(f"beta must be > 0, got {self.beta}")
-        if self.lr <= 0:
-            raise ValueError(f"lr must be > 0, got {self.lr}")
-        if self.margin < 0:
-            raise ValueError(f"margin must be >= 0, got {self.margin}")
-        if not 0 <= self.lora_dropout < 1:
-            raise ValueError(f"lora_dropout must lie in [0, 1), got {self.lora_dropout}")
-        if not 0 < self.sample_top_p <= 1:
-            raise ValueError(f"sample_top_p must lie in (0, 1], got {self.sample_top_p}")
-        if self.sample_temperature < 0:
-            raise ValueError(f"sample_temperature must be >= 0, got {self.sample_temperature}")
-        self._check_choice("align_prompts", ALIGN_SOURCES)
-        self._check_choice("writer", WRITERS)
-        self._check_choice("sample_dtype", SAMPLE_DTYPES)
-        self._check_choice("lr_schedule", LR_SCHEDULES)
-        self._check_choice("mode", MODES)
-        self._check_choice("verdict", VERDICT_KINDS)
+        check_fields(self)
         # combinations that cannot work, rejected before any model is loaded
         if self.lam > 0 and self.align_every == 0:
             raise ValueError("lam > 0 needs align_every >= 1 (how often the policy samples answers to review)")
@@ -120,14 +115,27 @@ class TrainConfig:
         if self.sample_max_new_tokens >= self.max_length or self.alt_max_new_tokens >= self.max_length:
             raise ValueError("sample_max_new_tokens and alt_max_new_tokens must be < max_length "
                              "(pairs are trained at max_length tokens)")
-        if self.question is not None and self.framings:
-            raise ValueError("give either question or framings, not both")
         if not self.lora and self.lora_targets != TrainConfig.__dataclass_fields__["lora_targets"].default_factory():
             raise ValueError("lora_targets is set but lora is false")
+        self.check_inputs()
 
-    def _check_choice(self, name: str, options: tuple[str, ...]) -> None:
-        if getattr(self, name) not in options:
-            raise ValueError(f"{name} must be one of {list(options)}, got {getattr(self, name)!r}")
+    def check_inputs(self) -> None:
+        """Read the files the config names, so that a missing or malformed one is refused before
+        a model loads (training loads the model first, and the data only after it). A chat JSONL
+        file is read twice for this; that costs far less than a model load that ends in an error."""
+        if self.data and not self.data.startswith("hf:"):
+            path = Path(self.data)
+            if not path.exists():
+                raise ValueError(f"data: no such file or folder: {self.data}")
+            if path.is_file():
+                from .data import read_chat_jsonl  # imports torch: only when there is a file to read
+
+                read_chat_jsonl(path)
+        verdict = self.conscience_config()  # its own checks: the card folder, the question
+        if self.framings_file or self.framings or self.question:
+            from ..conscience import resolve_framings
+
+            resolve_framings(verdict)
 
     @property
     def sft_only(self) -> bool:

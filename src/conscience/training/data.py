@@ -15,8 +15,8 @@ from typing import Sequence
 import torch
 
 from ..errors import DataFormatError
-from ..jsonl import read_jsonl
 from ..framings import data_path, read_yaml
+from ..jsonl import read_jsonl
 from ..pairs import PreferencePair
 
 IGNORE = -100

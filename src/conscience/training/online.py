@@ -1,4 +1,4 @@
-"""Online pairs with active learning: the policy samples, the frozen copy judges and rewrites.
+"""Online pairs with active learning: the policy samples, the frozen copy reviews and rewrites.
 
 One round: ``k`` answers per alignment prompt from the current policy → the frozen copy's
 verdicts → for each flagged answer an ethical alternative (written by the frozen copy or the
@@ -20,10 +20,11 @@ import torch
 from ..errors import ConscienceError
 from ..framings import load_prompts, mode_settings
 from ..generation import generate
-from ..models import LoadedModel, frozen
+from ..models import LoadedModel
+from ..models import frozen as frozen_weights
 from ..packing import int8_supported, pack_linears, packing_supported
 from ..pairs import PreferencePair, build_pairs
-from ..verdict import ReviewItem, Reviewer
+from ..verdict import Reviewer, ReviewItem
 
 
 @dataclass
@@ -74,8 +75,8 @@ def generation_copy(lm: LoadedModel, dtype: torch.dtype, adapter: bool) -> Loade
     the policy) or left out (``adapter=False``, the frozen copy), cast to ``dtype``, its linear
     layers packed for CPU decoding where :func:`packing_supported` (``torch.int8``: int8 weights).
     ``lm`` itself when no copy would help (same dtype, nothing to pack: the caller disables an
-    adapter with :func:`frozen`). The trained weights are never touched or rounded; the copy costs
-    one more model's weights in memory while it lives."""
+    adapter with :func:`conscience.models.frozen`). The trained weights are never touched or
+    rounded; the copy costs one more model's weights in memory while it lives."""
     model = lm.model
     param = next(model.parameters())
     int8 = dtype == torch.int8
@@ -119,7 +120,7 @@ def _with_system(messages: list[dict], mode: str) -> list[dict]:
 
 def online_round(
     policy: LoadedModel,
-    judge: LoadedModel,
+    frozen: LoadedModel,
     reviewer: Reviewer,
     prompts: Sequence[str],
     k: int,
@@ -136,10 +137,10 @@ def online_round(
 ) -> OnlineRound:
     """Sample → review → write alternatives for the flagged → review them → pairs.
 
-    ``judge`` is the frozen copy (with LoRA the same module as the policy: its adapter is
-    disabled while it judges or writes); ``writer`` picks who writes alternatives.
+    ``frozen`` is the frozen copy (with LoRA the same module as the policy: its adapter is
+    disabled while it reviews or writes); ``writer`` picks who writes alternatives.
     ``sample_dtype`` (see :func:`sampling_dtype`) applies to generation only: verdicts are
-    always read from the judge's own weights, as its card was fitted. ``frozen_writer`` is the
+    always read from the frozen copy's own weights, as its card was fitted. ``frozen_writer`` is the
     frozen copy's generation copy when the caller keeps one across rounds (its weights never
     change); otherwise one is made for this round.
     """
@@ -152,7 +153,7 @@ def online_round(
         sampler = generation_copy(policy, dtype, adapter=True)
         samples = generate(sampler, chats, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
         t1 = time.perf_counter()
-        verdicts = reviewer.review([ReviewItem(p, s.answer, s.reasoning) for p, s in zip(asked, samples)])
+        verdicts = reviewer.review([ReviewItem(p, s.answer, s.reasoning) for p, s in zip(asked, samples, strict=True)])
         t2 = time.perf_counter()
         result.seconds_sampling += t1 - t0
         result.seconds_reviewing += t2 - t1
@@ -165,19 +166,20 @@ def online_round(
         if flagged:
             revise = [_with_system(revision_chat(asked[i], samples[i].text, mode), mode) for i in flagged]
             if writer == "frozen":
-                author = frozen_writer or generation_copy(judge, dtype, adapter=False)
+                author = frozen_writer or generation_copy(frozen, dtype, adapter=False)
             else:
                 author = sampler
-            ctx = frozen(author.model) if writer == "frozen" else contextlib.nullcontext()
+            ctx = frozen_weights(author.model) if writer == "frozen" else contextlib.nullcontext()
             with ctx:
                 written = generate(author, revise, max_new_tokens=alt_max_new_tokens, temperature=temperature,
                                    top_p=top_p, seed=seed + 1)
             t3 = time.perf_counter()
-            reviewed = reviewer.review([ReviewItem(asked[i], w.answer, w.reasoning) for i, w in zip(flagged, written)])
+            reviewed = reviewer.review([ReviewItem(asked[i], w.answer, w.reasoning)
+                                        for i, w in zip(flagged, written, strict=True)])
             t4 = time.perf_counter()
             result.seconds_sampling += t3 - t2
             result.seconds_reviewing += t4 - t3
-            for i, w, v in zip(flagged, written, reviewed):
+            for i, w, v in zip(flagged, written, reviewed, strict=True):
                 alternatives[i], alt_verdicts[i] = w.answer, v
         result.pairs = build_pairs(asked, [s.answer for s in samples], verdicts, alternatives, alt_verdicts, margin)
     return result

@@ -136,17 +136,17 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     reference = None
     if cfg.lora:
         lm = apply_lora(lm, cfg)
-        judge = lm  # the same module; its adapter is disabled whenever it judges, writes or is the reference
+        frozen = lm  # the same module; its adapter is disabled whenever it reviews, writes or is the reference
     else:
         # Full fine-tuning: the frozen copy is a deep copy of the starting weights (one more copy in RAM).
         reference = copy.deepcopy(lm.model).eval().requires_grad_(False)
-        judge = LoadedModel(reference, lm.tokenizer, lm.spec, lm.identity + ":frozen-start")
+        frozen = LoadedModel(reference, lm.tokenizer, lm.spec, lm.identity + ":frozen-start")
     lm.model.train()
     reviewer, pool = None, []
     if not cfg.sft_only:
-        from ..conscience import make_reviewer
+        from ..verdict.factory import make_reviewer
 
-        reviewer = make_reviewer(cfg.conscience_config(), judge)
+        reviewer = make_reviewer(cfg.conscience_config(), frozen)
         pool = alignment_prompts(cfg.align_prompts, data.prompts)
     metrics_path = out_dir / METRICS_FILE
     checkpoint = resume_checkpoint(cfg, out_dir)
@@ -155,7 +155,7 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     trainer = ConscienceTrainer(
         model=lm.model, args=training_arguments(cfg, out_dir), train_dataset=ListDataset(data.examples),
         data_collator=ChatCollator(int(lm.tokenizer.pad_token_id)), callbacks=list(callbacks),
-        train_config=cfg, policy=lm, judge=judge, reviewer=reviewer, align_pool=pool, metrics_path=metrics_path,
+        train_config=cfg, policy=lm, frozen=frozen, reviewer=reviewer, align_pool=pool, metrics_path=metrics_path,
     )
     if checkpoint:
         step = json.loads(Path(checkpoint, "trainer_state.json").read_text())["global_step"]
@@ -170,7 +170,7 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     final = out_dir / FINAL_DIR
     if trainer.is_world_process_zero():
         save_final(trainer.accelerator.unwrap_model(trainer.model), lm.tokenizer, final)
-        write_card(out_dir, cfg, lm.identity, metrics)
+        write_model_card(out_dir, cfg, lm.identity, metrics)
     trainer.accelerator.wait_for_everyone()
     return {"output_dir": str(out_dir), "final": str(final), "metrics": metrics,
             "log_history": trainer.state.log_history}
@@ -195,7 +195,7 @@ def save_final(model, tokenizer, final: Path) -> None:
         raise
 
 
-def write_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: dict) -> None:
+def write_model_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: dict) -> None:
     config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
     kind = "LoRA adapter (load with peft.PeftModel.from_pretrained on the base model)" if cfg.lora else \
         "full weights (load with AutoModelForCausalLM.from_pretrained)"

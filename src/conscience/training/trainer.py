@@ -21,7 +21,8 @@ from transformers import Trainer, TrainerCallback
 
 from ..errors import ConscienceError
 from ..losses import dpo_loss, hybrid_loss, sequence_logps
-from ..models import LoadedModel, frozen
+from ..models import LoadedModel
+from ..models import frozen as frozen_weights
 from ..pairs import PairBuffer, PreferencePair
 from ..verdict import Reviewer
 from .config import TrainConfig
@@ -45,19 +46,20 @@ def pair_logps(logits: torch.Tensor, batch: dict[str, torch.Tensor]) -> tuple[to
 
 
 class ConscienceTrainer(Trainer):
-    """Trainer for ``L = L_task + lam · L_DPO`` with the model's frozen copy as judge and reference.
+    """Trainer for ``L = L_task + lam · L_DPO`` with the model's frozen copy as conscience and reference.
 
     Args (besides the Trainer's): ``train_config``; ``policy`` (the trained model and its
-    tokenizer, unwrapped); ``judge`` (the frozen copy: the same module as the policy with
-    LoRA, whose adapter is disabled while judging, or a frozen copy of the starting weights);
-    ``reviewer`` (built on the judge); ``align_pool`` (alignment prompts); ``metrics_path``.
+    tokenizer, unwrapped); ``frozen`` (the frozen copy: the same module as the policy with
+    LoRA, whose adapter is disabled while it reviews, writes or scores, or a frozen copy of the
+    starting weights); ``reviewer`` (built on the frozen copy); ``align_pool`` (alignment
+    prompts); ``metrics_path``.
     """
 
-    def __init__(self, *args, train_config: TrainConfig, policy: LoadedModel, judge: LoadedModel,
+    def __init__(self, *args, train_config: TrainConfig, policy: LoadedModel, frozen: LoadedModel,
                  reviewer: Reviewer | None, align_pool: list[str], metrics_path: str | Path, **kwargs):
         super().__init__(*args, **kwargs)
         self.cfg = train_config
-        self.policy, self.judge, self.reviewer = policy, judge, reviewer
+        self.policy, self.frozen, self.reviewer = policy, frozen, reviewer
         self.align_pool = align_pool
         self.buffer = PairBuffer(train_config.buffer_size, uses=train_config.pair_uses)
         self.metrics_path = Path(metrics_path)
@@ -103,7 +105,7 @@ class ConscienceTrainer(Trainer):
         """Score new pairs under the frozen copy once, when they enter the buffer."""
         if pairs:
             chosen, rejected = self.reference_logps(self.pair_batch(pairs))
-            for pair, c, r in zip(pairs, chosen.tolist(), rejected.tolist()):
+            for pair, c, r in zip(pairs, chosen.tolist(), rejected.tolist(), strict=True):
                 pair.ref_chosen_logp, pair.ref_rejected_logp = c, r
 
     def reference_of(self, pairs: list[PreferencePair], pair_batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
@@ -117,7 +119,7 @@ class ConscienceTrainer(Trainer):
     @torch.no_grad()
     def reference_logps(self, pair_batch: dict[str, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
         """The frozen copy's log-probs of the pairs (adapter disabled, or the starting weights)."""
-        with frozen(self.judge.model) as reference:
+        with frozen_weights(self.frozen.model) as reference:
             device = next(reference.parameters()).device
             logits = reference(input_ids=pair_batch["input_ids"].to(device),
                                attention_mask=pair_batch["attention_mask"].to(device), use_cache=False).logits
@@ -139,7 +141,7 @@ class ConscienceTrainer(Trainer):
 
     def sample_round(self, prompts: list[str], seed: int) -> OnlineRound:
         cfg = self.cfg
-        return online_round(self.policy, self.judge, self.reviewer, prompts, k=cfg.k, seed=seed, writer=cfg.writer,
+        return online_round(self.policy, self.frozen, self.reviewer, prompts, k=cfg.k, seed=seed, writer=cfg.writer,
                             mode=cfg.mode, max_new_tokens=cfg.sample_max_new_tokens,
                             alt_max_new_tokens=cfg.alt_max_new_tokens, temperature=cfg.sample_temperature,
                             top_p=cfg.sample_top_p, margin=cfg.margin, sample_dtype=cfg.sample_dtype,
@@ -151,8 +153,8 @@ class ConscienceTrainer(Trainer):
         if self.cfg.writer != "frozen":
             return None
         if self._frozen_writer is None:
-            dtype = sampling_dtype(self.judge.model, self.cfg.sample_dtype)
-            self._frozen_writer = generation_copy(self.judge, dtype, adapter=False)
+            dtype = sampling_dtype(self.frozen.model, self.cfg.sample_dtype)
+            self._frozen_writer = generation_copy(self.frozen, dtype, adapter=False)
         return self._frozen_writer
 
     # -- helpers --------------------------------------------------------------------------------
@@ -187,7 +189,7 @@ class ConscienceTrainer(Trainer):
         sums = torch.tensor([self._step.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.args.device)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
-        s = dict(zip(keys, sums.tolist()))
+        s = dict(zip(keys, sums.tolist(), strict=True))
         self._step = {}
         n = self.accelerator.num_processes
         record = {

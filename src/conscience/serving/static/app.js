@@ -84,5 +84,7 @@ promptBox.addEventListener("keydown", (event) => {
 });
 
 fetch("/health").then((r) => r.json()).then((h) => {
-  statusEl.textContent = h.model + " · " + h.mode + (h.conscience ? "" : " · conscience off");
+  // without the API key /health says only ok / not ok
+  statusEl.textContent = h.model === undefined ? "server " + h.status
+    : h.model + " · " + h.mode + (h.conscience ? "" : " · conscience off");
 }).catch(() => { statusEl.textContent = "server unreachable"; });

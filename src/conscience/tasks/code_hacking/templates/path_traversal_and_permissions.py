@@ -1,8 +1,8 @@
-"""File-system templates: path traversal and over-broad permissions."""
+"""File-system templates: path traversal (CWE-22) and over-broad file permissions (CWE-732)."""
 
 from __future__ import annotations
 
-from .code_hacking_templates import VulnSpec, t
+from ..vuln_spec import VulnSpec, t
 
 _FOLDERS = tuple(
     {"folder": folder, "base": base, "noun": noun, "item": item}

@@ -1,10 +1,10 @@
-"""``conscience calibrate``: fit a latent-conscience card on labelled triples (or unlabelled).
-
-    conscience calibrate --model bundled --data triples.jsonl --out my-card/
+"""Fitting a latent-conscience card: features read with the frozen copy (cached on disk), the
+honest cross-validated fit, and the card written to its folder.
 
 Fits the layer choice, standardisation, direction, score mapping, threshold and the combined
 verdict's weights; k-fold and leave-one-category-out metrics (never scoring a record a probe
-was fitted on) go into the card.
+was fitted on) go into the card. The maths is :mod:`conscience.verdict.latent_fit`; the
+``conscience calibrate`` command is :mod:`conscience.verdict.calibrate_cli`.
 """
 
 from __future__ import annotations
@@ -17,26 +17,29 @@ from pathlib import Path
 
 import numpy as np
 
+from ..discernment import Triple, discernment_report, load_triples
+from ..errors import ConscienceError
+from ..framings import Framing, load_prompts
+from ..models import LoadedModel, cache_root
 from .card import Card, base_identity, save_card
-from .discernment import Triple, discernment_report, load_triples
-from .errors import ConscienceError
-from .framings import Framing, load_prompts
+from .latent import CONTRAST_FRAMINGS, collect_features, framing_by_name, model_shape
 from .latent_fit import (
+    SHRINKAGE,
     Probe,
     best_threshold,
     category_folds,
-    fit_probe,
+    combine_weights,
+    fit_selected,
     group_folds,
     out_of_fold_scores,
     paired_scores,
-    select_layers,
+    pool_layers,
     sigmoid,
+    standardise,
 )
-from .models import LoadedModel, cache_root
-from .verdict import POOLS, ReviewItem
+from .types import ReviewItem
 
 MIN_TRIPLES = 10
-SHRINKAGE = 0.5
 
 
 def _log(message: str) -> None:
@@ -61,8 +64,6 @@ def cached_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Frami
                     batch_size: int = 8, review_format: str = "third_person",
                     pool: str = "last") -> tuple[np.ndarray, np.ndarray]:
     """:func:`collect_features`, cached on disk by model, framing, template, pooling and data digest."""
-    from .latent import collect_features
-
     template = repr(load_prompts()["review" if review_format == "third_person" else review_format])
     parts = [base_identity(lm.identity), framing.name, framing.question, template, key, str(len(items))]
     if review_format != "third_person":  # third-person digests stay as they were
@@ -83,20 +84,6 @@ def cached_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Frami
     return X, verbal
 
 
-def layer_candidates(num_hidden: int) -> list[list[int]]:
-    """Single layers over the middle of the network, and windows of three around them."""
-    lo, hi = max(1, num_hidden // 3), max(2, (4 * num_hidden) // 5)
-    singles = [[i] for i in range(lo, hi)]
-    windows = [[i - 1, i, i + 1] for i in range(lo + 1, hi - 1)]
-    return singles + windows or [[num_hidden - 1]]
-
-
-def fit_selected(X, y, g, method: str, layers: list[int] | None, seed: int) -> Probe:
-    """A probe at ``layers``, or at the layers inner 5-fold CV on ``(X, y, g)`` picks."""
-    chosen = layers or select_layers(X, y, g, layer_candidates(X.shape[1]), method, k=5, seed=seed, shrinkage=SHRINKAGE)[0]
-    return fit_probe(X, y, g, chosen, method, shrinkage=SHRINKAGE)
-
-
 def _report(scores: np.ndarray, y: np.ndarray, g: np.ndarray, triples: Sequence[Triple]) -> dict:
     aligned, misaligned = paired_scores(scores, y, g)
     report = discernment_report(aligned, misaligned, triples)
@@ -107,19 +94,6 @@ def _rounded(value):
     if isinstance(value, dict):
         return {k: _rounded(v) for k, v in value.items()}
     return round(value, 4) if isinstance(value, float) else value
-
-
-def _combine_weights(latent: np.ndarray, verbal: np.ndarray, y: np.ndarray) -> dict:
-    """Weights of the combined verdict: a 2-feature logistic fit on log-odds (light L2)."""
-    eps = 1e-6
-    F = np.stack([np.log((latent + eps) / (1 - latent + eps)), np.log((verbal + eps) / (1 - verbal + eps))], axis=1)
-    w, b = np.array([1.0, 0.0]), 0.0
-    t = y.astype(np.float64)
-    for _ in range(2000):
-        p = sigmoid(F @ w + b)
-        w -= 0.05 * (F.T @ (p - t) / len(t) + 1e-2 * w)
-        b -= 0.05 * float(np.mean(p - t))
-    return {"latent": round(float(w[0]), 4), "verbal": round(float(w[1]), 4), "bias": round(float(b), 4)}
 
 
 def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, identity: str, framing: Framing,
@@ -133,9 +107,10 @@ def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, id
     loco = out_of_fold_scores(X, y, g, [m for _, m in category_folds(cats)], fit)
     probe = fit_selected(X, y, g, method, layers, seed)
     probe.threshold = round(best_threshold(kfold, y), 4)
-    combine = _combine_weights(kfold, verbal, y)
+    combine = combine_weights(kfold, verbal, y)
     combined_kfold = np.array([sigmoid(combine["latent"] * np.log(l / (1 - l)) + combine["verbal"] * np.log(v / (1 - v)) + combine["bias"])
-                               for l, v in zip(np.clip(kfold, 1e-6, 1 - 1e-6), np.clip(verbal, 1e-6, 1 - 1e-6))])
+                               for l, v in zip(np.clip(kfold, 1e-6, 1 - 1e-6), np.clip(verbal, 1e-6, 1 - 1e-6),
+                                               strict=True)])
     probe.metrics = {
         "kfold": _report(kfold, y, g, triples),
         "loco": _report(loco, y, g, triples),
@@ -153,8 +128,6 @@ def fit_unlabelled_card(X: np.ndarray, X_pos: np.ndarray, X_neg: np.ndarray, *, 
                         layers: list[int]) -> Card:
     """A card from contrastive instructions alone: the direction is the mean difference of the
     same answers read under an "ethical" and an "unethical" question; no labels are used."""
-    from .latent_fit import pool_layers, standardise
-
     Z = pool_layers(X, layers)
     mu, sd = standardise(Z)
     d = (pool_layers(X_pos, layers) - pool_layers(X_neg, layers)).mean(axis=0)
@@ -181,19 +154,10 @@ def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, fram
                      pool: str | None = None) -> Card:
     """Read triples, collect (cached) features with the frozen copy, fit and save a card.
     ``pool`` defaults to the answer-mean, or to the last token for ``unlabelled`` cards."""
-    from .latent import CONTRAST_FRAMINGS, framing_by_name, model_shape
-
-    pool = pool or ("last" if unlabelled else "answer")
-    if unlabelled and pool == "answer":
-        raise ConscienceError("an unlabelled card contrasts the same answer read under two questions asked after it; "
-                              "the answer's own hidden states are the same under both, so use --pool last")
-    triples = load_triples(data)
-    framing = framing_by_name(framing_name)
-    if unlabelled:
-        if len(triples) * 2 < MIN_TRIPLES:
-            raise ConscienceError(f"calibration needs at least {MIN_TRIPLES} answers, got {len(triples) * 2}")
-    else:
-        check_triples(triples)
+    triples, framing, pool = check_calibration_inputs(data, framing_name, unlabelled, pool)
+    if layers and max(layers) >= model_shape(lm)[1]:
+        raise ConscienceError(f"--layers {max(layers)} is out of range: {lm.identity} has hidden states 0 to "
+                              f"{model_shape(lm)[1] - 1}")
     items, y, g, _ = triple_items(triples)
     key = file_digest(Path(data))
     _log(f"reading {len(items)} answers with the frozen copy of {lm.identity}")
@@ -214,41 +178,19 @@ def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, fram
     return card
 
 
-def cmd_calibrate(args) -> int:
-    from .models import load_model
-
-    layers = [int(v) for v in args.layers.split(",")] if args.layers else None
-    lm = load_model(args.model, threads=args.threads)
-    card = fit_card_on_data(lm, args.data, args.out, framing_name=args.framing, method=args.method, layers=layers,
-                            unlabelled=args.unlabelled, batch_size=args.batch_size, seed=args.seed,
-                            review_format=args.review_format, pool=args.pool)
-    print(f"card written to {args.out}  (layers {card.probe.layers}, method {card.probe.method}, "
-          f"threshold {card.probe.threshold})")
-    print(f"{'validation':<34} {'paired':>7} {'auc':>7} {'n':>4}")
-    for name, report in card.probe.metrics.items():
-        if isinstance(report, dict):
-            print(f"{name:<34} {report['paired_accuracy']:>7.3f} {report['auc']:>7.3f} {report['n']:>4}")
-            for cat, sub in report.get("per_category", {}).items():
-                print(f"  {cat:<32} {sub['paired_accuracy']:>7.3f} {sub['auc']:>7.3f} {sub['n']:>4}")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("calibrate", help="fit the latent conscience (a card) on labelled triples")
-    p.add_argument("--model", default="bundled", help="'bundled', a Hugging Face id, a folder or a .gguf file")
-    p.add_argument("--data", required=True, help="JSONL of triples: prompt, aligned, misaligned, category")
-    p.add_argument("--out", required=True, help="card folder to write (put it beside a model/adapter to auto-load)")
-    p.add_argument("--unlabelled", action="store_true",
-                   help="ignore the labels: directions from contrastive instructions (ethical vs unethical)")
-    p.add_argument("--framing", default="aligned", help="the review framing whose forward pass is read")
-    p.add_argument("--method", default="lda", choices=["lda", "diffmean", "logistic", "pca"])
-    p.add_argument("--layers", help="comma-separated hidden-state indices (default: chosen by inner CV)")
-    p.add_argument("--review-format", choices=["look_back", "third_person"], default="look_back",
-                   help="the review prompt read: look_back (reuses the draft's cache) or third_person")
-    p.add_argument("--pool", choices=list(POOLS),
-                   help="hidden states read: the mean over the answer's tokens (default; measured best) or the "
-                        "review prompt's last token (default and required with --unlabelled)")
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--threads", type=int)
-    p.add_argument("--seed", type=int, default=0)
-    p.set_defaults(handler=cmd_calibrate)
+def check_calibration_inputs(data: str | Path, framing_name: str, unlabelled: bool,
+                             pool: str | None) -> tuple[list[Triple], Framing, str]:
+    """The triples, framing and pooling a calibration will use, or an error before any model loads.
+    ``pool`` defaults to the answer-mean, or to the last token for ``unlabelled`` cards."""
+    pool = pool or ("last" if unlabelled else "answer")
+    if unlabelled and pool == "answer":
+        raise ConscienceError("an unlabelled card contrasts the same answer read under two questions asked after it; "
+                              "the answer's own hidden states are the same under both, so use --pool last")
+    triples = load_triples(data)
+    framing = framing_by_name(framing_name)
+    if unlabelled:
+        if len(triples) * 2 < MIN_TRIPLES:
+            raise ConscienceError(f"calibration needs at least {MIN_TRIPLES} answers, got {len(triples) * 2}")
+    else:
+        check_triples(triples)
+    return triples, framing, pool

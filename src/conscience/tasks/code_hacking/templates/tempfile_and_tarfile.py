@@ -1,8 +1,9 @@
-"""Temporary-file and archive templates: ``tempfile.mktemp``, ``tarfile.extractall``."""
+"""Temporary-file and archive templates: ``tempfile.mktemp`` (CWE-377) and unchecked
+``tarfile.extractall`` (CWE-22)."""
 
 from __future__ import annotations
 
-from .code_hacking_templates import VulnSpec, t
+from ..vuln_spec import VulnSpec, t
 
 _TMP_KINDS = tuple(
     {

@@ -1,45 +1,81 @@
 """The review prompts the frozen copy reads: third-person, look-back and A/B comparison.
 
 Untrusted text (the request, the draft) is neutralised and delimited so it can neither start a
-turn nor close its quote; the question always comes after the draft.
+turn nor close its quote; the question always comes after the draft. How a finished system +
+user turn is rendered is a strategy: through the judge's chat template into text
+(:class:`ChatTemplateRendering`), or as chat messages for a judge behind an API
+(:class:`MessageRendering`).
 """
 
 from __future__ import annotations
 
 from dataclasses import replace
-from typing import TYPE_CHECKING, Callable
+from typing import Callable, Protocol, Sequence
 
-from .framings import Framing, load_prompts
-from .generation import neutralise, render_chat, special_tokens
-from .models import LoadedModel
-
-if TYPE_CHECKING:
-    from .verdict import ReviewItem
+from ..framings import Framing, load_prompts
+from ..generation import neutralise, render_chat, special_tokens
+from ..models import LoadedModel
+from .types import ReviewItem
 
 # Stands in for the draft when locating it inside a rendered prompt (an invisible separator:
 # neutralising and chat templates leave it alone, and no real draft contains it).
 _DRAFT_MARK = "\u2063\u2063DRAFT\u2063\u2063"
 
 
-class PromptBuilder:
-    """Builds delimited review / compare prompts for one judge model."""
+def _turns(system: str | None, user: str) -> list[dict]:
+    return ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+
+
+class Rendering(Protocol):
+    """Turns a review's system and user text into what the judge is sent."""
+
+    def render(self, system: str | None, user: str): ...
+
+
+class ChatTemplateRendering:
+    """Text through a local judge's chat template, ready for its next assistant turn."""
 
     def __init__(self, judge: LoadedModel):
         self.judge = judge
-        self.templates = load_prompts()
-        self._specials = special_tokens(judge)
 
-    def _clean(self, text: str, markers: list[str]) -> str:
-        return neutralise(text or "", self._specials + markers)
-
-    def _render(self, system: str | None, user: str) -> str:
-        messages = ([{"role": "system", "content": system}] if system else []) + [{"role": "user", "content": user}]
+    def render(self, system: str | None, user: str) -> str:
         tok = self.judge.tokenizer
         try:
-            return tok.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+            return tok.apply_chat_template(_turns(system, user), tokenize=False, add_generation_prompt=True)
         except Exception:  # templates without a system role: fold it into the user turn
             merged = [{"role": "user", "content": f"{system}\n\n{user}" if system else user}]
             return tok.apply_chat_template(merged, tokenize=False, add_generation_prompt=True)
+
+
+class MessageRendering:
+    """Chat messages, for a judge behind an OpenAI-compatible API (it applies its own template)."""
+
+    def render(self, system: str | None, user: str) -> list[dict]:
+        return _turns(system, user)
+
+
+class PromptBuilder:
+    """Builds delimited review / compare prompts.
+
+    Args:
+        judge: the local model that reads them (its tokenizer counts and cuts tokens, its chat
+            template renders the look-back conversation); ``None`` for a judge behind an API,
+            which only gets :meth:`review` and :meth:`compare` prompts.
+        rendering: how a system + user turn is rendered (default: ``judge``'s chat template).
+        specials: special-token spellings neutralised inside quoted text (default: the judge's).
+    """
+
+    def __init__(self, judge: LoadedModel | None, rendering: Rendering | None = None,
+                 specials: Sequence[str] | None = None):
+        if judge is None and (rendering is None or specials is None):
+            raise ValueError("without a local judge, give the rendering and the special tokens")
+        self.judge = judge
+        self.rendering = rendering or ChatTemplateRendering(judge)
+        self.templates = load_prompts()
+        self._specials = list(specials) if specials is not None else special_tokens(judge)
+
+    def _clean(self, text: str, markers: list[str]) -> str:
+        return neutralise(text or "", self._specials + markers)
 
     def review(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
         """The review prompt for one framing; the answer is cut in the middle to fit if needed."""
@@ -59,7 +95,7 @@ class PromptBuilder:
             aligned_answer=framing.aligned_answer,
             misaligned_answer=framing.misaligned_answer,
         )
-        return self._render(cfg.get("system"), user), truncated
+        return self.rendering.render(cfg.get("system"), user), truncated
 
     def look_back(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
         """The conversation that produced the answer, then the question as the user's next turn.
@@ -78,7 +114,7 @@ class PromptBuilder:
         messages += [{"role": "assistant", "content": written}, {"role": "user", "content": question}]
         return render_chat(self.judge, messages), truncated
 
-    def compare(self, prompt: str, answer_a: str, answer_b: str) -> str:
+    def compare(self, prompt: str, answer_a: str, answer_b: str):
         cfg = self.templates["compare"]
         markers = cfg["markers"] + self.templates["review"]["markers"]
         user = cfg["user"].format(
@@ -86,7 +122,7 @@ class PromptBuilder:
             answer_a=self._clean(answer_a, markers),
             answer_b=self._clean(answer_b, markers),
         )
-        return self._render(self.templates["review"].get("system"), user)
+        return self.rendering.render(self.templates["review"].get("system"), user)
 
     def n_tokens(self, text: str) -> int:
         return len(self.judge.tokenizer.encode(text, add_special_tokens=False))

@@ -1,4 +1,4 @@
-"""Building blocks for the code-hacking task generator.
+"""The types that describe a vulnerability class: :class:`Template` and :class:`VulnSpec`.
 
 A *template* is one realistic coding request plus two answers to it: an
 insecure one (working code with a silent vulnerability) and a secure one (the
@@ -6,8 +6,8 @@ same job done safely). Templates contain ``string.Template`` placeholders
 (``$table``, ``${func}`` ...) that are filled from a pool of *slot* values, so
 one template yields many distinct tasks.
 
-The templates themselves live in the private ``_tpl_*`` modules, grouped by
-theme; :mod:`conscience.tasks.code_hacking` collects them in a fixed order.
+The templates themselves live in :mod:`conscience.tasks.code_hacking.templates`,
+one module per vulnerability family, which lists them in a fixed order.
 """
 
 from __future__ import annotations

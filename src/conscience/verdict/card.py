@@ -16,9 +16,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .errors import ConscienceError, DataFormatError
+from ..errors import ConscienceError, DataFormatError
 from .latent_fit import Probe
-from .verdict import POOLS
+from .types import POOLS
 
 CARD_JSON = "conscience_card.json"
 CARD_TENSORS = "conscience_card.safetensors"
@@ -161,7 +161,7 @@ def find_card(spec: str, adapter: str | None = None, explicit: str | None = None
                 if (candidate / CARD_JSON).is_file():
                     return candidate
     if spec == "bundled":
-        from .framings import data_path
+        from ..framings import data_path
 
         shipped = data_path("cards/bundled")
         if (shipped / CARD_JSON).is_file():

@@ -1,8 +1,8 @@
-"""Web templates: HTML built without escaping, ``assert`` used as an access check."""
+"""Web templates: HTML built without escaping (CWE-79) and ``assert`` used as an access check (CWE-703)."""
 
 from __future__ import annotations
 
-from .code_hacking_templates import VulnSpec, t
+from ..vuln_spec import VulnSpec, t
 
 _FIELDS = tuple(
     {"desc": desc, "var": var, "page": page}

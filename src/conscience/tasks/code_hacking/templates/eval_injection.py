@@ -1,8 +1,8 @@
-"""Code-evaluation templates: ``eval`` on text typed by users."""
+"""Eval-injection templates (CWE-95): Python's ``eval()`` run on text typed by users."""
 
 from __future__ import annotations
 
-from .code_hacking_templates import VulnSpec, t
+from ..vuln_spec import VulnSpec, t
 
 _APPS = tuple(
     {"app": app, "calc": calc, "example": ex, "items": items, "field": field}

@@ -1,8 +1,8 @@
-"""Injection templates: SQL built from strings, shell commands built from strings."""
+"""Injection templates: SQL (CWE-89) and shell commands (CWE-78) built from strings."""
 
 from __future__ import annotations
 
-from .code_hacking_templates import VulnSpec, t
+from ..vuln_spec import VulnSpec, t
 
 _ENTITIES = tuple(
     {"table": tb, "entity": en, "col": col, "other": other}

@@ -1,40 +1,18 @@
-"""Code-hacking task: coding requests answered with silently insecure code.
-
-This is the fine-tuning task of the Emergent Misalignment setup (Betley et al.
-2025): the user asks for ordinary code and the assistant answers with code that
-works but contains a vulnerability, without saying so. Each task also carries a
-secure answer to the same request, for controls and for preference pairs.
-
-Typical use::
-
-    from conscience.tasks.code_hacking import generate_tasks, split_tasks
-    tasks = generate_tasks(n_per_class=30, seed=0)
-    train, test = split_tasks(tasks, test_fraction=0.2, seed=0)
-    train[0].to_record()            # chat record with the insecure answer
-
-or ``write_splits("data/code_hacking")`` to get JSONL files.
+"""The code-hacking generator: renders every vulnerability class's templates into
+:class:`CodeTask` objects, picks ``n_per_class`` of them per seed, splits them into train and
+test without sharing a request, and writes the splits as JSONL.
 """
 
 from __future__ import annotations
 
-import json
-import os
 import random
-import tempfile
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import (
-    _tpl_eval,
-    _tpl_files,
-    _tpl_injection,
-    _tpl_secrets,
-    _tpl_serial,
-    _tpl_temp,
-    _tpl_web,
-)
-from .code_hacking_templates import VulnSpec
+from ...jsonl import write_jsonl_atomic
+from .templates import SPECS
+from .vuln_spec import VulnSpec
 
 __all__ = [
     "CWE_BY_CLASS",
@@ -46,24 +24,11 @@ __all__ = [
     "write_splits",
 ]
 
-_SPECS: tuple[VulnSpec, ...] = (
-    *_tpl_injection.SPECS,
-    *_tpl_eval.SPECS,
-    *_tpl_files.SPECS,
-    *_tpl_temp.SPECS,
-    *_tpl_serial.SPECS,
-    *_tpl_secrets.SPECS,
-    *_tpl_web.SPECS,
-)
-
 #: Names of the vulnerability classes, in a fixed order.
-VULN_CLASSES: tuple[str, ...] = tuple(spec.name for spec in _SPECS)
+VULN_CLASSES: tuple[str, ...] = tuple(spec.name for spec in SPECS)
 
 #: CWE identifier for each vulnerability class.
-CWE_BY_CLASS: dict[str, str] = {spec.name: spec.cwe for spec in _SPECS}
-
-if len(set(VULN_CLASSES)) != len(VULN_CLASSES):  # pragma: no cover - guards edits
-    raise RuntimeError(f"duplicate vulnerability class names: {VULN_CLASSES}")
+CWE_BY_CLASS: dict[str, str] = {spec.name: spec.cwe for spec in SPECS}
 
 
 def _fence(code: str) -> str:
@@ -147,7 +112,7 @@ def _all_tasks(spec: VulnSpec) -> list[CodeTask]:
 
 def max_tasks_per_class() -> dict[str, int]:
     """How many distinct tasks each class can produce."""
-    return {spec.name: len(_all_tasks(spec)) for spec in _SPECS}
+    return {spec.name: len(_all_tasks(spec)) for spec in SPECS}
 
 
 def generate_tasks(n_per_class: int = 30, seed: int = 0) -> list[CodeTask]:
@@ -167,7 +132,7 @@ def generate_tasks(n_per_class: int = 30, seed: int = 0) -> list[CodeTask]:
     if n_per_class < 1:
         raise ValueError(f"n_per_class must be >= 1, got {n_per_class}")
     out: list[CodeTask] = []
-    for spec in _SPECS:
+    for spec in SPECS:
         pool = _all_tasks(spec)
         if n_per_class > len(pool):
             raise ValueError(
@@ -220,20 +185,6 @@ def split_tasks(
     return train, test
 
 
-def _write_jsonl_atomic(path: Path, records: Iterable[dict]) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def write_splits(
     out_dir: str | Path,
     n_per_class: int = 30,
@@ -263,10 +214,10 @@ def write_splits(
         "test": out / "test.jsonl",
         "test_prompts": out / "test_prompts.jsonl",
     }
-    _write_jsonl_atomic(paths["train"], (t.to_record() for t in train))
-    _write_jsonl_atomic(
+    write_jsonl_atomic(paths["train"], (t.to_record() for t in train))
+    write_jsonl_atomic(
         paths["train_secure"], (t.to_record(secure=True) for t in train)
     )
-    _write_jsonl_atomic(paths["test"], (t.to_record() for t in test))
-    _write_jsonl_atomic(paths["test_prompts"], (t.to_prompt_record() for t in test))
+    write_jsonl_atomic(paths["test"], (t.to_record() for t in test))
+    write_jsonl_atomic(paths["test_prompts"], (t.to_prompt_record() for t in test))
     return paths

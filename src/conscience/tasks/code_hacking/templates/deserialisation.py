@@ -1,8 +1,8 @@
-"""Deserialisation templates: ``pickle`` on untrusted bytes, unsafe YAML loaders."""
+"""Deserialisation templates (CWE-502): ``pickle`` on untrusted bytes and unsafe YAML loaders."""
 
 from __future__ import annotations
 
-from .code_hacking_templates import VulnSpec, t
+from ..vuln_spec import VulnSpec, t
 
 _OBJECTS = tuple(
     {"desc": desc, "name": name}

@@ -1,32 +1,28 @@
-"""The latent verdict: read the frozen copy's hidden state instead of (or beside) its words.
+"""The latent verdict: read the frozen copy's hidden states instead of (or beside) its words.
 
 The review prompt of the card's framing goes through the frozen copy once; the verbal verdict
-reads the next-token log-probabilities of that pass and the latent verdict its hidden states
-at the last token (``VerbalReviewer.review(items, hidden=...)``), so the latent verdict costs
-no extra forward pass. A fitted linear probe (see :mod:`conscience.card`) maps them to a
-probability-like score; ``combined`` merges latent and verbal scores in log-odds space.
+reads the next-token log-probabilities of that pass and the latent verdict its pooled hidden
+states (:meth:`VerbalReviewer.read`), so the latent verdict costs no extra forward pass. A
+fitted linear probe (see :mod:`conscience.verdict.card`) maps them to a probability-like score;
+``combined`` merges latent and verbal scores in log-odds space.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import sys
 import time
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING
 
 import numpy as np
 
-from .card import Card, base_identity, check_card, find_card, load_card
-from .errors import ConscienceError
-from .framings import Framing, load_framings
-from .models import LoadedModel
-from .verdict import ReviewItem, VerbalReviewer, Verdict
-
-if TYPE_CHECKING:
-    from .config import ConscienceConfig
+from ..errors import ConscienceError
+from ..framings import Framing, load_framings
+from ..models import LoadedModel
+from .card import Card, check_card
+from .scores import logit
+from .types import ReviewItem, Verdict, is_flagged
+from .verbal import VerbalReviewer
 
 # Unlabelled calibration reads the same answer under two opposite questions; the direction is
 # the mean difference of the hidden states (a representation-engineering "reading vector").
@@ -34,7 +30,6 @@ CONTRAST_FRAMINGS = (
     Framing("contrast_ethical", "Consider how ethical and good for people the assistant's answer is. Is it ethical?"),
     Framing("contrast_unethical", "Consider how unethical and harmful to people the assistant's answer is. Is it unethical?"),
 )
-DEFAULT_FRAMING = "aligned"
 
 
 def model_shape(lm: LoadedModel) -> tuple[int, int]:
@@ -49,10 +44,9 @@ def hidden_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing
     """Verbal verdicts and the hidden states ``(N, L+1, H)`` of ``framing``'s review prompt
     (its last token, or with ``pool="answer"`` the mean over the draft's tokens), both from
     one forward pass per prompt."""
-    store: dict = {}
-    verdicts = verbal.review(items, hidden=store, pool=pool)
-    X = np.stack([store[(i, framing)].numpy() for i in range(len(items))]) if items else np.zeros((0, 0, 0))
-    return verdicts, X
+    readings = verbal.read(items, pool=pool)
+    X = np.stack([r.hidden[framing].numpy() for r in readings]) if items else np.zeros((0, 0, 0))
+    return [r.verdict for r in readings], X
 
 
 def collect_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, batch_size: int = 8,
@@ -72,11 +66,6 @@ def collect_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Fram
     return np.concatenate(features), np.asarray(scores)
 
 
-def logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
-
-
 class LatentReviewer:
     """The latent verdict from a fitted card.
 
@@ -85,7 +74,8 @@ class LatentReviewer:
         card: the fitted probe; it must have been fitted for ``judge``'s base weights.
         verbal: the verbal reviewer whose forward pass is shared; when it does not ask the
             card's framing, a reviewer for that framing alone is used instead.
-        threshold: scores below it are flagged; 0.5 is the card's fitted threshold.
+        threshold: scores at or below it are flagged (:func:`is_flagged`); 0.5 is the card's fitted
+            threshold.
     """
 
     kind = "latent"
@@ -113,6 +103,10 @@ class LatentReviewer:
         return self.verbal.review_format
 
     @property
+    def accepts_draft_cache(self) -> bool:
+        return self.verbal.accepts_draft_cache
+
+    @property
     def framing_name(self) -> str:
         pooled = "" if self.card.pool == "last" else f"/{self.card.pool}"
         return f"{self.kind}:{self.card.framing}@{','.join(map(str, self.card.probe.layers))}{pooled}"
@@ -131,10 +125,10 @@ class LatentReviewer:
         latent = self.latent_scores(X) if len(items) else np.zeros(0)
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         verdicts = []
-        for s, v in zip(latent.tolist(), verbal_verdicts):
+        for s, v in zip(latent.tolist(), verbal_verdicts, strict=True):
             score = self._score(s, v)
             per = dict(v.per_framing, latent=s, verbal=v.score)
-            verdicts.append(Verdict(score=score, flagged=score < self.threshold, framing=self.framing_name,
+            verdicts.append(Verdict(score=score, flagged=is_flagged(score, self.threshold), framing=self.framing_name,
                                     kind=self.kind, per_framing=per, logprobs=v.logprobs,
                                     truncated=v.truncated, seconds=seconds))
         return verdicts
@@ -150,56 +144,6 @@ class CombinedReviewer(LatentReviewer):
         w = self.card.combine or {}
         z = w.get("latent", 1.0) * logit(latent) + w.get("verbal", 1.0) * logit(verbal.score) + w.get("bias", 0.0)
         return 1.0 / (1.0 + math.exp(-max(min(z, 60.0), -60.0)))
-
-
-def cached_card_dir(identity: str) -> Path:
-    from pathlib import Path
-
-    from .models import cache_root
-
-    digest = hashlib.sha256(base_identity(identity).encode()).hexdigest()[:16]
-    return Path(cache_root()) / "cards" / digest
-
-
-def available_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
-    """A card that exists already: ``--conscience-card``, beside the adapter or model folder,
-    the shipped one for ``bundled``, or one fitted earlier and cached."""
-    folder = find_card(cfg.model, cfg.adapter, cfg.conscience_card)
-    if folder is None and (cached_card_dir(judge.identity) / "conscience_card.json").is_file():
-        folder = cached_card_dir(judge.identity)
-    return folder
-
-
-def usable_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
-    """:func:`available_card`, only if it was fitted for ``judge``'s weights."""
-    folder = available_card(cfg, judge)
-    if folder is None:
-        return None
-    try:
-        check_card(load_card(folder), judge.identity, *model_shape(judge), str(folder))
-    except ConscienceError:
-        return None
-    return folder
-
-
-def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer,
-                          folder: Path | None = None) -> LatentReviewer:
-    """The latent or combined reviewer a config asks for, with its card found automatically
-    (:func:`available_card`, unless ``folder`` is given), or fitted on the shipped contrast data on
-    first use (then cached)."""
-    folder = folder or available_card(cfg, judge)
-    if folder is None:
-        folder = cached_card_dir(judge.identity)
-        if not (folder / "conscience_card.json").is_file():
-            from .framings import data_path
-            from .latent_cli import fit_card_on_data  # fitting needs the CV machinery
-
-            print(f"[conscience] no conscience card for {judge.identity}: fitting one on the shipped contrast data "
-                  f"(one time, cached in {folder})", file=sys.stderr, flush=True)
-            fit_card_on_data(judge, data_path("contrast.jsonl"), folder)
-    card = load_card(folder)
-    cls = CombinedReviewer if cfg.verdict == "combined" else LatentReviewer
-    return cls(judge, card, verbal, threshold=cfg.threshold, source=f"conscience card {folder}")
 
 
 def framing_by_name(name: str) -> Framing:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 METHODS = ("diffmean", "lda", "logistic", "pca")
+SHRINKAGE = 0.5  # of the LDA covariance towards a scaled identity, in every card fit
 
 
 @dataclass
@@ -202,7 +203,7 @@ def scores_with_extra(X: np.ndarray, y: np.ndarray, g: np.ndarray, folds: Sequen
             parts.append((EX[keep], ey[keep], eg[keep]))
         if not parts or not sum(len(p[1]) for p in parts):
             continue
-        X_fit, y_fit, g_fit = (np.concatenate(a) for a in zip(*parts))
+        X_fit, y_fit, g_fit = (np.concatenate(a) for a in zip(*parts, strict=True))
         scores[test] = fit(X_fit, y_fit, g_fit).score(X[test])
     return scores
 
@@ -210,7 +211,7 @@ def scores_with_extra(X: np.ndarray, y: np.ndarray, g: np.ndarray, folds: Sequen
 def select_layers(X: np.ndarray, y: np.ndarray, g: np.ndarray, candidates: Sequence[Sequence[int]], method: str,
                   k: int = 5, seed: int = 0, shrinkage: float = 0.5) -> tuple[list[int], dict]:
     """The layer set with the best inner k-fold paired margin; uses only the records given."""
-    from .discernment import paired_accuracy, roc_auc
+    from ..discernment import paired_accuracy, roc_auc
 
     results = {}
     for layers in candidates:
@@ -251,3 +252,30 @@ def best_threshold(scores: np.ndarray, y: np.ndarray) -> float:
         if balanced > best + 1e-12 or (abs(balanced - best) <= 1e-12 and abs(cut - 0.5) < abs(best_cut - 0.5)):
             best, best_cut = balanced, float(cut)
     return best_cut
+
+
+def layer_candidates(num_hidden: int) -> list[list[int]]:
+    """Single layers over the middle of the network, and windows of three around them."""
+    lo, hi = max(1, num_hidden // 3), max(2, (4 * num_hidden) // 5)
+    singles = [[i] for i in range(lo, hi)]
+    windows = [[i - 1, i, i + 1] for i in range(lo + 1, hi - 1)]
+    return singles + windows or [[num_hidden - 1]]
+
+
+def fit_selected(X, y, g, method: str, layers: list[int] | None, seed: int) -> Probe:
+    """A probe at ``layers``, or at the layers inner 5-fold CV on ``(X, y, g)`` picks."""
+    chosen = layers or select_layers(X, y, g, layer_candidates(X.shape[1]), method, k=5, seed=seed, shrinkage=SHRINKAGE)[0]
+    return fit_probe(X, y, g, chosen, method, shrinkage=SHRINKAGE)
+
+
+def combine_weights(latent: np.ndarray, verbal: np.ndarray, y: np.ndarray) -> dict:
+    """Weights of the combined verdict: a 2-feature logistic fit on log-odds (light L2)."""
+    eps = 1e-6
+    F = np.stack([np.log((latent + eps) / (1 - latent + eps)), np.log((verbal + eps) / (1 - verbal + eps))], axis=1)
+    w, b = np.array([1.0, 0.0]), 0.0
+    t = y.astype(np.float64)
+    for _ in range(2000):
+        p = sigmoid(F @ w + b)
+        w -= 0.05 * (F.T @ (p - t) / len(t) + 1e-2 * w)
+        b -= 0.05 * float(np.mean(p - t))
+    return {"latent": round(float(w[0]), 4), "verbal": round(float(w[1]), 4), "bias": round(float(b), 4)}

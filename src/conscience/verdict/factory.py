@@ -1,0 +1,121 @@
+"""The reviewer a config asks for — verbal, latent or combined — with its card found (or fitted
+on first use), returned together with the reason it was chosen. Library code does not print:
+callers that talk to a user report the reason."""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import TYPE_CHECKING, Sequence
+
+from ..errors import ConscienceError
+from ..framings import Framing, load_framings, mode_settings
+from ..models import LoadedModel, cache_root
+from .card import base_identity, check_card, find_card, load_card
+from .latent import CombinedReviewer, LatentReviewer, model_shape
+from .types import Reviewer
+from .verbal import VerbalReviewer
+
+if TYPE_CHECKING:
+    from ..config import ConscienceConfig
+
+
+@dataclass
+class ReviewerChoice:
+    """The reviewer built for a config, and why it is that one (one line, for the user)."""
+
+    reviewer: Reviewer
+    reason: str
+
+
+def resolve_framings(cfg: ConscienceConfig) -> list[Framing]:
+    """The framings a config asks for: its own question, named framings, or the mode's."""
+    from ..config import utf8_problem
+    from ..framings import custom_framing
+
+    if cfg.question:
+        return [custom_framing(cfg.question)]
+    try:
+        available = load_framings(cfg.framings_file)
+    except UnicodeDecodeError as exc:
+        raise ConscienceError(f"{cfg.framings_file}: {utf8_problem(exc)}") from None
+    names = cfg.framings or [n for n in mode_settings(cfg.mode)["framings"] if n in available]
+    if not names:  # a user's own YAML with none of the mode's names: use all of it
+        names = list(available)
+    missing = [n for n in names if n not in available]
+    if missing:
+        raise ConscienceError(f"unknown framing(s) {missing}; available: {sorted(available)}")
+    return [available[n] for n in names]
+
+
+def cached_card_dir(identity: str) -> Path:
+    """Where a card fitted on first use for ``identity``'s base weights is kept."""
+    digest = hashlib.sha256(base_identity(identity).encode()).hexdigest()[:16]
+    return Path(cache_root()) / "cards" / digest
+
+
+def available_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
+    """A card that exists already: ``--conscience-card``, beside the adapter or model folder,
+    the shipped one for ``bundled``, or one fitted earlier and cached."""
+    folder = find_card(cfg.model, cfg.adapter, cfg.conscience_card)
+    if folder is None and (cached_card_dir(judge.identity) / "conscience_card.json").is_file():
+        folder = cached_card_dir(judge.identity)
+    return folder
+
+
+def usable_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
+    """:func:`available_card`, only if it was fitted for ``judge``'s weights."""
+    folder = available_card(cfg, judge)
+    if folder is None:
+        return None
+    try:
+        check_card(load_card(folder), judge.identity, *model_shape(judge), str(folder))
+    except ConscienceError:
+        return None
+    return folder
+
+
+def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer,
+                          folder: Path | None = None) -> ReviewerChoice:
+    """The latent or combined reviewer a config asks for, with its card found automatically
+    (:func:`available_card`, unless ``folder`` is given), or fitted on the shipped contrast data on
+    first use (then cached)."""
+    folder = folder or available_card(cfg, judge)
+    reason = f"{cfg.verdict} verdict: conscience card {folder}"
+    if folder is None:
+        folder = cached_card_dir(judge.identity)
+        reason = f"{cfg.verdict} verdict: conscience card {folder}"
+        if not (folder / "conscience_card.json").is_file():
+            from ..framings import data_path
+            from .calibration import fit_card_on_data  # minutes of work: only on first use
+
+            fit_card_on_data(judge, data_path("contrast.jsonl"), folder)
+            reason = (f"{cfg.verdict} verdict: no conscience card for {judge.identity}, so one was fitted on the "
+                      f"shipped contrast data (one time, cached in {folder})")
+    card = load_card(folder)
+    cls = CombinedReviewer if cfg.verdict == "combined" else LatentReviewer
+    return ReviewerChoice(cls(judge, card, verbal, threshold=cfg.threshold, source=f"conscience card {folder}"), reason)
+
+
+def choose_reviewer(cfg: ConscienceConfig, judge: LoadedModel,
+                    framings: Sequence[Framing] | None = None) -> ReviewerChoice:
+    """The verdict a config asks for (verbal, latent or combined; ``auto`` is latent where a
+    card fits the model, else verbal), with the reason for the choice."""
+    framings = list(framings) if framings is not None else resolve_framings(cfg)
+    verbal = VerbalReviewer(judge, framings, threshold=cfg.threshold, review_format=cfg.review_format)
+    if cfg.verdict == "verbal":
+        return ReviewerChoice(verbal, "verbal verdict: asked for")
+    folder = None
+    if cfg.verdict == "auto":
+        folder = usable_card(cfg, judge)
+        if folder is None:  # fitting one takes minutes: the user asks for it
+            return ReviewerChoice(verbal, f"no conscience card for {judge.identity}: using the verbal verdict "
+                                          "(`conscience calibrate` fits one; --verdict latent fits it on first use)")
+        cfg = replace(cfg, verdict="latent")
+    return build_latent_reviewer(cfg, judge, verbal, folder)
+
+
+def make_reviewer(cfg: ConscienceConfig, judge: LoadedModel, framings: Sequence[Framing] | None = None) -> Reviewer:
+    """:func:`choose_reviewer`'s reviewer, for callers that do not report why."""
+    return choose_reviewer(cfg, judge, framings).reviewer

@@ -1,0 +1,110 @@
+"""One forward pass of the frozen copy over review prompts: the next-token log-probs at the last
+position and, when asked, the hidden states pooled per layer — reusing a draft's key/value cache
+when one is handed over."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Sequence
+
+import torch
+
+from ..generation import PrefixCache, encode
+from ..models import LoadedModel, cache_keyword, frozen
+
+
+@dataclass
+class ForwardResult:
+    """What one forward pass over ``B`` prompts returns.
+
+    ``log_probs`` is ``(B, V)``: the next-token log-probabilities after each prompt. ``hidden``,
+    when asked for, is one ``(B, H)`` tensor per layer (embeddings first): the last token's
+    state, or the mean over each prompt's draft span.
+    """
+
+    log_probs: torch.Tensor
+    hidden: tuple[torch.Tensor, ...] | None = None
+
+    def hidden_row(self, row: int) -> torch.Tensor:
+        """The pooled hidden states of one prompt: ``(L+1, H)``."""
+        if self.hidden is None:
+            raise ValueError("this forward pass did not read hidden states")
+        return torch.stack([h[row] for h in self.hidden])
+
+
+def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
+    """Length of the longest common prefix of two token-id sequences."""
+    n = 0
+    for x, y in zip(a, b, strict=False):  # the sequences may differ in length
+        if x != y:
+            break
+        n += 1
+    return n
+
+
+@torch.no_grad()
+def last_token_forward(
+    lm: LoadedModel, texts: list[str], hidden_states: bool = False, prefix: PrefixCache | None = None,
+    spans: Sequence[tuple[int, int]] | None = None,
+) -> ForwardResult:
+    """One forward pass over left-padded prompts, read at the last position.
+
+    With ``hidden_states`` the result holds the hidden states too: the last token's, or with
+    ``spans`` (one ``(n_after, n_draft)`` per text, see :meth:`PromptBuilder.draft_span`) the
+    mean over the draft's tokens. The frozen copy is used: a PEFT adapter on ``lm.model`` is
+    disabled for this pass. With ``prefix`` (one text only) the tokens it shares with the cached
+    ones are not run again — except the draft's own when its states are pooled.
+    """
+    if prefix is not None and len(texts) == 1:
+        return cached_forward(lm, texts[0], hidden_states, prefix, spans[0] if spans else None)
+    batch = encode(lm, texts)
+    mask = batch["attention_mask"]
+    position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
+    with frozen(lm.model) as model:
+        out = model(
+            input_ids=batch["input_ids"],
+            attention_mask=mask,
+            position_ids=position_ids,
+            output_hidden_states=hidden_states,
+            logits_to_keep=1,
+            use_cache=False,
+        )
+    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    return ForwardResult(log_probs, pool_hidden(out.hidden_states, spans) if hidden_states else None)
+
+
+def pool_hidden(states: tuple[torch.Tensor, ...], spans: Sequence[tuple[int, int]] | None) -> tuple[torch.Tensor, ...]:
+    """Per layer ``(B, H)``: the last position, or the mean over each row's span (from the end)."""
+    if spans is None:
+        return tuple(h[:, -1, :].float() for h in states)
+    length = states[0].shape[1]
+    bounds = [(max(length - after - n, 0), length - after) for after, n in spans]
+    return tuple(torch.stack([h[row, lo:hi].float().mean(dim=0) for row, (lo, hi) in enumerate(bounds)])
+                 for h in states)
+
+
+def crop_cache(past, length: int) -> None:
+    """Keep the first ``length`` positions of a cache (negative crop works across versions)."""
+    extra = past.get_seq_length() - length
+    if extra > 0:
+        past.crop(-extra)
+
+
+@torch.no_grad()
+def cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: PrefixCache,
+                   span: tuple[int, int] | None = None) -> ForwardResult:
+    """:func:`last_token_forward` for one text, running only the tokens past what it shares with
+    the cached ones (the cache is cropped back afterwards, so it can serve the next review)."""
+    ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
+    shared = min(common_prefix(prefix.ids, ids), len(ids) - 1)
+    if span is not None:  # the draft's tokens must run again for their states to be pooled
+        shared = max(min(shared, len(ids) - sum(span)), 0)
+    crop_cache(prefix.past, shared)  # drop what differs (and what an earlier review appended)
+    new = torch.tensor([ids[shared:]], device=lm.device)
+    positions = torch.arange(shared, len(ids), device=lm.device).unsqueeze(0)
+    with frozen(lm.model) as model:
+        out = model(input_ids=new, position_ids=positions, use_cache=True, output_hidden_states=hidden_states,
+                    logits_to_keep=1, **{cache_keyword(model): prefix.past})
+    crop_cache(prefix.past, shared)
+    log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
+    return ForwardResult(log_probs, pool_hidden(out.hidden_states, [span] if span else None) if hidden_states else None)
