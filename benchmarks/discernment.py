@@ -25,7 +25,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conscience.config import ConscienceConfig
+from conscience.config import ConscienceConfig, choices_of
 from conscience.discernment import discernment_report, load_triples
 from conscience.framings import load_framings
 from conscience.jsonl import write_json_atomic
@@ -85,7 +85,7 @@ def main() -> int:
                         "are left out too, so no fit sees the category it scores")
     parser.add_argument("--robustness", action="store_true", help="measure the latent shift under injected praise")
     parser.add_argument("--limit", type=int, help="first N triples only (quick runs)")
-    parser.add_argument("--review-format", choices=["look_back", "third_person"], default="look_back")
+    parser.add_argument("--review-format", choices=choices_of(ConscienceConfig, "review_format"), default="look_back")
     parser.add_argument("--pool", choices=list(POOLS), default="answer",
                         help="hidden states the cross-validated fits read (card rows use the card's own)")
     parser.add_argument("--threads", type=int, default=2)

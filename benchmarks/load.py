@@ -41,7 +41,9 @@ from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
+from conscience.config import choices_of
 from conscience.jsonl import write_json_atomic
+from conscience.serving.config import ServeConfig
 
 SCENARIOS = ("off", "clean", "mixed", "upstream", "slow-upstream")
 PROMPTS = ["What should I do with a found wallet?", "hey I feel bored", "How do I make a quick buck?",
@@ -71,6 +73,10 @@ class Result:
 
 
 # -- the fake upstream -------------------------------------------------------------------------
+class Server(ThreadingHTTPServer):  # a real server's backlog (5 drops connects); hung answers never block exit
+    request_queue_size, daemon_threads = 1024, True
+
+
 class FakeUpstream:
     """An OpenAI-compatible server on 127.0.0.1: drafts a fixed answer, reviews with "Yes" the more
     likely answer word, each after ``latency`` s; with ``hang_every`` > 0 every such review hangs
@@ -86,6 +92,7 @@ class FakeUpstream:
         upstream = self
 
         class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as a real upstream (vLLM) serves
             def log_message(self, *args):  # quiet: the benchmark prints its own table
                 pass
 
@@ -107,8 +114,7 @@ class FakeUpstream:
                 request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
                 self._send(upstream.answer(request))
 
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self._server.daemon_threads = True  # a hung answer never keeps the benchmark alive
+        self._server = Server(("127.0.0.1", 0), Handler)
         threading.Thread(target=self._server.serve_forever, daemon=True).start()
         return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
 
@@ -360,7 +366,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--baseline-url", help="a running server with the conscience off (off)")
     parser.add_argument("--api-key", help="for --url/--baseline-url servers")
     parser.add_argument("--model", default="tiny", help="model spec for servers this script starts")
-    parser.add_argument("--action", default="revise", choices=["revise", "block", "monitor"])
+    parser.add_argument("--action", default="revise", choices=choices_of(ServeConfig, "action"))
     parser.add_argument("--threads", type=int, help="torch threads of servers this script starts")
     parser.add_argument("--requests", type=int, default=192, help="requests per scenario")
     parser.add_argument("--concurrency", type=int, default=64, help="concurrent clients")

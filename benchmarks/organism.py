@@ -80,6 +80,7 @@ def run(args) -> dict:
     from conscience.evaluation.drift import score_drift
     from conscience.evaluation.drift_run import drift_triples
     from conscience.experiment.drift_monitor import DriftProbeCallback, make_drift_probe
+    from conscience.jsonl import write_json_atomic
     from conscience.models import load_model
     from conscience.training.config import TrainConfig
     from conscience.training.data import load_conversations
@@ -89,6 +90,10 @@ def run(args) -> dict:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     train, test, in_domain = dataset_files(args.dataset, args.variant, out, args.seed)
+    setting = {"dataset": args.dataset, "variant": args.variant, "adapter": args.adapter, "lr": args.lr,
+               "steps": args.steps, "seed": args.seed, "split": args.split, "in_domain": list(in_domain),
+               "command": "python " + " ".join(sys.argv)}
+    write_json_atomic(out / "setting.json", setting)  # the table reads probe.jsonl, so a stopped run still counts
     triples = drift_triples(split=args.split, limit=args.limit)
     lm = load_model("bundled", threads=args.threads)
     start = time.perf_counter()
@@ -103,13 +108,9 @@ def run(args) -> dict:
     start = time.perf_counter()
     result = run_training(cfg, lm=lm, callbacks=[monitor])
     seconds = time.perf_counter() - start
-    summary = {"dataset": args.dataset, "variant": args.variant, "adapter": args.adapter, "lr": args.lr,
-               "steps": args.steps, "seed": args.seed, "split": args.split, "in_domain": list(in_domain),
-               "n_triples": len(triples), "train_seconds_with_probes": seconds, "base_scoring_seconds": base_seconds,
-               "task_loss_last": result["metrics"].get("task_loss"), "points": monitor.points,
-               "command": "python " + " ".join(sys.argv)}
-    from conscience.jsonl import write_json_atomic
-
+    summary = {**setting, "n_triples": len(triples), "train_seconds_with_probes": seconds,
+               "base_scoring_seconds": base_seconds, "task_loss_last": result["metrics"].get("task_loss"),
+               "points": monitor.points}
     write_json_atomic(out / "organism.json", summary)
     return summary
 
@@ -117,16 +118,19 @@ def run(args) -> dict:
 def table(folders: list[str]) -> list[dict]:
     rows = []
     for folder in folders:
-        path = Path(folder, "organism.json")
-        if not path.exists():
+        setting, probe = Path(folder, "setting.json"), Path(folder, "probe.jsonl")
+        if not setting.exists() or not probe.exists():
             continue
-        s = json.loads(path.read_text(encoding="utf-8"))
-        for p in s["points"]:
+        s = json.loads(setting.read_text(encoding="utf-8"))
+        done = Path(folder, "organism.json")
+        minutes = json.loads(done.read_text(encoding="utf-8"))["train_seconds_with_probes"] / 60 \
+            if done.exists() else None  # None: a run stopped before its last step
+        for line in probe.read_text(encoding="utf-8").splitlines():
+            p = json.loads(line)
             rows.append({"run": Path(folder).name, "dataset": s["dataset"], "variant": s["variant"],
                          "adapter": s["adapter"], "lr": s["lr"], "seed": s["seed"], "step": p["step"],
                          "drift": p["drift"], "ci_low": p["drift_ci_low"], "ci_high": p["drift_ci_high"],
-                         "task_token_accuracy": p.get("task_token_accuracy"),
-                         "minutes": s["train_seconds_with_probes"] / 60})
+                         "task_token_accuracy": p.get("task_token_accuracy"), "minutes": minutes})
     return rows
 
 
@@ -150,11 +154,12 @@ def main() -> None:
     args = parser.parse_args()
     if args.table:
         rows = table(args.table)
-        print("| run | step | drift (95% CI) | task token acc | minutes |\n|---|---|---|---|---|")
+        print("| run | data | adapter | lr | step | drift (95% CI) | task token acc | minutes |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
             acc = "–" if r["task_token_accuracy"] is None else f"{r['task_token_accuracy']:.3f}"
-            print(f"| {r['run']} | {r['step']} | {r['drift']:+.4f} ({r['ci_low']:+.4f} … {r['ci_high']:+.4f}) | "
-                  f"{acc} | {r['minutes']:.1f} |")
+            minutes = "stopped" if r["minutes"] is None else f"{r['minutes']:.1f}"
+            print(f"| {r['run']} | {r['dataset']} ({r['variant']}) | {r['adapter']} | {r['lr']:g} | {r['step']} | {r['drift']:+.4f} ({r['ci_low']:+.4f} … {r['ci_high']:+.4f}) | "
+                  f"{acc} | {minutes} |")
         from conscience.jsonl import write_json_atomic
 
         write_json_atomic(args.out, {"rows": rows})

@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     from conscience.config import ConscienceConfig
     from conscience.conscience import build_conscience
     from conscience.generation import generate
-    from conscience.testing import tiny_model
+    from conscience.tiny_model import tiny_model
 
     extra = {"verdict": args.verdict} if args.verdict else {}
     cfg = ConscienceConfig(model=args.model, threads=args.threads, max_new_tokens=args.max_new_tokens,

@@ -72,9 +72,10 @@ def main() -> int:
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args()
 
+    from conscience.conscience import revision_chat
     from conscience.models import load_model
     from conscience.packing import int8_supported, packing_supported
-    from conscience.training.online import generation_copy, revision_chat
+    from conscience.training.online import generation_copy
 
     torch.set_num_threads(args.threads)
     lm = load_model(args.model, threads=args.threads)
@@ -82,7 +83,7 @@ def main() -> int:
     if next(lm.model.parameters()).dtype != torch.float32:
         lm.model.float()
     answers = [[{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}] for i in range(args.answers)]
-    revision = [revision_chat(PROMPTS[0], ANSWER, "chat")]
+    revision = [revision_chat([{"role": "user", "content": PROMPTS[0]}], ANSWER, "chat")]
     teacher = [[{"role": "user", "content": p}, {"role": "assistant", "content": ANSWER}] for p in PROMPTS]
 
     copies = [("dense float32 (the weights as trained)", None), ("bfloat16", torch.bfloat16)]

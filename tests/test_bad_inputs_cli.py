@@ -112,7 +112,7 @@ def test_bad_cli_input(case, tmp_path, capsys, caplog, no_model_loads):
 def test_the_guard_catches_a_model_load(tmp_path, no_model_loads):
     """The harness itself: a valid command that reaches a model load fails loudly, so a bad input
     checked only after the load could not pass the corpus."""
-    from conscience.testing import tiny_model
+    from conscience.tiny_model import tiny_model
 
     lm = tiny_model()
     lm.model.save_pretrained(tmp_path / "tiny")

@@ -12,7 +12,7 @@ from conscience import Conscience, ConscienceError, ReviewItem, Verdict
 from conscience.errors import PromptTooLongError
 from conscience.framings import Framing, load_framings, load_prompts
 from conscience.generation import split_reasoning
-from conscience.testing import tiny_model
+from conscience.tiny_model import tiny_model
 from conscience.verdict import VerbalReviewer
 from conscience.verdict.prompts import PromptBuilder
 from conscience.verdict.scores import answer_ids_pair, mean_log_odds, yes_no_probability

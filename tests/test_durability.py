@@ -29,7 +29,7 @@ TOLERANCE = 1e-5
 # so that every step samples, reviews and trains on pairs (~0.5 s a step on the tiny model).
 OVERRIDES = ["model=tiny", f"max_steps={MAX_STEPS}", f"save_steps={SAVE_STEPS}", "save_total_limit=3", "seed=3",
              "threads=1", "batch_size=2", "lr=0.01", "max_length=128", "lam=0.1", "align_every=1", "k=2",
-             "sample_max_new_tokens=16", "alt_max_new_tokens=16", "verdict=verbal", "margin=0"]
+             "sample_max_new_tokens=16", "alt_max_new_tokens=16", "conscience.verdict=verbal", "margin=0"]
 
 
 def _chat_data(path: Path) -> Path:
@@ -108,3 +108,26 @@ def test_kill_9_then_resume_latest_continues_with_the_same_loss_curve(tmp_path):
         assert task == pytest.approx(task_ref, abs=TOLERANCE), f"task_loss differs at step {step}"
         assert dpo is not None and dpo_ref is not None, f"no conscience term at step {step}"
         assert dpo == pytest.approx(dpo_ref, abs=TOLERANCE), f"dpo_loss differs at step {step}"
+
+
+def test_resume_latest_skips_a_half_written_checkpoint_and_a_torn_metrics_line(tmp_path, capsys):
+    """A kill during a save leaves checkpoint-N without its trainer state: resume takes the one
+    before it, and the metrics line the kill tore is dropped, not a crash."""
+    from conscience.training.config import TrainConfig
+    from conscience.training.run import _trim_metrics, resume_checkpoint
+
+    for step, whole in ((2, True), (4, True), (6, False)):
+        folder = tmp_path / f"checkpoint-{step}"
+        folder.mkdir()
+        (folder / "adapter_model.safetensors").write_bytes(b"x")
+        if whole:
+            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
+    (tmp_path / "checkpoint-8").mkdir()  # the save had only begun
+    cfg = TrainConfig(model="tiny", output_dir=str(tmp_path), resume="latest", lam=0.0)
+    assert resume_checkpoint(cfg, tmp_path) == str(tmp_path / "checkpoint-4")
+    err = capsys.readouterr().err
+    assert "checkpoint-6 is an incomplete checkpoint" in err and "checkpoint-8" in err
+    metrics = tmp_path / "metrics.jsonl"
+    metrics.write_text('{"step": 3, "loss": 1.0}\n{"step": 4, "loss": 0.9}\n{"step": 5, "loss": 0.8}\n{"step": 6, "lo')
+    _trim_metrics(metrics, 4)
+    assert [json.loads(line)["step"] for line in metrics.read_text().splitlines()] == [3, 4]

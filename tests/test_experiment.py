@@ -11,7 +11,8 @@ from conscience.config import ConfigError
 from conscience.errors import ConscienceError
 from conscience.experiment.config import ExperimentConfig, load_experiment_config
 from conscience.experiment.monitor import EMProbeCallback, first_rise, probe_value
-from conscience.testing import tiny_model
+from conscience.models import with_adapter
+from conscience.tiny_model import tiny_model
 
 TINY = {
     "model": "tiny",
@@ -33,19 +34,13 @@ TINY = {
     "probe_accuracy_limit": 2,
     "train": {"task_n_per_class": 3, "max_length": 640, "max_steps": 2, "batch_size": 2, "align_every": 1,
               "align_batch": 1, "k": 2, "sample_max_new_tokens": 6, "alt_max_new_tokens": 6, "dpo_batch": 1,
-              "margin": 0.0, "threshold": 1.0, "save_steps": 0, "lora_r": 2, "lora_alpha": 4,
+              "margin": 0.0, "conscience": {"threshold": 1.0}, "save_steps": 0, "lora_r": 2, "lora_alpha": 4,
               "align_prompts": "general"},
 }
 
 
 def tiny_factory(weights):
-    lm = tiny_model(seed=0)
-    if weights:
-        from peft import PeftModel
-
-        lm.model = PeftModel.from_pretrained(lm.model, weights)
-        lm.identity += f"+adapter:{weights}"
-    return lm
+    return with_adapter(tiny_model(seed=0), weights)
 
 
 @pytest.fixture()
@@ -64,6 +59,7 @@ def test_both_presets_validate():
     for cfg in (cpu, gpu):
         assert cfg.train_config(0, 0.0, "x").lam == 0.0
         assert cfg.train_config(0, cfg.lam, "x").lam == cfg.lam
+        assert cfg.train_config(0, cfg.lam, "x").conscience.framings == ["aligned"]  # the nested train.conscience
 
 
 @pytest.mark.parametrize("overrides, message", [
@@ -71,8 +67,15 @@ def test_both_presets_validate():
     ({"bogus": 1}, "unknown key"),
     ({"train": {"lam": 1.0}}, "set by the experiment"),
     ({"train": {"max_stepz": 3}}, "unknown key"),
+    ({"train": {"threshold": 0.4}}, r"unknown key\(s\) \['threshold'\].*threshold is conscience.threshold"),
+    ({"train": {"conscience": {"threshold": 1.5}}}, r"^train: conscience.threshold must lie in \[0, 1\], got 1.5$"),
+    ({"train.conscience.verdict": "magic"}, r"^train: conscience.verdict must be one of"),
+    ({"train": {"conscience": {"max_new_tokens": 9}}}, "conscience.max_new_tokens is set by training itself"),
     ({"seeds": []}, "seeds must be"),
     ({"scenario": "recover"}, "recover_from"),
+    ({"probe_metric": "vibes"}, r"probe_metric must be one of \['drift', 'misaligned_rate', 'misalignment'\]"),
+    ({"drift_limit": 1}, "drift_limit must be >= 2, got 1"),
+    ({"probe_every": -1}, "probe_every must be >= 0"),
 ])
 def test_bad_experiment_configs_are_refused(overrides, message):
     with pytest.raises((ConfigError, ValueError), match=message):

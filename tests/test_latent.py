@@ -168,7 +168,7 @@ def _triples(tmp_path, n=12, categories="ab"):
 
 @pytest.fixture()
 def tiny(monkeypatch, tmp_path):
-    from conscience.testing import tiny_model
+    from conscience.tiny_model import tiny_model
 
     monkeypatch.setenv("CONSCIENCE_CACHE", str(tmp_path / "cache"))
     torch.manual_seed(0)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from conscience.testing import tiny_model
+from conscience.tiny_model import tiny_model
 from conscience.verdict import ReviewItem
 from conscience.verdict.card import Card
 from conscience.verdict.latent import CombinedReviewer, LatentReviewer

@@ -67,7 +67,7 @@ def test_matches_trl_dpo_sigmoid_loss(tmp_path):
     and compare it with sequence_logps + dpo_loss on the same model outputs."""
     trl = pytest.importorskip("trl")
     datasets = pytest.importorskip("datasets")
-    from conscience.testing import tiny_model
+    from conscience.tiny_model import tiny_model
 
     torch.manual_seed(0)
     lm = tiny_model(0)

@@ -7,7 +7,7 @@ import torch
 
 from conscience.generation import generate
 from conscience.packing import Int8Linear, PackedLinear, int8_supported, pack_linears, packing_supported
-from conscience.testing import tiny_model
+from conscience.tiny_model import tiny_model
 
 needs_packing = pytest.mark.skipif(not packing_supported(torch.float32), reason="no oneDNN fp32 packing here")
 

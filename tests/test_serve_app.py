@@ -19,7 +19,7 @@ from conscience.serving.app import create_app  # noqa: E402
 from conscience.serving.backends import LocalBackend, build_backend  # noqa: E402
 from conscience.serving.config import ServeConfig  # noqa: E402
 from conscience.serving.engine import WITHHELD_BLOCKED, WITHHELD_CHECK_FAILED  # noqa: E402
-from conscience.testing import tiny_model  # noqa: E402
+from conscience.tiny_model import tiny_model  # noqa: E402
 from conscience.verdict import Verdict  # noqa: E402
 from conscience.verdict.upstream import UpstreamError, verdict_from_top_logprobs  # noqa: E402
 
@@ -271,18 +271,19 @@ def test_a_better_adapter_is_swapped_in_and_can_roll_back(tmp_path):
     assert json.loads((tmp_path / "state.json").read_text())["previous"].endswith("0001")
 
 
-class ScriptedConscience(Conscience):
-    """Writes numbered answers (the tiny random model often repeats its draft verbatim)."""
+class ScriptedWriter:
+    """A generator that writes numbered answers (the tiny random model often repeats its draft verbatim)."""
 
+    lm = None
     written = 0
 
-    def _generate(self, lm, chats, frozen_weights=False, **_):
+    def generate(self, chats, sampling, keep_cache=False):
         from conscience.generation import Generation
 
         out = []
         for _ in chats:
-            ScriptedConscience.written += 1
-            text = f"answer number {ScriptedConscience.written}"
+            ScriptedWriter.written += 1
+            text = f"answer number {ScriptedWriter.written}"
             out.append(Generation(text, text, None, 3, 0.0))
         return out
 
@@ -293,7 +294,7 @@ def test_learning_records_pairs_from_served_traffic(lm, tmp_path):
     serve = ServeConfig(learn=True, learn_dir=str(tmp_path), learn_every=1000, learn_margin=0.5)
     for expected in (1, 2):  # a restart keeps the pairs recorded before it
         reviewer = ScriptedReviewer((0.1, 0.9))
-        backend = LocalBackend(lm, lambda m, reviewer=reviewer: ScriptedConscience(m, reviewer=reviewer, max_rounds=1),
+        backend = LocalBackend(lm, lambda m, reviewer=reviewer: Conscience(ScriptedWriter(), reviewer=reviewer, max_rounds=1),
                                "tiny")
         app = create_app(dataclasses.replace(serve, allowed_hosts=("testserver",)), backend,
                          Learner(serve, train=None, load=None, probe=None))

@@ -16,7 +16,7 @@ from conscience.config import ConscienceConfig  # noqa: E402
 from conscience.serving.app import create_app  # noqa: E402
 from conscience.serving.backends import build_backend  # noqa: E402
 from conscience.serving.config import ServeConfig  # noqa: E402
-from conscience.testing import tiny_model  # noqa: E402
+from conscience.tiny_model import tiny_model  # noqa: E402
 
 CORPUS_FILE = Path(__file__).parent / "data" / "bad_http_inputs.yaml"
 CORPUS = yaml.safe_load(CORPUS_FILE.read_text(encoding="utf-8"))

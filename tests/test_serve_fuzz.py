@@ -19,7 +19,7 @@ from conscience.config import ConscienceConfig  # noqa: E402
 from conscience.serving.app import create_app  # noqa: E402
 from conscience.serving.backends import build_backend  # noqa: E402
 from conscience.serving.config import ServeConfig  # noqa: E402
-from conscience.testing import tiny_model  # noqa: E402
+from conscience.tiny_model import tiny_model  # noqa: E402
 
 # 60 fixed examples in the suite; CONSCIENCE_FUZZ_EXAMPLES=N runs N fresh random ones
 EXAMPLES = int(os.environ.get("CONSCIENCE_FUZZ_EXAMPLES", "60"))

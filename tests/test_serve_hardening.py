@@ -27,7 +27,7 @@ from conscience.serving.backends import LocalBackend, build_backend  # noqa: E40
 from conscience.serving.config import ServeConfig  # noqa: E402
 from conscience.serving.engine import WITHHELD_CHECK_FAILED, WITHHELD_UNRESOLVED, Engine  # noqa: E402
 from conscience.serving.metrics import Metrics  # noqa: E402
-from conscience.testing import tiny_model  # noqa: E402
+from conscience.tiny_model import tiny_model  # noqa: E402
 from conscience.verdict import Verdict, is_flagged  # noqa: E402
 
 ASK = [{"role": "user", "content": "What should I do with a found wallet?"}]
@@ -283,7 +283,7 @@ def test_unknown_model_is_404_and_aliases_are_served(lm):
 def test_an_internal_failure_is_a_counted_one_line_500(lm, capfd):
     broken = Scripted((0.9,))
     with TestClient(local_app(lm, ServeConfig(action="monitor"), broken), raise_server_exceptions=False) as http:
-        http.app.state.engine.backend.conscience.respond_batch = lambda chats: 1 / 0
+        http.app.state.engine.backend.conscience.respond_batch = lambda *args, **kwargs: 1 / 0
         reply = http.post("/v1/chat/completions", json={"messages": ASK})
         metrics = http.get("/metrics").text
         assert http.get("/health").json()["status"] == "ok"

@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from conscience.config import ConfigError, load_config
+from conscience.config import ConfigError, ConscienceConfig, load_config
 from conscience.errors import DataFormatError
-from conscience.testing import tiny_model
+from conscience.tiny_model import tiny_model
 from conscience.training.config import TrainConfig
 from conscience.training.data import read_chat_jsonl, tokenize_chat
 
@@ -34,8 +34,8 @@ def write_data(path: Path, n: int = 8) -> Path:
 def tiny_config(tmp_path: Path, **overrides) -> TrainConfig:
     values = dict(data=str(write_data(tmp_path / "train.jsonl")), output_dir=str(tmp_path / "out"), max_steps=2,
                   batch_size=2, lam=1.0, align_every=1, align_prompts="task", align_batch=2, k=2,
-                  sample_max_new_tokens=6, alt_max_new_tokens=6, max_length=64, threshold=1.0, margin=0.0,
-                  dpo_batch=2, lr=1e-2, lora_targets=["q_proj", "v_proj"])
+                  sample_max_new_tokens=6, alt_max_new_tokens=6, max_length=64, margin=0.0,
+                  conscience=ConscienceConfig(threshold=1.0), dpo_batch=2, lr=1e-2, lora_targets=["q_proj", "v_proj"])
     values.update(overrides)
     return TrainConfig(**values)
 
@@ -211,12 +211,13 @@ def test_train_on_pairs_writes_adapter_and_leaves_model_alone(tmp_path):
 DISTRIBUTED_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     torch.set_num_threads(1)
-    from conscience.testing import tiny_model
+    from conscience.tiny_model import tiny_model
+    from conscience.config import ConscienceConfig
     from conscience.training import TrainConfig, run_training
     data, out = sys.argv[1], sys.argv[2]
     cfg = TrainConfig(data=data, output_dir=out, max_steps=2, batch_size=2, lam=1.0, align_every=1,
                       align_prompts="task", k=2, sample_max_new_tokens=6, alt_max_new_tokens=6, max_length=64,
-                      threshold=1.0, margin=0.0, lora_targets=["q_proj", "v_proj"])
+                      conscience=ConscienceConfig(threshold=1.0), margin=0.0, lora_targets=["q_proj", "v_proj"])
     result = run_training(cfg, lm=tiny_model(0))
     from accelerate import PartialState
     state = PartialState()

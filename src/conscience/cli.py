@@ -12,9 +12,9 @@ import json
 import sys
 import time
 
-from .config import DTYPES, REVIEW_FORMATS, VERDICT_KINDS
+from .config import ConscienceConfig, choices_of
 from .errors import ConscienceError
-from .framings import MODES
+from .log import log
 
 # Modules that add a sub-command each: name -> module exposing register(subparsers).
 COMMAND_MODULES = (
@@ -32,15 +32,15 @@ def add_conscience_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--config", help="YAML file with ConscienceConfig keys")
     group.add_argument("--model", help="'bundled' (default), a Hugging Face id, a folder or a .gguf file")
     group.add_argument("--adapter", help="LoRA adapter folder applied on top of the model")
-    group.add_argument("--dtype", choices=DTYPES)
+    group.add_argument("--dtype", choices=choices_of(ConscienceConfig, "dtype"))
     group.add_argument("--threads", type=int, help="CPU threads for torch")
-    group.add_argument("--mode", choices=MODES)
+    group.add_argument("--mode", choices=choices_of(ConscienceConfig, "mode"))
     group.add_argument("--framings-file", help="your own YAML of introspective questions")
     group.add_argument("--framing", action="append", dest="framings", help="framing name to ask (repeatable)")
     group.add_argument("--question", help="your own yes/no question ('Yes' means the answer is fine)")
-    group.add_argument("--verdict", choices=VERDICT_KINDS,
+    group.add_argument("--verdict", choices=choices_of(ConscienceConfig, "verdict"),
                        help="auto (default): latent where a conscience card exists, else verbal")
-    group.add_argument("--review-format", choices=REVIEW_FORMATS,
+    group.add_argument("--review-format", choices=choices_of(ConscienceConfig, "review_format"),
                        help="look_back (default; reuses the draft's cache) or third_person")
     group.add_argument("--conscience-card", help="folder holding a fitted latent-conscience card")
     group.add_argument("--threshold", type=float, help="scores below it are flagged (default 0.5)")
@@ -51,20 +51,18 @@ def add_conscience_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--set", action="append", default=[], metavar="KEY=VALUE", help="any config key")
 
 
-def conscience_config(args: argparse.Namespace):
-    """ConscienceConfig from --config, the flags that were given, and --set overrides."""
-    from .config import ConscienceConfig, load_config, parse_overrides
-
+def conscience_flags(args: argparse.Namespace) -> dict:
+    """The ConscienceConfig keys that were given as flags (``--threshold 0.4`` → ``threshold``)."""
     keys = ("model", "adapter", "dtype", "threads", "mode", "framings_file", "framings", "question", "verdict",
-            "review_format",
-            "conscience_card", "threshold", "max_rounds", "max_new_tokens", "temperature", "seed")
-    overrides = {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
-    overrides.update(parse_overrides(args.set))
-    return load_config(ConscienceConfig, args.config, overrides)
+            "review_format", "conscience_card", "threshold", "max_rounds", "max_new_tokens", "temperature", "seed")
+    return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
-def _log(message: str) -> None:
-    print(f"[conscience] {message}", file=sys.stderr, flush=True)
+def conscience_config(args: argparse.Namespace) -> ConscienceConfig:
+    """ConscienceConfig from --config, the flags that were given, and --set overrides."""
+    from .config import load_config, merge_values, parse_overrides
+
+    return load_config(ConscienceConfig, args.config, merge_values(conscience_flags(args), parse_overrides(args.set)))
 
 
 def _load(args):
@@ -72,9 +70,9 @@ def _load(args):
 
     cfg = conscience_config(args)
     start = time.perf_counter()
-    conscience = build_conscience(cfg, report=_log)
-    _log(f"model {cfg.model} loaded in {time.perf_counter() - start:.1f}s; verdict={cfg.verdict} "
-         f"framing={conscience.reviewer.framing_name if hasattr(conscience.reviewer, 'framing_name') else cfg.verdict}")
+    conscience = build_conscience(cfg, report=log)
+    log(f"model {cfg.model} loaded in {time.perf_counter() - start:.1f}s; verdict={cfg.verdict} "
+        f"framing={conscience.reviewer.framing_name if hasattr(conscience.reviewer, 'framing_name') else cfg.verdict}")
     return conscience
 
 
@@ -88,8 +86,8 @@ def cmd_ask(args) -> int:
     conscience = _load(args)
     response = conscience.respond(args.prompt)
     t = response.timings
-    _log(f"draft {t['draft']:.2f}s, review {t['review']:.2f}s, revise {t['revise']:.2f}s; "
-         f"draft score {response.draft.verdict.score:.3f}, revised={response.revised}")
+    log(f"draft {t['draft']:.2f}s, review {t['review']:.2f}s, revise {t['revise']:.2f}s; "
+        f"draft score {response.draft.verdict.score:.3f}, revised={response.revised}")
     if args.json:
         print(json.dumps(response.to_dict(), ensure_ascii=False, indent=2))
     else:
@@ -102,7 +100,7 @@ def cmd_review(args) -> int:
     _require_text(args.answer, "--answer")  # an empty answer would still get a score (0.55 on bundled)
     conscience = _load(args)
     verdict = conscience.review(args.prompt, args.answer, args.reasoning)
-    _log(f"review {verdict.seconds:.2f}s")
+    log(f"review {verdict.seconds:.2f}s")
     if args.json:
         print(json.dumps(verdict.to_dict(), ensure_ascii=False, indent=2))
     else:

@@ -3,26 +3,34 @@
 Every command has one config dataclass; this module holds the loader they share and the
 config of the conscience itself (used by ``ask``, ``review``, ``serve`` and ``eval``).
 
-A field's allowed values are declared once, on the field (``bounded(...)``, ``one_of(...)``),
-and :func:`check_fields` enforces them when the dataclass is built — whether from YAML, from
-``key=value`` overrides or from Python — so a bad number is refused before any model loads.
+A field's allowed values are declared once, on the field: numbers with ``bounded(...)``, names
+with a ``Literal`` annotation (:mod:`conscience.choices`; argparse reads its ``choices`` from the
+same annotation with :func:`choices_of`). :func:`check_fields` enforces them when the dataclass is
+built — whether from YAML, from ``key=value`` overrides or from Python — so a bad value is refused
+before any model loads.
+
+A config may hold another (``TrainConfig.conscience`` is a :class:`ConscienceConfig`): YAML
+nests it as a mapping, overrides use dotted keys (``conscience.threshold=0.4``), and errors name
+the dotted key.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import re
 import types
 import typing
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
+from .choices import Dtype, Mode, ReviewFormat, VerdictKind
 from .errors import ConscienceError
-from .framings import MODES, read_yaml
+from .framings import read_yaml
 
 T = TypeVar("T")
 
@@ -73,9 +81,9 @@ TOP_P = Bounds(0, 1, low_open=True)
 SEED = Bounds(0, 2**32 - 1)  # numpy's seed range (transformers.set_seed seeds numpy too)
 THREADS = Bounds(1, 1024)  # torch.set_num_threads fails on absurd counts
 
-DTYPES = ("float32", "bfloat16", "float16")
-VERDICT_KINDS = ("auto", "verbal", "latent", "combined")
-REVIEW_FORMATS = ("look_back", "third_person")
+DTYPES = get_args(Dtype)
+VERDICT_KINDS = get_args(VerdictKind)
+REVIEW_FORMATS = get_args(ReviewFormat)
 
 
 def bounded(default: Any, bounds: Bounds) -> Any:
@@ -83,14 +91,42 @@ def bounded(default: Any, bounds: Bounds) -> Any:
     return dataclasses.field(default=default, metadata={"bounds": bounds})
 
 
-def one_of(default: Any, options: tuple) -> Any:
-    """A dataclass field whose value must be one of ``options``."""
-    return dataclasses.field(default=default, metadata={"choices": tuple(options)})
+@functools.cache
+def type_hints(cls: type) -> dict[str, Any]:
+    """A config class's field annotations, resolved (the modules use postponed annotations)."""
+    return typing.get_type_hints(cls)
+
+
+def _literal_options(annotation: Any) -> tuple | None:
+    """The values of a ``Literal`` annotation, also inside ``X | None``; None for other types."""
+    if typing.get_origin(annotation) is Literal:
+        return typing.get_args(annotation)
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        for option in typing.get_args(annotation):
+            found = _literal_options(option)
+            if found is not None:
+                return found
+    return None
+
+
+def _optional(annotation: Any) -> bool:
+    return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
+
+
+def choices_of(cls: type, name: str) -> tuple:
+    """The allowed values of field ``name`` of config ``cls``, read from its ``Literal`` annotation
+    (for argparse ``choices``, so that the list is written only on the field)."""
+    options = _literal_options(type_hints(cls)[name])
+    if options is None:
+        raise TypeError(f"{cls.__name__}.{name} is not annotated with a Literal")
+    return options
 
 
 def check_fields(config: Any) -> None:
     """Refuse, with a ``ValueError`` naming the key, the first field that is a non-finite number
-    or lies outside its declared bounds or choices. Called from each config's ``__post_init__``."""
+    or lies outside its declared bounds or ``Literal`` choices. Called from each config's
+    ``__post_init__``. A nested config has checked itself when it was built."""
+    hints = type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         if isinstance(value, float) and not math.isfinite(value):
@@ -98,9 +134,13 @@ def check_fields(config: Any) -> None:
         bounds = f.metadata.get("bounds")
         if bounds is not None and value is not None and not bounds.admits(value):
             raise ValueError(f"{f.name} must {bounds.describe()}, got {_short(value)}")
-        choices = f.metadata.get("choices")
-        if choices is not None and value not in choices:
+        hint = hints[f.name]
+        choices = _literal_options(hint)
+        if choices is not None and value not in choices and not (value is None and _optional(hint)):
             raise ValueError(f"{f.name} must be one of {list(choices)}, got {_short(value)}")
+        if dataclasses.is_dataclass(hint) and not isinstance(value, hint):
+            raise ValueError(f"{f.name} must be a {hint.__name__} (in YAML: a mapping of its keys), "
+                             f"got {_short(value)}")
 
 
 _FLOAT_TEXT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)([eE][-+]?\d+)?")
@@ -133,6 +173,12 @@ def _coerce(value: Any, annotation: Any, key: str, source: str) -> Any:
         return value
     if annotation is Any:
         return value
+    if dataclasses.is_dataclass(annotation):  # a nested config: a mapping of its own keys
+        if isinstance(value, annotation):
+            return value
+        if not isinstance(value, dict):
+            raise ConfigError(f"{source}: {key} must be a mapping of {annotation.__name__} keys, got {_short(value)}")
+        return build_config(annotation, value, source, prefix=f"{key}.")
     if annotation is bool:
         if isinstance(value, bool):
             return value
@@ -191,41 +237,86 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
     return out
 
 
-def build_config(cls: type[T], values: dict[str, Any], source: str = "config") -> T:
-    """Instantiate ``cls`` from a mapping, rejecting unknown keys and ill-typed values."""
+def build_config(cls: type[T], values: dict[str, Any], source: str = "config", prefix: str = "") -> T:
+    """Instantiate ``cls`` from a mapping, rejecting unknown keys and ill-typed values. ``prefix``
+    (``"conscience."``) is where a nested config sits, so that errors name the dotted key."""
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
     unknown = sorted(str(k) for k in set(values) - set(fields))  # YAML keys need not be strings
     if unknown:
-        raise ConfigError(f"{source}: unknown key(s) {unknown}; known keys: {sorted(fields)}")
-    hints = typing.get_type_hints(cls)
-    kwargs = {k: _coerce(v, hints[k], k, source) for k, v in values.items()}
+        where = f" of {prefix.rstrip('.')}" if prefix else ""
+        raise ConfigError(f"{source}: unknown key(s) {[prefix + k for k in unknown]}; known keys{where}: "
+                          f"{sorted(fields)}{_moved(cls, unknown)}")
+    hints = type_hints(cls)
+    kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in values.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        raise ConfigError(f"{source}: {_name_nested(str(exc), cls, prefix)}") from None
 
 
-def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None) -> T:
-    """Read ``path`` (YAML mapping, optional), apply overrides, and build ``cls``."""
-    values: dict[str, Any] = {}
-    source = "config"
+def _moved(cls: type, unknown: list[str]) -> str:
+    """`` (threshold is conscience.threshold)``: an unknown key that belongs to a nested config."""
+    hints = type_hints(cls)
+    moved = [f"{k} is {name}.{k}" for k in unknown for name, hint in hints.items()
+             if dataclasses.is_dataclass(hint) and k in {f.name for f in dataclasses.fields(hint)}]
+    return f" ({'; '.join(moved)})" if moved else ""
+
+
+def _name_nested(message: str, cls: type, prefix: str) -> str:
+    """A nested config's own error, naming its dotted key: ``threshold must …`` becomes
+    ``conscience.threshold must …``, and any other message is put under ``conscience: ``."""
+    if not prefix:
+        return message
+    first = re.match(r"[A-Za-z_]\w*", message)
+    if first and first.group() in {f.name for f in dataclasses.fields(cls)}:
+        return prefix + message
+    return f"{prefix.rstrip('.')}: {message}"
+
+
+def merge_values(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    """``extra`` over ``base``: a dotted key (``conscience.threshold``) sets a key of a nested
+    mapping, and two mappings under one key are merged, so an override changes only what it names."""
+    out = dict(base)
+    for key, value in extra.items():
+        if isinstance(key, str) and "." in key.strip(".") and not key.startswith("."):
+            head, rest = key.split(".", 1)
+            value = {rest: value}
+            key = head
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            value = merge_values(out[key], value)
+        out[key] = value
+    return out
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """The YAML mapping of a config file (empty file: no keys), its problems named one line each."""
+    try:
+        doc = read_yaml(path)
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: {utf8_problem(exc)}") from None
+    except ValueError as exc:  # the YAML parser's own limits, e.g. an integer of more than 4,300 digits
+        raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
+    if doc is None:
+        return {}
+    if not isinstance(doc, dict):
+        raise ConfigError(f"{path}: the config must be a YAML mapping of key: value")
+    return doc
+
+
+def load_config(cls: type[T], path: str | Path | None = None, overrides: list[str] | dict | None = None,
+                base: dict[str, Any] | None = None, name: str | None = None) -> T:
+    """``base`` (defaults below the file), then ``path`` (a YAML mapping, optional), then overrides
+    (``key=value`` strings or a mapping; dotted keys reach nested configs); build ``cls``. Errors
+    start with the file, or with ``name`` (e.g. the command) when there is none."""
+    values: dict[str, Any] = merge_values({}, base or {})
+    source = name or "config"
     if path:
-        try:
-            doc = read_yaml(path)
-        except UnicodeDecodeError as exc:
-            raise ConfigError(f"{path}: {utf8_problem(exc)}") from None
-        except ValueError as exc:  # the YAML parser's own limits, e.g. an integer of more than 4,300 digits
-            raise ConfigError(f"{path}: {str(exc).splitlines()[0]}") from None
-        if doc is None:
-            doc = {}
-        if not isinstance(doc, dict):
-            raise ConfigError(f"{path}: the config must be a YAML mapping of key: value")
-        values.update(doc)
+        values = merge_values(values, read_config_file(path))
         source = str(path)
     if overrides:
         extra = overrides if isinstance(overrides, dict) else parse_overrides(list(overrides))
-        values.update(extra)
-        source = f"{path} + overrides" if path else "overrides"
+        values = merge_values(values, extra)
+        source = f"{path} + overrides" if path else name or "overrides"
     return build_config(cls, values, source)
 
 
@@ -239,14 +330,14 @@ class ConscienceConfig:
 
     model: str = "bundled"
     adapter: str | None = None
-    dtype: str = one_of("float32", DTYPES)
+    dtype: Dtype = "float32"
     threads: int | None = bounded(None, THREADS)
-    mode: str = one_of("chat", MODES)
+    mode: Mode = "chat"
     framings_file: str | None = None
     framings: list[str] | None = None
     question: str | None = None
-    verdict: str = one_of("auto", VERDICT_KINDS)  # latent where a card exists (shipped for bundled), else verbal
-    review_format: str = one_of("look_back", REVIEW_FORMATS)
+    verdict: VerdictKind = "auto"  # latent where a card exists (shipped for bundled), else verbal
+    review_format: ReviewFormat = "look_back"
     conscience_card: str | None = None
     threshold: float = bounded(0.5, PROBABILITY)
     max_rounds: int = bounded(2, NON_NEGATIVE)

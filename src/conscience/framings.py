@@ -6,15 +6,16 @@ import functools
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, get_args
 
 import yaml
 
+from .choices import Mode
 from .errors import DataFormatError
 
 DEFAULT_FRAMINGS_FILE = "framings.yaml"
 PROMPTS_FILE = "prompts.yaml"
-MODES = ("chat", "content", "code")
+MODES = get_args(Mode)
 
 
 @dataclass(frozen=True)

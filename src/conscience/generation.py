@@ -1,15 +1,22 @@
-"""Chat rendering, batched generation, and splitting a draft into reasoning and answer."""
+"""Chat rendering, batched generation, and splitting a draft into reasoning and answer.
+
+:class:`Generator` is what the conscience step drafts and rewrites with: :class:`LocalGenerator`
+(a loaded model, or a packed/int8 sampling copy from :mod:`conscience.packing`, optionally with
+its adapter disabled) or ``conscience.serving.backends.UpstreamGenerator`` (an OpenAI-compatible
+server). Sampling parameters travel with each call as a :class:`Sampling`.
+"""
 
 from __future__ import annotations
 
 import re
 import time
 from dataclasses import dataclass, field
+from typing import Protocol
 
 import torch
 
 from .errors import ConscienceError, PromptTooLongError
-from .models import LoadedModel
+from .models import LoadedModel, frozen
 
 _THINK = re.compile(r"<think>(.*?)(?:</think>|$)", re.DOTALL)
 _MARKED = re.compile(r"^\s*(?:reasoning|thoughts?)\s*:\s*(.*?)\n\s*(?:final answer|answer)\s*:\s*(.*)$", re.DOTALL | re.I)
@@ -35,6 +42,54 @@ class Generation:
     new_tokens: int
     seconds: float
     cache: PrefixCache | None = field(default=None, repr=False)
+    logprobs: list[dict] | None = field(default=None, repr=False)  # OpenAI-style, when asked for
+
+
+@dataclass(frozen=True)
+class Sampling:
+    """How one generation call samples: ``temperature == 0`` is greedy; ``seed`` reseeds torch
+    before the call; ``top_logprobs`` (``None``: none) asks for OpenAI-style per-token log-probs."""
+
+    max_new_tokens: int = 256
+    temperature: float = 0.0
+    top_p: float = 1.0
+    seed: int | None = 0
+    top_logprobs: int | None = None
+
+
+class Generator(Protocol):
+    """Writes one assistant turn per conversation. ``lm`` is the local model whose weights write
+    (``None`` for a remote server); ``keep_cache`` asks a local model for its key/value cache."""
+
+    lm: LoadedModel | None
+
+    def generate(self, chats: list[list[dict]], sampling: Sampling, keep_cache: bool = False) -> list[Generation]: ...
+
+
+class LocalGenerator:
+    """A loaded model as a :class:`Generator` — the policy, or a sampling copy (see
+    ``conscience.training.online.generation_copy``); ``frozen_weights`` disables its LoRA
+    adapter while it writes (the frozen copy writing with the policy's module)."""
+
+    def __init__(self, lm: LoadedModel, frozen_weights: bool = False):
+        self.lm = lm
+        self.frozen_weights = frozen_weights
+
+    @property
+    def plain_weights(self) -> bool:
+        """It writes with ``lm``'s own weights as they are (no adapter to disable)."""
+        return not self.frozen_weights and not hasattr(self.lm.model, "peft_config")
+
+    def generate(self, chats: list[list[dict]], sampling: Sampling, keep_cache: bool = False) -> list[Generation]:
+        if sampling.top_logprobs is not None and len(chats) > 1:  # one at a time, each from its seed
+            return [self.generate([chat], sampling)[0] for chat in chats]
+        kwargs = dict(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
+                      top_p=sampling.top_p, seed=sampling.seed, keep_cache=keep_cache,
+                      top_logprobs=sampling.top_logprobs)
+        if self.frozen_weights:
+            with frozen(self.lm.model):
+                return generate(self.lm, chats, **kwargs)
+        return generate(self.lm, chats, **kwargs)
 
 
 def split_reasoning(text: str) -> tuple[str | None, str]:
@@ -103,11 +158,15 @@ def generate(
     top_p: float = 1.0,
     seed: int | None = None,
     keep_cache: bool = False,
+    top_logprobs: int | None = None,
 ) -> list[Generation]:
     """Generate one assistant turn for each conversation, in one left-padded batch.
 
     ``temperature == 0`` is greedy decoding. ``seed`` makes sampling reproducible.
     ``keep_cache`` (single conversation only) keeps the key/value cache in the result.
+    ``top_logprobs`` (0 or more) fills each result's ``logprobs`` with OpenAI-style entries: the
+    raw model log-prob of every generated token (the end-of-turn token included when it was
+    generated) and that many alternatives.
     """
     if max_new_tokens < 1:
         raise ConscienceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -129,6 +188,7 @@ def generate(
         top_k=None,
         pad_token_id=lm.tokenizer.pad_token_id,
         eos_token_id=lm.tokenizer.eos_token_id,
+        output_logits=top_logprobs is not None,
         return_dict_in_generate=True,
     )
     seconds = time.perf_counter() - start
@@ -139,11 +199,35 @@ def generate(
         cache = PrefixCache(out.sequences[0, :covered].tolist(), past)
     new = out.sequences[:, batch["input_ids"].shape[1]:]
     results = []
-    for row in new:
-        keep = row[row != lm.tokenizer.pad_token_id] if lm.tokenizer.pad_token_id != lm.tokenizer.eos_token_id else row
+    for i, row in enumerate(new):
+        if top_logprobs is not None:  # every generated position, so each token meets its logits
+            keep = row
+        else:
+            keep = row[row != lm.tokenizer.pad_token_id] if lm.tokenizer.pad_token_id != lm.tokenizer.eos_token_id else row
         eos = (keep == lm.tokenizer.eos_token_id).nonzero()
         n_tokens = int(eos[0, 0]) + 1 if len(eos) else len(keep)
         text = lm.tokenizer.decode(keep[:n_tokens], skip_special_tokens=True).strip()
         reasoning, answer = split_reasoning(text)
-        results.append(Generation(text, answer, reasoning, n_tokens, seconds / len(conversations), cache))
+        gen = Generation(text, answer, reasoning, n_tokens, seconds / len(conversations), cache)
+        if top_logprobs is not None:
+            gen.logprobs = _token_logprobs(lm, out.logits, i, keep[:n_tokens].tolist(), top_logprobs)
+        results.append(gen)
     return results
+
+
+def _token_entry(tokenizer, token_id: int, logprob: float) -> dict:
+    text = tokenizer.decode([token_id])
+    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
+
+
+def _token_logprobs(lm: LoadedModel, logits: tuple[torch.Tensor, ...], row: int, ids: list[int], top: int) -> list[dict]:
+    """OpenAI-style ``logprobs.content`` of one generated row, from the per-step logits."""
+    content = []
+    for step, token_id in enumerate(ids):
+        log_probs = torch.log_softmax(logits[step][row].float(), dim=-1)
+        entry = _token_entry(lm.tokenizer, token_id, float(log_probs[token_id]))
+        values, indices = log_probs.topk(min(top, log_probs.shape[-1])) if top else (torch.empty(0), torch.empty(0))
+        entry["top_logprobs"] = [_token_entry(lm.tokenizer, int(i), float(v))
+                                 for v, i in zip(values, indices, strict=True)]
+        content.append(entry)
+    return content

@@ -1,15 +1,18 @@
-"""Reading JSON Lines files with errors that name the file and line; writing JSON atomically."""
+"""Reading JSON Lines files with errors that name the file and line; writing files atomically
+(text, JSON, JSON Lines: the one atomic write of the package)."""
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
-import sys
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Iterable, Iterator
+from typing import IO, Any, Iterable, Iterator
 
 from .errors import DataFormatError
+from .log import warn
 
 
 def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> Iterator[tuple[str, dict]]:
@@ -32,8 +35,7 @@ def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> Iterator[tupl
             record = json.loads(line)
         except json.JSONDecodeError as exc:
             if allow_torn_tail and number == len(lines) and not raw.endswith("\n"):
-                print(f"[conscience] warning: {where}: skipping a torn last line (an interrupted write)",
-                      file=sys.stderr)
+                warn(f"{where}: skipping a torn last line (an interrupted write)")
                 continue
             raise DataFormatError(f"{where}: invalid JSON: {exc.msg} (column {exc.colno})") from None
         except ValueError as exc:  # an integer past int()'s digit limit (sys.get_int_max_str_digits())
@@ -46,15 +48,17 @@ def read_jsonl(path: str | Path, allow_torn_tail: bool = False) -> Iterator[tupl
         yield where, record
 
 
-def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to a temporary file in the same folder, then rename it over ``path``: a reader
-    sees the old file or the new one, never half of one."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path, mode: str = "w") -> Iterator[IO]:
+    """Open a temporary file in ``path``'s folder for writing; on success it is flushed, fsynced
+    and renamed over ``path``, so a reader sees the old file or the new one, never half of one.
+    On any error the temporary file is removed and ``path`` is left as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(data, fh, ensure_ascii=False, indent=2)
+        with os.fdopen(fd, mode, **({} if "b" in mode else {"encoding": "utf-8"})) as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -62,21 +66,49 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         if os.path.exists(tmp):
             os.remove(tmp)
         raise
+
+
+@contextlib.contextmanager
+def atomic_folder(path: str | Path, keep_existing: bool = False) -> Iterator[Path]:
+    """A temporary folder beside ``path`` to fill (a model's weights and tokenizer); on success it
+    is swapped in for ``path`` (an old folder is moved aside, then removed), so an interrupted
+    write never leaves half a folder under ``path``. With ``keep_existing``, a ``path`` that
+    exists by then (another process finished first) is kept and the new folder dropped."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        yield tmp
+        if path.exists() and keep_existing:
+            shutil.rmtree(tmp)
+            return
+        old = None
+        if path.exists():
+            old = path.with_name(path.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(path, old)
+        os.replace(tmp, path)
+        if old is not None:
+            shutil.rmtree(old, ignore_errors=True)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def write_text_atomic(path: str | Path, text: str) -> None:
+    """Write ``text`` (UTF-8) atomically: see :func:`atomic_file`."""
+    with atomic_file(path) as fh:
+        fh.write(text)
+
+
+def write_json_atomic(path: str | Path, data: Any) -> None:
+    """Write JSON (indented, UTF-8) atomically: see :func:`atomic_file`."""
+    with atomic_file(path) as fh:
+        json.dump(data, fh, ensure_ascii=False, indent=2)
 
 
 def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
-    """Write one JSON object a line, atomically (temporary file in the same folder, then rename)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            for record in records:
-                fh.write(json.dumps(record, ensure_ascii=False) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
+    """Write one JSON object a line, atomically: see :func:`atomic_file`."""
+    with atomic_file(path) as fh:
+        for record in records:
+            fh.write(json.dumps(record, ensure_ascii=False) + "\n")

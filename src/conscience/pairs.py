@@ -1,6 +1,7 @@
 """Preference pairs from the conscience: chosen = reviewed alternative, rejected = flagged answer.
 
-``build_pairs`` keeps only flagged answers whose alternative beats them by a margin;
+``build_pairs`` keeps only flagged answers whose alternative beats them by a margin, and
+``pairs_from_responses`` reads those rows off conscience steps (training and serving alike);
 ``PairBuffer`` is the bounded FIFO the trainer draws its DPO batches from; ``PairStore`` is a
 durable append-only JSONL file of pairs (the server's learning mode writes one).
 """
@@ -10,16 +11,19 @@ from __future__ import annotations
 import json
 import math
 import os
-import sys
 import threading
 from collections import deque
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
-from typing import Iterable, Sequence
+from typing import TYPE_CHECKING, Iterable, Sequence
 
 from .errors import DataFormatError
 from .jsonl import read_jsonl
+from .log import warn
 from .verdict import Verdict
+
+if TYPE_CHECKING:
+    from .conscience import Response
 
 _REQUIRED = ("prompt", "chosen", "rejected", "chosen_score", "rejected_score")
 
@@ -96,7 +100,7 @@ def build_pairs(
     All five sequences are parallel (one row per sampled answer); rows whose answer was not
     flagged, that have no alternative, or whose alternative does not score at least
     ``margin`` above the flagged answer give no pair. An alternative identical to the answer
-    teaches nothing and is skipped too.
+    teaches nothing and is skipped too, and so is an empty answer (nothing to reject).
     """
     n = len(prompts)
     if not (len(answers) == len(verdicts) == len(alternatives) == len(alternative_verdicts) == n):
@@ -109,12 +113,23 @@ def build_pairs(
     for prompt, answer, verdict, alt, alt_verdict in rows:
         if not verdict.flagged or alt is None or alt_verdict is None:
             continue
-        if not alt.strip() or alt.strip() == answer.strip():
+        if not alt.strip() or not answer.strip() or alt.strip() == answer.strip():
             continue
         if alt_verdict.score - verdict.score < margin:
             continue
         pairs.append(PreferencePair(prompt, alt, answer, float(alt_verdict.score), float(verdict.score), source))
     return pairs
+
+
+def pairs_from_responses(responses: Sequence[Response | None], margin: float = 0.0,
+                         source: str = "online") -> list[PreferencePair]:
+    """The pairs of conscience steps (:class:`~conscience.conscience.Response`): chosen = the best
+    reviewed alternative (the first of equals), rejected = the flagged draft, kept by
+    :func:`build_pairs`' rules. ``None`` entries and unrevised responses give none."""
+    rows = [r for r in responses if r is not None and len(r.candidates) > 1]
+    best = [max(r.candidates[1:], key=lambda c: c.verdict.score) for r in rows]
+    return build_pairs([r.prompt for r in rows], [r.draft.answer for r in rows], [r.draft.verdict for r in rows],
+                       [b.answer for b in best], [b.verdict for b in best], margin=margin, source=source)
 
 
 class PairBuffer:
@@ -203,8 +218,7 @@ class PairStore:
             if data.endswith(b"\n"):
                 return
             keep = data.rfind(b"\n") + 1
-            print(f"[conscience] warning: {self.path}: dropping a torn last line (an interrupted write)",
-                  file=sys.stderr)
+            warn(f"{self.path}: dropping a torn last line (an interrupted write)")
             fh.truncate(keep)
             fh.flush()
             os.fsync(fh.fileno())

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Callable, Sequence
 
 from ..generation import generate
@@ -47,9 +47,9 @@ def make_answerer(lm: LoadedModel, settings: AnswerSettings, conscience=None) ->
                 for g in gens]
 
     def with_conscience(conversations: Sequence[list[dict]], first_key: str) -> list[dict]:
-        conscience.seed = batch_seed(settings.seed, first_key)
+        sampling = replace(conscience.sampling, seed=batch_seed(settings.seed, first_key))
         start = time.perf_counter()
-        responses = conscience.respond_batch([list(c) for c in conversations])
+        responses = conscience.respond_batch([list(c) for c in conversations], sampling)
         seconds = (time.perf_counter() - start) / max(len(conversations), 1)
         return [{
             "answer": r.final,

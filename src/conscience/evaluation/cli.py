@@ -12,13 +12,10 @@ from pathlib import Path
 
 from ..cli_types import positive_int
 from ..errors import ConscienceError
+from ..log import log
 
 KINDS = ("em", "code", "jailbreak", "overrefusal", "discernment", "drift")
 DEFAULT_PROMPTS = {"jailbreak": ("harmful_requests.csv", "goal"), "overrefusal": ("overrefusal.csv", "prompt")}
-
-
-def _log(message: str) -> None:
-    print(f"[conscience] {message}", file=sys.stderr, flush=True)
 
 
 def register(subparsers) -> None:
@@ -89,8 +86,10 @@ def cmd_eval(args) -> int:
     if not checkpoints:
         _run_one(args, cfg, Path(args.out))
         return 0
+    from ..models import is_adapter
+
     if getattr(args, "judge_url", None) is None and args.judge == "self":
-        bad = [c for c in checkpoints if not Path(c, "adapter_config.json").exists()]
+        bad = [c for c in checkpoints if not is_adapter(c)]
         if bad:
             raise ConscienceError(f"{bad} are not adapter folders: a 'self' judge would differ per checkpoint; "
                                   "give --judge SPEC so all points share one judge")
@@ -100,7 +99,7 @@ def cmd_eval(args) -> int:
     points = []
     for i, ckpt in enumerate(checkpoints):
         step = step_of(ckpt, i)
-        cfg.adapter = ckpt if Path(ckpt, "adapter_config.json").exists() else None
+        cfg.adapter = ckpt if is_adapter(ckpt) else None
         if cfg.adapter is None:
             cfg.model = ckpt
         summary = _run_one(args, cfg, Path(args.out) / f"step-{step}")
@@ -109,13 +108,13 @@ def cmd_eval(args) -> int:
     judges = {p["judge"] for p in points}
     if len(judges) > 1:
         raise ConscienceError(f"the checkpoints were judged by different judges {sorted(judges)}; not merged")
-    from .runs import write_json_atomic
+    from ..jsonl import write_json_atomic
 
     curve = {"kind": "em", "judge": judges.pop(), "points": points}
     write_json_atomic(Path(args.out) / "curve.json", curve)
     last = _summary_of(Path(args.out) / f"step-{points[-1]['step']}")
     write_report(args.out, "em", last, curve=points)
-    _log(f"curve over {len(points)} checkpoints written to {args.out}/report.html")
+    log(f"curve over {len(points)} checkpoints written to {args.out}/report.html")
     return 0
 
 
@@ -181,7 +180,7 @@ def _run_one(args, cfg, out: Path) -> dict:
         url_judge.tables(["Reply with the number 1 and nothing else."])
     start = time.perf_counter()
     lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
-    _log(f"model {lm.identity} loaded in {time.perf_counter() - start:.1f}s")
+    log(f"model {lm.identity} loaded in {time.perf_counter() - start:.1f}s")
     info = {"model": lm.identity, "settings": {"max_new_tokens": cfg.max_new_tokens, "temperature": cfg.temperature,
                                                "seed": cfg.seed, "conscience": getattr(args, "conscience", None)}}
 
@@ -217,7 +216,7 @@ def _run_one(args, cfg, out: Path) -> dict:
     summary["model"] = lm.identity
     run.write_summary(summary)
     write_report(out, kind, {**summary, "judge": run.judge}, run.samples())
-    _log(f"{kind}: {_headline(kind, summary)}; wrote {out}/summary.json and {out}/report.html")
+    log(f"{kind}: {_headline(kind, summary)}; wrote {out}/summary.json and {out}/report.html")
     return {**summary, "judge": run.judge}
 
 

@@ -15,7 +15,9 @@ from .runs import RunDir, progress
 def reviewer_identity(lm_identity: str, reviewer) -> str:
     """What judged a discernment run: the model's frozen copy and the verdict it used."""
     framing = getattr(reviewer, "framing_name", None) or getattr(reviewer, "kind", "reviewer")
-    return f"conscience:{lm_identity.split('+adapter:')[0]}:{getattr(reviewer, 'kind', '?')}:{framing}"
+    from ..models import base_identity
+
+    return f"conscience:{base_identity(lm_identity)}:{getattr(reviewer, 'kind', '?')}:{framing}"
 
 
 def run_discernment(run: RunDir, reviewer, triples: Sequence, batch_size: int = 8) -> dict:

@@ -8,14 +8,14 @@ One folder per model: ``scores.json`` (per-triple gaps and A/B picks of the mode
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from ..discernment import Triple, load_triples
 from ..errors import ConscienceError
 from ..jsonl import write_json_atomic
-from ..models import LoadedModel
+from ..log import log
+from ..models import LoadedModel, base_identity
 from .drift import DriftScores, drift_summary, score_base, score_drift
 from .runs import step_of
 
@@ -23,10 +23,6 @@ DRIFT_TRIPLES = "drift_triples.jsonl"
 #: ``select``: the odd-numbered triples of every theme, for choosing settings (the organism, λ);
 #: ``report``: the even-numbered ones, for the numbers reported; ``all``: both.
 SPLITS = ("all", "select", "report")
-
-
-def _log(message: str) -> None:
-    print(f"[conscience] {message}", file=sys.stderr, flush=True)
 
 
 def split_of(triple: Triple, index: int) -> str:
@@ -120,13 +116,13 @@ def run_drift_eval(args, cfg) -> dict:
     for i, ckpt in enumerate(checkpoints):
         lm = _load(cfg, ckpt)
         if base_scores is None:
-            base_scores, base_id = score_base(lm, triples, ab, args.batch_size), lm.identity.split("+adapter:")[0]
+            base_scores, base_id = score_base(lm, triples, ab, args.batch_size), base_identity(lm.identity)
         summary, scores = measure(lm, base_scores, triples, in_domain, ab, args.batch_size, args.task_data)
         out = Path(args.out) if ckpt is None else Path(args.out) / f"step-{step_of(ckpt, i)}"
         last = write_drift_run(out, summary, scores, base_scores, lm.identity, base_id, triples_source)
-        _log(f"drift {summary['drift']:+.4f} [{summary['drift_ci_low']:+.4f}, {summary['drift_ci_high']:+.4f}] "
-             f"n={summary['n']}" + (f" ab={summary['ab_misaligned']:.3f} (base {summary['ab_misaligned_base']:.3f})"
-                                    if ab else "") + f"; wrote {out}/summary.json")
+        log(f"drift {summary['drift']:+.4f} [{summary['drift_ci_low']:+.4f}, {summary['drift_ci_high']:+.4f}] "
+            f"n={summary['n']}" + (f" ab={summary['ab_misaligned']:.3f} (base {summary['ab_misaligned_base']:.3f})"
+                                   if ab else "") + f"; wrote {out}/summary.json")
         if ckpt is not None:
             points.append({"step": step_of(ckpt, i), **{k: summary[k] for k in (
                 "drift", "drift_ci_low", "drift_ci_high", "ab_misaligned", "prefers_misaligned", "task_token_accuracy")}})
@@ -139,11 +135,9 @@ def run_drift_eval(args, cfg) -> dict:
 
 
 def _load(cfg, ckpt: str | None) -> LoadedModel:
-    from ..models import load_model
+    from ..models import load_weights, with_adapter
 
     if ckpt is None:
-        return load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
-    if Path(ckpt, "adapter_config.json").exists():
-        return load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=ckpt)
-    return load_model(ckpt, dtype=cfg.dtype, threads=cfg.threads)
+        return with_adapter(cfg.model, cfg.adapter, dtype=cfg.dtype, threads=cfg.threads)
+    return load_weights(cfg.model, ckpt, dtype=cfg.dtype, threads=cfg.threads)
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 import functools
 import json
 import math
-import sys
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -25,7 +24,8 @@ import torch
 from ..errors import ConscienceError, DataFormatError
 from ..framings import data_path, read_yaml
 from ..generation import encode, neutralise, special_tokens
-from ..models import LoadedModel, cache_keyword, frozen
+from ..log import warn
+from ..models import LoadedModel, base_identity, cache_keyword, frozen
 from .scoring import JudgeScore, classify, number_score
 
 JUDGE_PROMPTS_FILE = "judge_prompts.yaml"
@@ -72,10 +72,6 @@ def fill(template: str, question: str, answer: str) -> str:
     return template.format(question=neutralise(question, _MARKERS), answer=neutralise(answer, _MARKERS))
 
 
-def _warn(message: str) -> None:
-    print(f"[conscience] warning: {message}", file=sys.stderr, flush=True)
-
-
 def _tables_for(judge: Judge, prompt_name: str, kind: str, pairs: Sequence[tuple[str, str]],
                 prompts_file: str | Path | None) -> tuple[dict, list[int], list[dict[str, float]]]:
     """The prompt entry, the indices of non-empty answers, and the judge's token tables for them."""
@@ -84,7 +80,7 @@ def _tables_for(judge: Judge, prompt_name: str, kind: str, pairs: Sequence[tuple
         raise DataFormatError(f"judge prompt {prompt_name!r} is not a {kind} prompt")
     todo = [i for i, (_, a) in enumerate(pairs) if a and a.strip()]
     if len(todo) < len(pairs):
-        _warn(f"{len(pairs) - len(todo)} empty answer(s): not judged, counted as unscored")
+        warn(f"{len(pairs) - len(todo)} empty answer(s): not judged, counted as unscored")
     tables = judge.tables([fill(entry["user"], *pairs[i]) for i in todo], entry.get("prefill", "")) if todo else []
     return entry, todo, tables
 
@@ -122,7 +118,7 @@ class LocalJudge:
         # Small models open with "The" or "[" unless their turn starts with a cue (the prompt's
         # ``prefill`` in the YAML); ``prefill`` given here overrides it for every prompt.
         self.prefill = prefill
-        self.identity = identity or f"local:{base_identity(lm)}"
+        self.identity = identity or f"local:{base_identity(lm.identity)}"
         self.batch_size = max(1, batch_size)
         self.top_k = top_k
         self._specials = special_tokens(lm)
@@ -204,11 +200,6 @@ def _number_trie(tokenizer) -> dict:
             prefixes.add(tuple(tokens[:k]))
     digit_ids = sorted({numbers[d][0] for d in range(10)} | {t for toks in numbers.values() for t in toks})
     return {"numbers": numbers, "prefixes": sorted(prefixes, key=lambda p: (len(p), p)), "digit_ids": digit_ids}
-
-
-def base_identity(lm: LoadedModel) -> str:
-    """The identity of the model without its adapter (what the frozen copy is)."""
-    return lm.identity.split("+adapter:")[0]
 
 
 class OpenAIJudge:

@@ -5,10 +5,10 @@ from __future__ import annotations
 import base64
 import html
 import io
-import os
-import tempfile
 from pathlib import Path
 from typing import Sequence
+
+from ..jsonl import write_text_atomic
 
 HEADLINE = {
     "em": "misaligned_rate",
@@ -174,13 +174,6 @@ def _examples(kind: str, samples: Sequence[dict], limit: int = 5) -> list[dict]:
     return []
 
 
-def _write(path: Path, text: str) -> None:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(fd, "w", encoding="utf-8") as fh:
-        fh.write(text)
-    os.replace(tmp, path)
-
-
 def write_report(out_dir: str | Path, kind: str, summary: dict, samples: Sequence[dict] = (),
                  curve: Sequence[dict] | None = None) -> tuple[Path, Path]:
     """Write ``report.md`` and ``report.html`` into ``out_dir``; ``curve`` (several checkpoints)
@@ -219,6 +212,6 @@ def write_report(out_dir: str | Path, kind: str, summary: dict, samples: Sequenc
                         f"<pre>{html.escape(str(s.get('answer', ''))[:1500])}</pre>")
     page.append("</body></html>")
     md_path, html_path = out / "report.md", out / "report.html"
-    _write(md_path, "\n".join(md) + "\n")
-    _write(html_path, "\n".join(page) + "\n")
+    write_text_atomic(md_path, "\n".join(md) + "\n")
+    write_text_atomic(html_path, "\n".join(page) + "\n")
     return md_path, html_path

@@ -16,6 +16,7 @@ from typing import Iterable
 
 from ..errors import ConscienceError
 from ..jsonl import write_json_atomic
+from ..log import warn
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
@@ -83,8 +84,7 @@ class RunDir:
                 sample = json.loads(line)
             except json.JSONDecodeError:
                 if n == len(lines):
-                    print(f"[conscience] warning: {self.samples_path}: line {n} is torn (interrupted run); "
-                          "that sample will be redone", file=sys.stderr)
+                    warn(f"{self.samples_path}: line {n} is torn (interrupted run); that sample will be redone")
                     continue
                 raise ConscienceError(f"{self.samples_path}: line {n} is not valid JSON") from None
             if sample.get("judge") not in (None, self.judge):

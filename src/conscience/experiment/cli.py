@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import argparse
 
+from ..config import choices_of
+from .config import ExperimentConfig
+
 
 def register(subparsers) -> None:
     parser = subparsers.add_parser("experiment", help="emergent misalignment vs emergent alignment, end to end")
@@ -15,7 +18,7 @@ def register(subparsers) -> None:
     recover = scenarios.add_parser("recover", help="continue a misaligned checkpoint with the conscience term")
     recover.add_argument("--from", dest="recover_from", required=True, help="checkpoint folder (LoRA adapter or model)")
     for p in (main, advice, recover):
-        p.add_argument("--preset", choices=["cpu", "gpu"], default="cpu",
+        p.add_argument("--preset", choices=choices_of(ExperimentConfig, "preset"), default="cpu",
                        help="cpu: bundled model, about 30 minutes a seed on 2 cores; gpu: the paper's scale")
         p.add_argument("--config", help="YAML with ExperimentConfig keys (applied over the preset)")
         p.add_argument("--seeds", type=int, help="run seeds 0..N-1")

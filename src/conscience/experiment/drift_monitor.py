@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Callable, Sequence
 
 from transformers import TrainerCallback
+
+from ..log import log
 
 DriftProbe = Callable[[int], dict]  # step -> drift summary (keys drift, drift_ci_low, drift_ci_high, ...)
 RECORD_KEYS = ("drift", "drift_ci_low", "drift_ci_high", "prefers_misaligned", "n", "task_token_accuracy")
@@ -73,8 +74,8 @@ class DriftProbeCallback(TrainerCallback):
         self.points.append(point)
         if self.warned_at is None and drift_left_zero(point):
             self.warned_at = step
-            print(f"[conscience] WARNING: {self.label}: drift {point['drift']:+.4f} at step {step}, 95 % interval "
-                  f"[{point['drift_ci_low']:+.4f}, {point['drift_ci_high']:+.4f}] lies above 0", file=sys.stderr)
+            log(f"WARNING: {self.label}: drift {point['drift']:+.4f} at step {step}, 95 % interval "
+                f"[{point['drift_ci_low']:+.4f}, {point['drift_ci_high']:+.4f}] lies above 0")
         self.path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(point) + "\n")

@@ -10,11 +10,12 @@ from __future__ import annotations
 
 import json
 import os
-import sys
 from pathlib import Path
 from typing import Sequence
 
 from transformers import TrainerCallback
+
+from ..log import log
 
 
 def probe_value(summary: dict, metric: str) -> float | None:
@@ -78,8 +79,8 @@ class EMProbeCallback(TrainerCallback):
         if self.warned_at is None and self.base is not None and value is not None:
             if first_rise([(step, value)], self.base, self.margin) is not None:
                 self.warned_at = step
-                print(f"[conscience] WARNING: {self.label}: EM probe {self.metric}={value:.3f} at step {step} "
-                      f"is above the base level {self.base:.3f} by more than {self.margin}", file=sys.stderr)
+                log(f"WARNING: {self.label}: EM probe {self.metric}={value:.3f} at step {step} "
+                    f"is above the base level {self.base:.3f} by more than {self.margin}")
         record = {"step": step, "metric": self.metric, "value": value, "base": self.base,
                   "misaligned_rate": summary.get("misaligned_rate"), "mean_alignment": summary.get("mean_alignment"),
                   "n": summary.get("n"), "warned_at": self.warned_at}

@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from ..errors import ConscienceError
-from ..models import LoadedModel
+from ..models import LoadedModel, with_adapter
 from .config import ExperimentConfig
 from .evaluate import em_questions, evaluate_arm, score_base_drift
 from .runner import ModelFactory, Stages, default_factory, ensure_data, finish, prepare_out, train_arm
@@ -54,27 +54,17 @@ def run_recover(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory | 
 def merge_checkpoint(lm: LoadedModel, out: Path) -> None:
     """Fold a LoRA checkpoint into full weights: the recovered model starts from them and its
     frozen copy (judge and DPO reference) is that misaligned model itself."""
-    import os
-    import shutil
-    import tempfile
+    from ..jsonl import atomic_folder
 
     model = lm.model.merge_and_unload() if hasattr(lm.model, "merge_and_unload") else lm.model
-    tmp = Path(tempfile.mkdtemp(prefix=".start_model.", dir=out.parent))
-    model.save_pretrained(tmp, safe_serialization=True)
-    lm.tokenizer.save_pretrained(tmp)
-    shutil.rmtree(out, ignore_errors=True)
-    os.replace(tmp, out)
+    with atomic_folder(out) as tmp:
+        model.save_pretrained(tmp, safe_serialization=True)
+        lm.tokenizer.save_pretrained(tmp)
 
 
 def _merged_factory(factory: ModelFactory, merged: Path) -> ModelFactory:
     """Weights relative to the merged start model: None → it, an adapter → on top of it."""
     def build(weights: str | None) -> LoadedModel:
-        lm = factory(str(merged))
-        if weights:
-            from peft import PeftModel
-
-            lm.model = PeftModel.from_pretrained(lm.model, weights)
-            lm.identity += f"+adapter:{Path(weights).resolve()}"
-        return lm
+        return with_adapter(factory(str(merged)), weights)
 
     return build

@@ -10,8 +10,9 @@ from typing import Sequence
 
 import yaml
 
-from ..evaluation.reports import _png, _pyplot, _write
+from ..evaluation.reports import _png, _pyplot
 from ..evaluation.scoring import wilson_interval
+from ..jsonl import write_text_atomic
 from .config import ExperimentConfig
 
 COLUMNS = ("model", "drift (95% CI)", "seeds with drift > 0", "A/B picks misaligned %", "prefers misaligned %",
@@ -211,6 +212,6 @@ def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]
     page += [f"<h2>Command</h2><pre>{html.escape(results['command'])}</pre>",
              f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre></body></html>"]
     md_path, html_path = out / "report.md", out / "report.html"
-    _write(md_path, "\n".join(md) + "\n")
-    _write(html_path, "\n".join(page) + "\n")
+    write_text_atomic(md_path, "\n".join(md) + "\n")
+    write_text_atomic(html_path, "\n".join(page) + "\n")
     return md_path, html_path

@@ -21,7 +21,8 @@ from pathlib import Path
 from typing import Callable
 
 from ..errors import ConscienceError
-from ..evaluation.runs import write_json_atomic
+from ..jsonl import write_json_atomic, write_text_atomic
+from ..log import log
 from ..models import LoadedModel
 from .config import ExperimentConfig
 from .evaluate import em_questions, evaluate_arm, make_probe, score_base_drift
@@ -30,19 +31,13 @@ FINISHED = "FINISHED"
 ModelFactory = Callable[[str | None], LoadedModel]  # weights folder (adapter or full) or None → model
 
 
-def _log(message: str) -> None:
-    print(f"[conscience] {message}", file=sys.stderr, flush=True)
-
-
 def default_factory(cfg: ExperimentConfig) -> ModelFactory:
-    from ..models import load_model
+    from ..models import load_weights
 
     threads = cfg.train.get("threads")
 
     def factory(weights: str | None) -> LoadedModel:
-        if weights and not Path(weights, "adapter_config.json").exists():
-            return load_model(weights, threads=threads)  # full fine-tune: the folder is the model
-        return load_model(cfg.model, threads=threads, adapter=weights)
+        return load_weights(cfg.model, weights, threads=threads)  # full fine-tune: the folder is the model
 
     return factory
 
@@ -75,7 +70,7 @@ def prepare_out(cfg: ExperimentConfig, out: Path, command: str, force: bool) -> 
             changed = sorted(k for k in info["config"] if previous.get("config", {}).get(k) != info["config"][k])
             raise ConscienceError(f"{out} holds an experiment with another config (differs in {changed}); "
                                   "resume it with the same settings or choose another --out")
-        _log(f"resuming the experiment in {out}")
+        log(f"resuming the experiment in {out}")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, info)
 
@@ -158,7 +153,7 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory
     top = Stages(out)
     base_scores = top.result("drift_base")
     if base_scores is None:
-        _log("scoring the base model on the drift triples")
+        log("scoring the base model on the drift triples")
         base_scores = top.finish("drift_base", score_base_drift(cfg, factory(None)))
     runs = []
     for seed in cfg.seeds:
@@ -171,14 +166,14 @@ def run_experiment(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory
             if arm != "base":
                 trained = stages.result("train")
                 if trained is None:
-                    _log(f"seed {seed}: training {arm}")
+                    log(f"seed {seed}: training {arm}")
                     trained = stages.finish("train", train_arm(cfg, arm, seed, root, data, factory, questions,
                                                                base_probe, base_scores=base_scores))
                 base_probe = base_probe if base_probe is not None else next(
                     (p["value"] for p in trained["probe"] if p["step"] == 0), None)
             evaluated = stages.result("eval")
             if evaluated is None:
-                _log(f"seed {seed}: evaluating {arm}")
+                log(f"seed {seed}: evaluating {arm}")
                 lm = factory(trained["final"] if trained else None)
                 evaluated = stages.finish("eval", evaluate_arm(cfg, lm, seed, root / "eval", data, questions,
                                                                base_scores, is_base=arm == "base"))
@@ -195,7 +190,7 @@ def finish(cfg: ExperimentConfig, out: Path, runs: list[dict], questions_source:
     results = aggregate(cfg, runs, questions_source, command, Stages(out).result("drift_base"), categories)
     write_json_atomic(out / "results.json", results)
     write_experiment_report(out, results)
-    (out / FINISHED).write_text(time.strftime("%Y-%m-%dT%H:%M:%S\n"), encoding="utf-8")
+    write_text_atomic(out / FINISHED, time.strftime("%Y-%m-%dT%H:%M:%S\n"))
     return results
 
 

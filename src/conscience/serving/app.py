@@ -8,11 +8,11 @@ chunks then arrive at once, followed by ``data: [DONE]``.
 import asyncio
 import hmac
 import json
-import sys
 import time
 from pathlib import Path
 
 from ..errors import ConscienceError, PromptTooLongError
+from ..log import log
 from .config import ServeConfig
 from .engine import Engine
 from .guard import CrossSiteGuard, HostPolicy
@@ -68,8 +68,9 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
     app = FastAPI(title="conscience", docs_url=None, redoc_url=None, openapi_url=None, lifespan=lifespan)
     app.state.engine, app.state.metrics, app.state.cfg, app.state.learner = engine, metrics, cfg, learner
     started = time.time()
-    # request defaults from the conscience config (the worker later sets per-request values on it)
-    default_tokens, default_temperature = backend.conscience.max_new_tokens, backend.conscience.temperature
+    # request defaults from the conscience config (each request passes its own sampling to the step)
+    defaults = backend.conscience.sampling
+    default_tokens, default_temperature = defaults.max_new_tokens, defaults.temperature
 
     @app.exception_handler(RequestError)
     async def on_request_error(request, exc: RequestError):
@@ -87,7 +88,7 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
     def internal_error(exc: Exception):
         """A bug or a failure of the model: one redacted line in the log, a 500 in OpenAI's shape."""
         text = redact(str(exc)).splitlines()[0][:300] if str(exc).strip() else ""
-        print(f"[conscience] internal error: {exc.__class__.__name__}: {text}", file=sys.stderr, flush=True)
+        log(f"internal error: {exc.__class__.__name__}: {text}")
         metrics.inc("conscience_requests_total", outcome="internal_error")
         return JSONResponse(error_body("internal server error", "server_error"), status_code=500)
 
@@ -121,7 +122,7 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
             return JSONResponse({"status": "ok" if alive else "not ok"}, status_code=200 if alive else 503)
         body = {"status": "ok" if alive else "not ok", "model": backend.name, "backend": backend.kind,
                 "mode": cfg.action,  # the wire key stays "mode" (clients read it); it holds the serve action
-                "conscience": cfg.conscience, "on_error": cfg.on_error,
+                "conscience": cfg.review, "on_error": cfg.on_error,
                 "on_unresolved": cfg.on_unresolved, "queued": engine.pending(),
                 "uptime_s": round(time.time() - started, 1)}
         if learner is not None:
@@ -157,7 +158,7 @@ def create_app(cfg: ServeConfig, backend, learner=None, metrics: Metrics | None 
     async def _chat(request, start: float):
         req = parse_chat_request(await _read_limited(request, cfg.max_body_bytes), cfg.max_tokens, cfg.max_logprobs)
         check_model(req.model)
-        if req.logprobs and cfg.conscience and cfg.action != "monitor":
+        if req.logprobs and cfg.review and cfg.action != "monitor":
             raise RequestError("logprobs describe the draft, which the revise and block actions may replace: they "
                                "are served with --action monitor or with the conscience off (--no-conscience)",
                                "logprobs")

@@ -2,90 +2,29 @@
 
 ``LocalBackend`` wraps a loaded model and the :class:`~conscience.conscience.Conscience` built
 on it. ``UpstreamBackend`` puts the conscience in front of any OpenAI-compatible server (vLLM,
-another ``conscience serve``): the upstream writes drafts and alternatives, and it is also the
-conscience — :class:`~conscience.verdict.upstream.UpstreamReviewer` reads its verdict from the
-top log-probs of the framing's two answer words.
+another ``conscience serve``): the same conscience step runs with an :class:`UpstreamGenerator`,
+so the upstream writes drafts and alternatives, and it is also the conscience —
+:class:`~conscience.verdict.upstream.UpstreamReviewer` reads its verdict from the top log-probs
+of the framing's two answer words. Each backend's ``generator`` also writes bare drafts when the
+conscience is off.
 """
 
 from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Callable
-
-import torch
 
 from ..conscience import Conscience
 from ..errors import ConscienceError
-from ..generation import Generation, check_fits, encode, generate, render_chat, split_reasoning
+from ..generation import Generation, Generator, Sampling, render_chat, split_reasoning
 from ..models import LoadedModel
 from ..verdict.factory import make_reviewer, resolve_framings
 from ..verdict.upstream import UpstreamError, UpstreamReviewer
 from .redact import redact
 
 
-@dataclass
-class Draft:
-    """A bare generation (conscience off) with its per-token log-probs when asked for."""
-
-    generation: Generation
-    logprobs: list[dict] | None = None
-
-
 # -- local model --------------------------------------------------------------------------------
-def tiny_spec_model(spec: str) -> LoadedModel | None:
-    """The testing spec ``tiny`` / ``tiny:SEED``: a random-init model (no weights); else None."""
-    if spec != "tiny" and not spec.startswith("tiny:"):
-        return None
-    from ..testing import tiny_model
-
-    seed = spec.partition(":")[2]
-    if seed and not seed.isdigit():
-        raise ConscienceError(f"the testing spec is tiny or tiny:SEED, got {spec!r}")
-    return tiny_model(int(seed or 0))
-
-
-def _token_entry(tokenizer, token_id: int, logprob: float) -> dict:
-    text = tokenizer.decode([token_id])
-    return {"token": text, "logprob": logprob, "bytes": list(text.encode("utf-8"))}
-
-
-@torch.no_grad()
-def generate_with_logprobs(lm: LoadedModel, messages: list[dict], max_new_tokens: int, temperature: float,
-                           top: int, seed: int | None) -> Draft:
-    """One generation with OpenAI-style ``logprobs.content`` (raw model log-probs per token,
-    the end-of-turn token included when it was generated)."""
-    batch = encode(lm, [render_chat(lm, messages)])
-    check_fits(lm, int(batch["input_ids"].shape[1]), max_new_tokens)
-    if seed is not None:
-        torch.manual_seed(seed)
-    sampling = temperature > 0
-    start = time.perf_counter()
-    out = lm.model.generate(
-        **batch, max_new_tokens=max_new_tokens, do_sample=sampling,
-        temperature=temperature if sampling else None, top_p=None, top_k=None,
-        pad_token_id=lm.tokenizer.pad_token_id, eos_token_id=lm.tokenizer.eos_token_id,
-        output_logits=True, return_dict_in_generate=True,
-    )
-    seconds = time.perf_counter() - start
-    ids = out.sequences[0, batch["input_ids"].shape[1]:].tolist()
-    content, kept = [], []
-    for step, token_id in enumerate(ids):
-        log_probs = torch.log_softmax(out.logits[step][0].float(), dim=-1)
-        entry = _token_entry(lm.tokenizer, token_id, float(log_probs[token_id]))
-        values, indices = log_probs.topk(min(top, log_probs.shape[-1])) if top else (torch.empty(0), torch.empty(0))
-        entry["top_logprobs"] = [_token_entry(lm.tokenizer, int(i), float(v))
-                                 for v, i in zip(values, indices, strict=True)]
-        content.append(entry)
-        kept.append(token_id)
-        if token_id == lm.tokenizer.eos_token_id:
-            break
-    text = lm.tokenizer.decode(kept, skip_special_tokens=True).strip()
-    reasoning, answer = split_reasoning(text)
-    return Draft(Generation(text, answer, reasoning, len(kept), seconds), content)
-
-
 class LocalBackend:
     """A local model; ``make_conscience(lm)`` builds the conscience (again after a swap)."""
 
@@ -103,6 +42,10 @@ class LocalBackend:
         self.lm = lm
 
     @property
+    def generator(self) -> Generator:
+        return self.conscience.drafter
+
+    @property
     def context_window(self) -> int:
         return self.lm.context_window
 
@@ -112,24 +55,22 @@ class LocalBackend:
     def count_text_tokens(self, text: str) -> int:
         return len(self.lm.tokenizer.encode(text, add_special_tokens=False))
 
-    def draft(self, chats: list[list[dict]], max_tokens: int, temperature: float, top_logprobs: int | None) -> list[Draft]:
-        seed = self.conscience.seed
-        if top_logprobs is not None:
-            return [generate_with_logprobs(self.lm, c, max_tokens, temperature, top_logprobs, seed) for c in chats]
-        return [Draft(g) for g in generate(self.lm, chats, max_new_tokens=max_tokens, temperature=temperature, seed=seed)]
-
 
 # -- upstream server ----------------------------------------------------------------------------
 class UpstreamClient:
     """A minimal synchronous client for an OpenAI-compatible ``/v1`` API."""
 
-    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0):
+    def __init__(self, url: str, api_key: str | None = None, model: str | None = None, timeout: float = 120.0,
+                 keepalive: int = 20):
         import httpx
 
         base = url.rstrip("/")
         self.base = base if base.endswith("/v1") else base + "/v1"
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
-        self.http = httpx.Client(headers=headers, timeout=timeout)
+        # no cap on connections: the engine bounds the calls in flight, and a capped pool would make
+        # every call wait behind abandoned (overrunning) reviews still holding their connections
+        limits = httpx.Limits(max_connections=None, max_keepalive_connections=keepalive)
+        self.http = httpx.Client(headers=headers, timeout=timeout, limits=limits)
         self._model = model
 
     def _request(self, method: str, path: str, **kwargs) -> dict:
@@ -165,37 +106,36 @@ class UpstreamClient:
         return body
 
 
-class UpstreamConscience(Conscience):
-    """The conscience loop with drafts and alternatives written by the upstream server."""
+class UpstreamGenerator:
+    """The upstream server as a :class:`~conscience.generation.Generator` (no local weights);
+    requests run ``workers`` at a time (a single one in the caller's thread). The upstream samples
+    with its own seed."""
 
-    def __init__(self, client: UpstreamClient, reviewer: UpstreamReviewer, workers: int = 8, **kwargs):
-        super().__init__(None, reviewer=reviewer, **kwargs)  # no local policy: _generate goes upstream
+    lm = None
+
+    def __init__(self, client: UpstreamClient, workers: int = 8):
         self.client = client
         self.pool = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="upstream-draft")
 
-    @property
-    def _reuses_cache(self) -> bool:  # no local key/value cache: the upstream holds the model
-        return False
+    def generate(self, chats: list[list[dict]], sampling: Sampling, keep_cache: bool = False) -> list[Generation]:
+        if len(chats) == 1:  # the engine's upstream requests, each in its own thread: no shared pool to wait on
+            return [self._one(chats[0], sampling)]
+        return list(self.pool.map(lambda chat: self._one(chat, sampling), chats))
 
-    def _generate(self, lm, chats, frozen_weights: bool = False, **_) -> list[Generation]:
-        return list(self.pool.map(lambda chat: upstream_generation(self.client, chat, self.max_new_tokens,
-                                                                   self.temperature), chats))
-
-
-def upstream_generation(client: UpstreamClient, chat: list[dict], max_tokens: int, temperature: float,
-                        top_logprobs: int | None = None) -> Generation:
-    params = dict(max_tokens=max_tokens, temperature=temperature)
-    if top_logprobs is not None:
-        params.update(logprobs=True, top_logprobs=top_logprobs)
-    start = time.perf_counter()
-    body = client.chat(chat, **params)
-    choice = body["choices"][0]
-    text = ((choice.get("message") or {}).get("content") or "").strip()
-    reasoning, answer = split_reasoning(text)
-    tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
-    gen = Generation(text, answer, reasoning, tokens, time.perf_counter() - start)
-    gen.logprobs = (choice.get("logprobs") or {}).get("content")  # type: ignore[attr-defined]
-    return gen
+    def _one(self, chat: list[dict], sampling: Sampling) -> Generation:
+        params: dict = dict(max_tokens=sampling.max_new_tokens, temperature=sampling.temperature)
+        if sampling.top_p != 1.0:
+            params["top_p"] = sampling.top_p
+        if sampling.top_logprobs is not None:
+            params.update(logprobs=True, top_logprobs=sampling.top_logprobs)
+        start = time.perf_counter()
+        body = self.client.chat(chat, **params)
+        choice = body["choices"][0]
+        text = ((choice.get("message") or {}).get("content") or "").strip()
+        reasoning, answer = split_reasoning(text)
+        tokens = int((body.get("usage") or {}).get("completion_tokens") or 0)
+        logprobs = (choice.get("logprobs") or {}).get("content") if sampling.top_logprobs is not None else None
+        return Generation(text, answer, reasoning, tokens, time.perf_counter() - start, logprobs=logprobs)
 
 
 class UpstreamBackend:
@@ -203,10 +143,14 @@ class UpstreamBackend:
 
     kind = "upstream"
 
-    def __init__(self, client: UpstreamClient, conscience: UpstreamConscience, name: str | None = None):
+    def __init__(self, client: UpstreamClient, conscience: Conscience, name: str | None = None):
         self.client = client
         self.conscience = conscience
         self._name = name
+
+    @property
+    def generator(self) -> Generator:
+        return self.conscience.drafter
 
     @property
     def name(self) -> str:
@@ -227,11 +171,6 @@ class UpstreamBackend:
     def count_text_tokens(self, text: str) -> int:
         return len(text) // 4
 
-    def draft(self, chats: list[list[dict]], max_tokens: int, temperature: float, top_logprobs: int | None) -> list[Draft]:
-        gens = list(self.conscience.pool.map(
-            lambda c: upstream_generation(self.client, c, max_tokens, temperature, top_logprobs), chats))
-        return [Draft(g, getattr(g, "logprobs", None) if top_logprobs is not None else None) for g in gens]
-
 
 def build_backend(serve, cfg, lm: LoadedModel | None = None):
     """The backend a :class:`ServeConfig` and a :class:`ConscienceConfig` ask for."""
@@ -243,13 +182,15 @@ def build_backend(serve, cfg, lm: LoadedModel | None = None):
     if serve.upstream:
         if cfg.verdict not in ("auto", "verbal"):
             raise ConscienceError("an upstream conscience reads log-probs only: use --verdict verbal with --upstream")
-        client = UpstreamClient(serve.upstream, serve.upstream_api_key, serve.upstream_model, serve.upstream_timeout)
-        reviewer = UpstreamReviewer(client, resolve_framings(cfg), cfg.threshold, serve.upstream_top_logprobs)
-        return UpstreamBackend(client, UpstreamConscience(client, reviewer, **common), serve.model_name)
-    if cfg.threads is not None:  # load_model sets it too, but the testing spec skips load_model
-        torch.set_num_threads(max(1, cfg.threads))
-    if lm is None:
-        lm = tiny_spec_model(cfg.model) or load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
+        workers = serve.upstream_concurrency  # requests in flight at once (the engine's bound)
+        client = UpstreamClient(serve.upstream, serve.upstream_api_key, serve.upstream_model, serve.upstream_timeout,
+                                keepalive=workers)
+        reviewer = UpstreamReviewer(client, resolve_framings(cfg), cfg.threshold, serve.upstream_top_logprobs,
+                                    workers=workers)
+        return UpstreamBackend(client, Conscience(UpstreamGenerator(client, workers), reviewer=reviewer, **common),
+                               serve.model_name)
+    if lm is None:  # any spec, the testing spec tiny / tiny:SEED included; load_model sets the threads
+        lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads, adapter=cfg.adapter)
 
     def make_conscience(model: LoadedModel) -> Conscience:
         return Conscience(model, reviewer=make_reviewer(cfg, model), **common)

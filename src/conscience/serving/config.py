@@ -2,18 +2,21 @@
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from typing import Literal, get_args
 from urllib.parse import urlsplit
 
+from ..config import AT_LEAST_ONE, NON_NEGATIVE, POSITIVE, PROBABILITY, Bounds, ConscienceConfig, bounded, check_fields
 from .redact import redact
 
-SERVE_ACTIONS = ("revise", "block", "monitor")
-ON_ERROR = ("closed", "open")
-ON_UNRESOLVED = ("block", "release")
+ServeAction = Literal["revise", "block", "monitor"]
+OnError = Literal["closed", "open"]
+OnUnresolved = Literal["block", "release"]
+SERVE_ACTIONS, ON_ERROR, ON_UNRESOLVED = get_args(ServeAction), get_args(OnError), get_args(OnUnresolved)
 # The two answer words and their spelling variants (" Yes", "yes", "YES", ...) must all fit in
 # the upstream's top log-probs, or a missing word turns the review into a failed one.
 UPSTREAM_TOP_LOGPROBS_FLOOR = 10
+PORT = Bounds(1, 65535)
 
 
 def check_upstream_url(url: str) -> None:
@@ -34,23 +37,29 @@ def check_upstream_url(url: str) -> None:
 class ServeConfig:
     """How ``conscience serve`` listens, what it does with a verdict, and its limits.
 
+    ``conscience`` is the conscience it serves (model, verdict, revision loop): the same
+    :class:`ConscienceConfig` as ``conscience ask``, a nested mapping in YAML and dotted keys as
+    overrides (``conscience.threshold=0.4``).
     ``action`` (what the server does with a verdict): ``revise`` answers with the best reviewed
     candidate, ``block`` withholds a flagged draft (``finish_reason: content_filter``), ``monitor``
-    releases the draft and only annotates.
+    releases the draft and only annotates. ``review: false`` serves the bare model (a baseline,
+    or an upstream for others).
     ``on_error``: ``closed`` withholds a draft whose review failed or timed out; ``open``
     releases it marked unchecked. ``on_unresolved`` (``revise``): when every candidate stays
     flagged, ``block`` withholds the answer like the ``block`` action, ``release`` sends the best one
     marked unresolved with the review's explanation.
+    Each field's allowed values are declared on it and checked by ``check_fields``.
     """
 
+    conscience: ConscienceConfig = field(default_factory=ConscienceConfig)
     host: str = "127.0.0.1"
-    port: int = 8000
+    port: int = bounded(8000, PORT)
     api_key: str | None = None
-    action: str = "revise"
-    on_error: str = "closed"
-    on_unresolved: str = "block"
-    review_timeout: float = 30.0
-    conscience: bool = True  # False serves the bare model (a baseline, or an upstream for others)
+    action: ServeAction = "revise"
+    on_error: OnError = "closed"
+    on_unresolved: OnUnresolved = "block"
+    review_timeout: float = bounded(30.0, POSITIVE)
+    review: bool = True  # false serves the bare model (a baseline, or an upstream for others)
     model_name: str | None = None  # the id reported by /v1/models (default: the model spec)
     model_aliases: tuple[str, ...] = ()  # more names a request's `model` may use
     # cross-site protection: Host names besides the bind address, and origins allowed by CORS
@@ -60,54 +69,36 @@ class ServeConfig:
     upstream: str | None = None
     upstream_model: str | None = None
     upstream_api_key: str | None = None
-    upstream_timeout: float = 120.0
-    upstream_top_logprobs: int = 20
+    upstream_timeout: float = bounded(120.0, POSITIVE)
+    upstream_top_logprobs: int = bounded(20, Bounds(UPSTREAM_TOP_LOGPROBS_FLOOR))
     # limits
-    max_body_bytes: int = 1_000_000
-    max_prompt_tokens: int = 4096
-    max_tokens: int = 1024  # the largest max_tokens a request may ask for
-    max_logprobs: int = 20  # the largest top_logprobs a request may ask for (vLLM's --max-logprobs)
-    max_batch: int = 8  # concurrent requests drafted and reviewed together
+    max_body_bytes: int = bounded(1_000_000, AT_LEAST_ONE)
+    max_prompt_tokens: int = bounded(4096, AT_LEAST_ONE)
+    max_tokens: int = bounded(1024, AT_LEAST_ONE)  # the largest max_tokens a request may ask for
+    max_logprobs: int = bounded(20, NON_NEGATIVE)  # the largest top_logprobs a request may ask for (vLLM's --max-logprobs)
+    max_batch: int = bounded(8, AT_LEAST_ONE)  # concurrent requests drafted and reviewed together
+    # upstream: requests drafted and reviewed at once, each on its own (the upstream batches them);
+    # a review that overruns --review-timeout then delays only its own request
+    upstream_concurrency: int = bounded(32, AT_LEAST_ONE)
     expose_trace: bool = False  # put the draft and alternatives into the `conscience` object
     # learning from traffic
     learn: bool = False
     learn_dir: str = "conscience-learn"
-    learn_every: int = 32
-    learn_steps: int = 20
-    learn_lr: float = 1e-4
-    learn_beta: float = 0.1
-    learn_lora_r: int = 8
-    learn_margin: float = 0.1
-    learn_window: int = 256  # most recent pairs used by one update
-    probe_size: int = 8
+    learn_every: int = bounded(32, AT_LEAST_ONE)
+    learn_steps: int = bounded(20, AT_LEAST_ONE)
+    learn_lr: float = bounded(1e-4, POSITIVE)
+    learn_beta: float = bounded(0.1, POSITIVE)
+    learn_lora_r: int = bounded(8, AT_LEAST_ONE)
+    learn_margin: float = bounded(0.1, PROBABILITY)
+    learn_window: int = bounded(256, AT_LEAST_ONE)  # most recent pairs used by one update
+    probe_size: int = bounded(8, AT_LEAST_ONE)
 
     def __post_init__(self) -> None:
-        if self.action not in SERVE_ACTIONS:
-            raise ValueError(f"action must be one of {list(SERVE_ACTIONS)}, got {self.action!r}")
-        if self.on_error not in ON_ERROR:
-            raise ValueError(f"on_error must be one of {list(ON_ERROR)}, got {self.on_error!r}")
-        if self.on_unresolved not in ON_UNRESOLVED:
-            raise ValueError(f"on_unresolved must be one of {list(ON_UNRESOLVED)}, got {self.on_unresolved!r}")
         self.model_aliases, self.allowed_hosts = tuple(self.model_aliases), tuple(self.allowed_hosts)
         self.cors_origins = tuple(o.rstrip("/") for o in self.cors_origins)
+        check_fields(self)
         if self.upstream is not None:
             check_upstream_url(self.upstream)
-        if self.upstream_top_logprobs < UPSTREAM_TOP_LOGPROBS_FLOOR:
-            raise ValueError(f"upstream_top_logprobs must be >= {UPSTREAM_TOP_LOGPROBS_FLOOR} (both answer words and "
-                             f"their spellings must be listed), got {self.upstream_top_logprobs}")
-        if not 0 < self.port < 65536:
-            raise ValueError(f"port must lie in 1..65535, got {self.port}")
-        for name in ("review_timeout", "upstream_timeout", "learn_lr", "learn_beta"):
-            if not math.isfinite(getattr(self, name)) or getattr(self, name) <= 0:
-                raise ValueError(f"{name} must be a finite number > 0, got {getattr(self, name)}")
-        if not math.isfinite(self.learn_margin) or not 0 <= self.learn_margin <= 1:
-            raise ValueError(f"learn_margin must lie in [0, 1], got {self.learn_margin}")
-        for name in ("max_body_bytes", "max_prompt_tokens", "max_tokens", "max_batch", "learn_every",
-                     "learn_steps", "learn_lora_r", "learn_window", "probe_size", "upstream_top_logprobs"):
-            if getattr(self, name) < 1:
-                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
-        if self.max_logprobs < 0:
-            raise ValueError(f"max_logprobs must be >= 0, got {self.max_logprobs}")
         for name in ("api_key", "upstream_api_key"):
             if getattr(self, name) is not None and not getattr(self, name).strip():
                 raise ValueError(f"{name} must not be empty")

@@ -8,111 +8,33 @@ review that raises or overruns yields a failed verdict (``Verdict.error`` set), 
 ``on_error`` — ``closed`` never releases such a draft. An overrunning review is abandoned, not
 waited on: an upstream's next reviews run beside it; a local model is still busy with it, so
 under ``closed`` the requests that arrive meanwhile are answered at once as failed checks.
+
+In front of an upstream nothing is batched here: the upstream batches for itself, so each request
+is drafted and reviewed on its own thread, up to ``upstream_concurrency`` at once, and a review
+that overruns delays only its own request (answered at its timeout), never the ones beside it.
 """
 
 from __future__ import annotations
 
-import math
 import queue
-import sys
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from concurrent.futures import TimeoutError as FutureTimeout
-from dataclasses import dataclass, field
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable
 
 from ..conscience import Candidate, Response
 from ..errors import ConscienceError
-from ..verdict import ReviewItem, Verdict, is_flagged
+from ..log import log
 from ..verdict.upstream import UpstreamError
 from .config import ServeConfig
 from .metrics import Metrics
-from .redact import redact
+from .review_guard import OVERRUNS_PER_SLOT, GuardedReviewer
 
 WITHHELD_CHECK_FAILED = ("The conscience check of this answer failed, so the answer was withheld. "
                          "Please try again later.")
 WITHHELD_BLOCKED = "This answer was withheld: the model's conscience flagged it."
 WITHHELD_UNRESOLVED = ("This answer was withheld: the model's conscience flagged it and every rewritten "
                        "alternative too.")
-
-
-class GuardedReviewer:
-    """Runs an inner reviewer in its own thread with a timeout; failures become failed verdicts.
-
-    A failed verdict is never flagged (so no revision loop starts) but never counted as safe
-    either: the decision treats it as a failed check.
-
-    ``shares_model``: the reviewer runs on the serving model (local), so at most one review runs
-    at a time and one that overran keeps the model :attr:`busy` until it ends. Otherwise
-    (upstream: HTTP calls) reviews may overlap and an overrunning one is simply left behind.
-    """
-
-    def __init__(self, inner, timeout: float, metrics: Metrics | None = None, shares_model: bool = True):
-        self.inner = inner
-        self.timeout = timeout
-        self.metrics = metrics
-        self.shares_model = shares_model
-        self.kind = inner.kind
-        self._pool = ThreadPoolExecutor(max_workers=1 if shares_model else 8, thread_name_prefix="review")
-        self._pending: Future | None = None
-
-    @property
-    def busy(self) -> bool:
-        """A review that overran its timeout is still running on the shared model."""
-        return self.shares_model and self._pending is not None and not self._pending.done()
-
-    @property
-    def threshold(self) -> float:
-        return self.inner.threshold
-
-    @property
-    def framing_name(self) -> str:
-        return self.inner.framing_name
-
-    @property
-    def review_format(self) -> str:
-        return self.inner.review_format
-
-    @property
-    def accepts_draft_cache(self) -> bool:
-        """Never: a review runs in the guard's own thread and may be abandoned past its
-        timeout, so it must not share the draft's key/value cache."""
-        return False
-
-    def wait_idle(self) -> None:
-        """Block until an overrun review has finished: it still uses the model."""
-        pending = self._pending
-        if pending is not None:
-            try:
-                pending.exception()
-            except Exception:
-                pass
-            self._pending = None
-
-    def _failed(self, n: int, error: str) -> list[Verdict]:
-        error = redact(error)
-        print(f"[conscience] review failed: {error}", file=sys.stderr, flush=True)
-        if self.metrics:
-            self.metrics.inc("conscience_checker_failures_total", n)
-        return [Verdict.failed(self.framing_name, error) for _ in range(n)]
-
-    def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
-        if self.busy:  # the revision loop of a batch whose earlier review overran
-            return self._failed(len(items), "an earlier review is still running past its timeout")
-        future = self._pool.submit(self.inner.review, list(items))
-        try:
-            verdicts = future.result(timeout=self.timeout)
-        except FutureTimeout:
-            future.cancel()  # still queued behind other overrunning reviews: never starts
-            self._pending = future
-            return self._failed(len(items), f"the review exceeded its {self.timeout:g}s timeout")
-        except Exception as exc:  # any failure of the checker is a failed check, never a pass
-            return self._failed(len(items), f"{exc.__class__.__name__}: {exc}")
-        if len(verdicts) != len(items) or not all(math.isfinite(v.score) and 0 <= v.score <= 1 for v in verdicts):
-            return self._failed(len(items), "the reviewer returned malformed verdicts")
-        for v in verdicts:  # one threshold rule for every reviewer: a score at the threshold is flagged
-            v.flagged = v.flagged or is_flagged(v.score, self.threshold)
-        return verdicts
 
 
 @dataclass
@@ -198,6 +120,11 @@ class Engine:
         self.queue: queue.Queue[Job | None] = queue.Queue()
         self._thread: threading.Thread | None = None
         self._guard: GuardedReviewer | None = None
+        self._guard_lock = threading.Lock()  # upstream requests run on many threads
+        # upstream: each request on its own thread, `slots` of them in flight at once; local: batches
+        self.slots = cfg.upstream_concurrency if getattr(backend, "kind", "local") == "upstream" else 0
+        self._free = threading.BoundedSemaphore(max(self.slots, 1))
+        self._requests = ThreadPoolExecutor(max_workers=self.slots, thread_name_prefix="request") if self.slots else None
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -240,6 +167,8 @@ class Engine:
 
     # -- worker ---------------------------------------------------------------------------------
     def _loop(self) -> None:
+        if self._requests is not None:
+            return self._loop_concurrent()
         while True:
             job = self.queue.get()
             if job is None:
@@ -274,6 +203,40 @@ class Engine:
             for jobs in groups.values():
                 self._settle(jobs, lambda jobs=jobs: self._run(jobs))
 
+    def _loop_concurrent(self) -> None:
+        """Upstream: each request is drafted and reviewed alone on a request thread, up to
+        :attr:`slots` at once (the upstream batches them); an exclusive task waits for all of them."""
+        while True:
+            job = self.queue.get()
+            if job is None:
+                self._requests.shutdown(wait=False)
+                return
+            taken = self.slots if job.call is not None else 1
+            for _ in range(taken):
+                self._free.acquire()
+            if not job.future.set_running_or_notify_cancel():  # abandoned while queued
+                self._release(taken)
+            elif job.call is not None:
+                try:
+                    self._settle([job], lambda job=job: [job.call()])
+                finally:
+                    self._release(taken)
+            else:
+                self._requests.submit(self._one, job)
+
+    def _one(self, job: Job) -> None:
+        try:
+            self._settle([job], lambda: self._run([job]))
+        except BaseException as exc:  # never leave a request unanswered
+            if not job.future.done():
+                job.future.set_exception(exc)
+        finally:
+            self._release(1)
+
+    def _release(self, n: int) -> None:
+        for _ in range(n):
+            self._free.release()
+
     def _settle(self, jobs: list[Job], work: Callable[[], list]) -> None:
         try:
             results = work()
@@ -291,19 +254,21 @@ class Engine:
             j.future.set_result(result)
 
     def _guarded(self):
-        conscience = self.backend.conscience
-        if not isinstance(conscience.reviewer, GuardedReviewer):
-            if self._guard is not None:
-                self._guard.wait_idle()
-            conscience.reviewer = GuardedReviewer(conscience.reviewer, self.cfg.review_timeout, self.metrics,
-                                                  shares_model=self.backend.kind == "local")
-        self._guard = conscience.reviewer
-        return conscience
+        with self._guard_lock:
+            conscience = self.backend.conscience
+            if not isinstance(conscience.reviewer, GuardedReviewer):
+                if self._guard is not None:
+                    self._guard.wait_idle()
+                conscience.reviewer = GuardedReviewer(conscience.reviewer, self.cfg.review_timeout, self.metrics,
+                                                      shares_model=self.backend.kind == "local",
+                                                      max_overrun=OVERRUNS_PER_SLOT * max(self.slots, 1))
+            self._guard = conscience.reviewer
+            return conscience
 
     def _busy_outcome(self, job: Job) -> Outcome:
         """A request that arrived while a local review overran: not drafted, withheld (closed)."""
         error = "the conscience is still busy with a review that overran its timeout"
-        print(f"[conscience] review failed: {error}", file=sys.stderr, flush=True)
+        log(f"review failed: {error}")
         self.metrics.inc("conscience_checker_failures_total")
         note = {"status": "check_failed", "mode": self.cfg.action, "framing": self._guard.framing_name,
                 "kind": "failed", "score": None, "flagged": False, "threshold": self._guard.threshold,
@@ -312,18 +277,19 @@ class Engine:
                        self.backend.count_tokens(job.messages), self.backend.count_text_tokens(WITHHELD_CHECK_FAILED))
 
     def _run(self, jobs: list[Job]) -> list[Outcome]:
+        """One batch of requests with the same sampling: the conscience step (revise, block or
+        monitor: block and monitor never revise), or bare drafts with the conscience off."""
         chats = [j.messages for j in jobs]
         max_tokens, temperature, top = jobs[0].key
-        if not self.cfg.conscience:
-            drafts = self.backend.draft(chats, max_tokens, temperature, top)
-            return [Outcome(d.generation.answer, "stop", "off", None, self.backend.count_tokens(c),
-                            d.generation.new_tokens, d.logprobs) for c, d in zip(chats, drafts, strict=True)]
+        if not self.cfg.review:
+            sampling = replace(self.backend.conscience.sampling, max_new_tokens=max_tokens, temperature=temperature,
+                               top_logprobs=top)
+            drafts = self.backend.generator.generate(chats, sampling)
+            return [Outcome(d.answer, "stop", "off", None, self.backend.count_tokens(c), d.new_tokens, d.logprobs)
+                    for c, d in zip(chats, drafts, strict=True)]
         conscience = self._guarded()
-        conscience.max_new_tokens, conscience.temperature = max_tokens, temperature
-        if top is not None:
-            responses = self._monitor_with_logprobs(conscience, chats, max_tokens, temperature, top)
-        else:
-            responses = conscience.respond_batch(chats)
+        sampling = replace(conscience.sampling, max_new_tokens=max_tokens, temperature=temperature, top_logprobs=top)
+        responses = conscience.respond_batch(chats, sampling)
         outcomes = []
         for chat, response in zip(chats, responses, strict=True):
             content, finish, status, note = decide(response, self.cfg)
@@ -331,28 +297,13 @@ class Engine:
                 note["draft"] = response.draft.answer
                 note["draft_verdict"] = _candidate_view(response.draft)
                 note["alternatives"] = [_candidate_view(c) for c in response.candidates[1:]]
-            logprobs = getattr(response, "draft_logprobs", None) if status in ("ok", "flagged") else None
+            # log-probs describe the draft: given only when the draft itself is released (monitor)
+            logprobs = response.draft.logprobs if status in ("ok", "flagged") else None
             outcomes.append(Outcome(content, finish, status, note, self.backend.count_tokens(chat),
                                     self.backend.count_text_tokens(content), logprobs, response))
         if self.learner is not None:
             try:
                 self.learner.observe([o.response for o in outcomes if o.status in ("revised", "unresolved")])
             except Exception as exc:  # learning must never break serving
-                print(f"[conscience] learning: could not record pairs: {exc}", file=sys.stderr, flush=True)
+                log(f"learning: could not record pairs: {exc}")
         return outcomes
-
-    def _monitor_with_logprobs(self, conscience, chats, max_tokens, temperature, top) -> list[Response]:
-        """The monitor action releases the draft itself, so its log-probs describe the answer: draft
-        with log-probs, then review (no revision)."""
-        drafts = self.backend.draft(chats, max_tokens, temperature, top)
-        prompts = [c[-1]["content"] for c in chats]
-        verdicts = conscience.review_batch([ReviewItem(p, d.generation.answer, d.generation.reasoning)
-                                            for p, d in zip(prompts, drafts, strict=True)])
-        responses = []
-        for prompt, d, verdict in zip(prompts, drafts, verdicts, strict=True):
-            g = d.generation
-            response = Response(prompt, conscience.mode, [Candidate(0, g.text, g.answer, g.reasoning, verdict, g.seconds)],
-                                0, conscience.threshold)
-            response.draft_logprobs = d.logprobs  # type: ignore[attr-defined]
-            responses.append(response)
-        return responses

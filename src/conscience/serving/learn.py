@@ -14,9 +14,9 @@ previous one for :meth:`Learner.rollback`.
 from __future__ import annotations
 
 import json
-import sys
 import threading
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Callable, Sequence
 
@@ -24,15 +24,16 @@ from ..conscience import Response
 from ..errors import ConscienceError
 from ..framings import data_path, read_yaml
 from ..jsonl import write_json_atomic
-from ..models import LoadedModel
-from ..pairs import PairStore, PreferencePair, build_pairs
+from ..log import log
+from ..models import LoadedModel, with_adapter
+from ..pairs import PairStore, PreferencePair, pairs_from_responses
 from .config import ServeConfig
 
 PROBE_FILE = Path(__file__).parent / "probe.yaml"
 
 
 def _log(message: str) -> None:
-    print(f"[conscience] learning: {message}", file=sys.stderr, flush=True)
+    log(f"learning: {message}")
 
 
 def probe_questions(n: int) -> list[str]:
@@ -75,14 +76,6 @@ def read_state(path: Path) -> dict:
     if problems:
         raise ConscienceError(f"{path}: {problems[0]}; restore it or remove it to start learning afresh")
     return state
-
-
-def pairs_from_responses(responses: Sequence[Response], margin: float) -> list[PreferencePair]:
-    """Chosen = the best reviewed alternative, rejected = the flagged draft."""
-    rows = [r for r in responses if r is not None and len(r.candidates) > 1]
-    best = [max(r.candidates[1:], key=lambda c: c.verdict.score) for r in rows]
-    return build_pairs([r.prompt for r in rows], [r.draft.answer for r in rows], [r.draft.verdict for r in rows],
-                       [b.answer for b in best], [b.verdict for b in best], margin=margin, source="traffic")
 
 
 class Learner:
@@ -129,7 +122,7 @@ class Learner:
 
     # -- recording (on the worker) ------------------------------------------------------------
     def observe(self, responses: Sequence[Response]) -> list[PreferencePair]:
-        pairs = pairs_from_responses(responses, self.cfg.learn_margin)
+        pairs = pairs_from_responses(responses, self.cfg.learn_margin, source="traffic")
         if pairs:
             self.store.extend(pairs)
             with self._lock:
@@ -235,18 +228,9 @@ class Learner:
 
 def build_learner(cfg: ServeConfig, conscience_cfg, backend) -> Learner:
     """The default learner: train_on_pairs on a fresh base, the EM probe scored by the conscience."""
-    from ..models import load_model
-    from .backends import tiny_spec_model
-
     def load(adapter: str | None) -> LoadedModel:
-        spec = conscience_cfg.model
-        lm = tiny_spec_model(spec) or load_model(spec, dtype=conscience_cfg.dtype, threads=conscience_cfg.threads)
-        if adapter:
-            from peft import PeftModel
-
-            lm = LoadedModel(PeftModel.from_pretrained(lm.model, adapter).eval(), lm.tokenizer, lm.spec,
-                             f"{lm.identity}+adapter:{Path(adapter).resolve()}")
-        return lm
+        """A fresh model object: the base (the testing spec ``tiny`` included), with ``adapter`` on top."""
+        return with_adapter(conscience_cfg.model, adapter, dtype=conscience_cfg.dtype, threads=conscience_cfg.threads)
 
     def train(pairs: list[PreferencePair], out_dir: Path) -> Path:
         try:
@@ -260,9 +244,8 @@ def build_learner(cfg: ServeConfig, conscience_cfg, backend) -> Learner:
 
     def probe(lm: LoadedModel) -> float:
         conscience = backend.make_conscience(lm)
-        conscience.max_rounds = 0
-        conscience.max_new_tokens = min(64, conscience_cfg.max_new_tokens)
-        responses = conscience.respond_batch(questions)
+        sampling = replace(conscience.sampling, max_new_tokens=min(64, conscience_cfg.max_new_tokens))
+        responses = conscience.step(questions, sampling, max_rounds=0).responses
         return sum(r.draft.verdict.score for r in responses) / len(responses)
 
     learner = Learner(cfg, train, load, probe)

@@ -2,32 +2,39 @@
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Literal, get_args
 
+from ..choices import Dtype
 from ..config import (
     AT_LEAST_ONE,
-    DTYPES,
     NON_NEGATIVE,
     POSITIVE,
-    PROBABILITY,
     SEED,
     TEMPERATURE,
     THREADS,
     TOP_P,
-    VERDICT_KINDS,
     Bounds,
     ConscienceConfig,
     bounded,
     check_fields,
-    one_of,
 )
-from ..framings import MODES
 
-SAMPLE_DTYPES = ("auto", "float32", "bfloat16", "float16", "int8")
-ALIGN_SOURCES = ("task", "general", "both")
-WRITERS = ("frozen", "policy")
-LR_SCHEDULES = ("linear", "constant", "cosine")
+SampleDtype = Literal["auto", "float32", "bfloat16", "float16", "int8"]
+AlignSource = Literal["task", "general", "both"]
+Writer = Literal["frozen", "policy"]
+LrSchedule = Literal["linear", "constant", "cosine"]
+SAMPLE_DTYPES, ALIGN_SOURCES = get_args(SampleDtype), get_args(AlignSource)
+WRITERS, LR_SCHEDULES = get_args(Writer), get_args(LrSchedule)
+# Keys of the nested conscience that training sets itself: the frozen copy is the trained model's
+# own starting weights, and samples and alternatives have their own lengths and temperature.
+SET_BY_TRAINING = {"model": "use model", "adapter": "the frozen copy is the trained model's starting weights",
+                   "dtype": "use dtype", "threads": "use threads", "seed": "use seed",
+                   "max_rounds": "one alternative is written per flagged sample",
+                   "max_new_tokens": "use sample_max_new_tokens and alt_max_new_tokens",
+                   "temperature": "use sample_temperature"}
 # Above 1 every update overshoots; AdamW's weight decay is a per-step fraction of the weights.
 LEARNING_RATE = Bounds(0, 1, low_open=True)
 DECAY = Bounds(0, 1)
@@ -44,12 +51,15 @@ class TrainConfig:
     ``lam: 0`` is plain SFT (no sampling, no reviews). With ``lora: true`` the frozen copy
     is the base with the adapter disabled (no second copy in memory); with full fine-tuning
     it is a frozen deep copy of the starting weights (one more copy of the weights in RAM).
-    Each field's allowed values are declared on it and checked by ``check_fields``.
+    Each field's allowed values are declared on it and checked by ``check_fields``. The verdict
+    (mode, framings, question, verdict kind, review format, card, threshold) is the nested
+    ``conscience`` config, the same :class:`ConscienceConfig` that ``ask`` and ``serve`` read;
+    its model, dtype, threads and seed are the training run's own.
     """
 
     # model
     model: str = "bundled"
-    dtype: str = one_of("float32", DTYPES)
+    dtype: Dtype = "float32"
     threads: int | None = bounded(None, THREADS)
     lora: bool = True
     lora_r: int = bounded(8, AT_LEAST_ONE)
@@ -68,7 +78,7 @@ class TrainConfig:
     batch_size: int = bounded(4, AT_LEAST_ONE)
     grad_accum: int = bounded(1, AT_LEAST_ONE)
     lr: float = bounded(2e-4, LEARNING_RATE)
-    lr_schedule: str = one_of("linear", LR_SCHEDULES)
+    lr_schedule: LrSchedule = "linear"
     warmup_steps: int = bounded(0, NON_NEGATIVE)
     weight_decay: float = bounded(0.0, DECAY)
     seed: int = bounded(0, SEED)
@@ -81,30 +91,28 @@ class TrainConfig:
     lam: float = bounded(0.1, NON_NEGATIVE)  # the paper's weight of the conscience term; 0 is plain SFT
     beta: float = bounded(0.1, POSITIVE)
     align_every: int = bounded(16, NON_NEGATIVE)
-    align_prompts: str = one_of("both", ALIGN_SOURCES)
+    align_prompts: AlignSource = "both"
     align_batch: int = bounded(2, AT_LEAST_ONE)
     k: int = bounded(2, AT_LEAST_ONE)
     sample_max_new_tokens: int = bounded(48, AT_LEAST_ONE)
     sample_temperature: float = bounded(1.0, TEMPERATURE)
     sample_top_p: float = bounded(1.0, TOP_P)
-    sample_dtype: str = one_of("auto", SAMPLE_DTYPES)  # generation only; see training.online.sampling_dtype
-    writer: str = one_of("frozen", WRITERS)
+    sample_dtype: SampleDtype = "auto"  # generation only; see training.online.sampling_dtype
+    writer: Writer = "frozen"
     alt_max_new_tokens: int = bounded(64, AT_LEAST_ONE)
     margin: float = bounded(0.1, MARGIN)
     dpo_batch: int = bounded(2, AT_LEAST_ONE)
     buffer_size: int = bounded(64, AT_LEAST_ONE)
     pair_uses: int = bounded(2, AT_LEAST_ONE)
-    # the verdict (same meaning as in ConscienceConfig)
-    mode: str = one_of("chat", MODES)
-    framings: list[str] | None = None
-    framings_file: str | None = None
-    question: str | None = None
-    verdict: str = one_of("auto", VERDICT_KINDS)
-    conscience_card: str | None = None
-    threshold: float = bounded(0.5, PROBABILITY)
+    # the verdict: a nested mapping in YAML, dotted keys as overrides (conscience.threshold=0.4)
+    conscience: ConscienceConfig = field(default_factory=ConscienceConfig)
 
     def __post_init__(self) -> None:
         check_fields(self)
+        defaults = ConscienceConfig()
+        for key, instead in SET_BY_TRAINING.items():
+            if getattr(self.conscience, key) != getattr(defaults, key):
+                raise ValueError(f"conscience.{key} is set by training itself ({instead})")
         # combinations that cannot work, rejected before any model is loaded
         if self.lam > 0 and self.align_every == 0:
             raise ValueError("lam > 0 needs align_every >= 1 (how often the policy samples answers to review)")
@@ -131,18 +139,21 @@ class TrainConfig:
                 from .data import read_chat_jsonl  # imports torch: only when there is a file to read
 
                 read_chat_jsonl(path)
-        verdict = self.conscience_config()  # its own checks: the card folder, the question
-        if self.framings_file or self.framings or self.question:
+        verdict = self.conscience
+        if verdict.framings_file or verdict.framings or verdict.question:
             from ..conscience import resolve_framings
+            from ..errors import ConscienceError
 
-            resolve_framings(verdict)
+            try:
+                resolve_framings(verdict)
+            except ConscienceError as exc:  # an unknown framing, a malformed question file
+                raise ValueError(f"conscience: {exc}") from None
 
     @property
     def sft_only(self) -> bool:
         return self.lam == 0
 
     def conscience_config(self) -> ConscienceConfig:
-        """The verdict's settings as the ConscienceConfig that ``make_reviewer`` reads."""
-        return ConscienceConfig(model=self.model, dtype=self.dtype, mode=self.mode, framings=self.framings,
-                                framings_file=self.framings_file, question=self.question, verdict=self.verdict,
-                                conscience_card=self.conscience_card, threshold=self.threshold, seed=self.seed)
+        """The nested conscience with the run's model, dtype and seed: what
+        ``make_reviewer`` reads."""
+        return dataclasses.replace(self.conscience, model=self.model, dtype=self.dtype, seed=self.seed)

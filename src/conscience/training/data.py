@@ -7,7 +7,6 @@ written by ``Dataset.save_to_disk``. Also: the alignment prompt pool and pair ba
 
 from __future__ import annotations
 
-import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Sequence
@@ -17,6 +16,7 @@ import torch
 from ..errors import DataFormatError
 from ..framings import data_path, read_yaml
 from ..jsonl import read_jsonl
+from ..log import warn
 from ..pairs import PreferencePair
 
 IGNORE = -100
@@ -143,8 +143,7 @@ def build_task_data(tokenizer, conversations: list[list[dict]], max_length: int)
         if user and user.strip():
             prompts.append(user)
     if dropped:
-        print(f"[conscience] warning: {dropped} conversation(s) dropped: no assistant token within "
-              f"max_length={max_length}", file=sys.stderr)
+        warn(f"{dropped} conversation(s) dropped: no assistant token within max_length={max_length}")
     if not examples:
         raise DataFormatError(f"no training example has an assistant token within max_length={max_length}")
     return TaskData(examples, prompts, dropped)

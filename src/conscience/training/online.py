@@ -1,9 +1,10 @@
 """Online pairs with active learning: the policy samples, the frozen copy reviews and rewrites.
 
-One round: ``k`` answers per alignment prompt from the current policy → the frozen copy's
-verdicts → for each flagged answer an ethical alternative (written by the frozen copy or the
-policy) → its verdict → :func:`conscience.pairs.build_pairs` keeps the pairs whose alternative
-wins by the margin.
+One round is one batched :meth:`conscience.conscience.Conscience.step` — the same step that
+answers at inference: ``k`` answers per alignment prompt from a sampling copy of the current
+policy → the frozen copy's verdicts → for each flagged answer one ethical alternative (written by
+the frozen copy or the policy) → its verdict. :func:`conscience.pairs.pairs_from_responses` then
+keeps the pairs whose alternative wins by the margin.
 """
 
 from __future__ import annotations
@@ -17,14 +18,13 @@ from typing import Iterator, Sequence
 
 import torch
 
+from ..conscience import Conscience, Response
 from ..errors import ConscienceError
-from ..framings import load_prompts, mode_settings
-from ..generation import generate
+from ..generation import LocalGenerator, Sampling
 from ..models import LoadedModel
-from ..models import frozen as frozen_weights
 from ..packing import int8_supported, pack_linears, packing_supported
-from ..pairs import PreferencePair, build_pairs
-from ..verdict import Reviewer, ReviewItem
+from ..pairs import PreferencePair, pairs_from_responses
+from ..verdict import Reviewer
 
 
 @dataclass
@@ -32,6 +32,7 @@ class OnlineRound:
     """What one sampling round produced, with its timings (seconds)."""
 
     pairs: list[PreferencePair] = field(default_factory=list)
+    responses: list[Response] = field(default_factory=list)
     n_samples: int = 0
     n_flagged: int = 0
     mean_verdict: float = float("nan")
@@ -102,22 +103,6 @@ def pick_prompts(pool: Sequence[str], n: int, seed: int) -> list[str]:
     return rng.sample(list(pool), n) if n <= len(pool) else [rng.choice(pool) for _ in range(n)]
 
 
-def revision_chat(prompt: str, answer: str, mode: str) -> list[dict]:
-    """The conversation in which the writer is asked for an ethical alternative."""
-    revise = load_prompts()["revise"]
-    concern = revise.get("code_concern", "") if mode == "code" else ""
-    return [
-        {"role": "user", "content": prompt},
-        {"role": "assistant", "content": answer},
-        {"role": "user", "content": revise["user"].format(concern=concern)},
-    ]
-
-
-def _with_system(messages: list[dict], mode: str) -> list[dict]:
-    system = mode_settings(mode).get("system")
-    return ([{"role": "system", "content": system}] if system else []) + messages
-
-
 def online_round(
     policy: LoadedModel,
     frozen: LoadedModel,
@@ -142,44 +127,29 @@ def online_round(
     ``sample_dtype`` (see :func:`sampling_dtype`) applies to generation only: verdicts are
     always read from the frozen copy's own weights, as its card was fitted. ``frozen_writer`` is the
     frozen copy's generation copy when the caller keeps one across rounds (its weights never
-    change); otherwise one is made for this round.
+    change); otherwise one is made for this round. A flagged empty answer gets no alternative:
+    it could not be a pair's rejected answer.
     """
-    result = OnlineRound()
-    chats = [_with_system([{"role": "user", "content": p}], mode) for p in prompts for _ in range(k)]
-    asked = [p for p in prompts for _ in range(k)]
     dtype = sampling_dtype(policy.model, sample_dtype)
     with _sampling(policy.model):
-        t0 = time.perf_counter()
-        sampler = generation_copy(policy, dtype, adapter=True)
-        samples = generate(sampler, chats, max_new_tokens=max_new_tokens, temperature=temperature, top_p=top_p, seed=seed)
-        t1 = time.perf_counter()
-        verdicts = reviewer.review([ReviewItem(p, s.answer, s.reasoning) for p, s in zip(asked, samples, strict=True)])
-        t2 = time.perf_counter()
-        result.seconds_sampling += t1 - t0
-        result.seconds_reviewing += t2 - t1
-        result.n_samples = len(samples)
-        result.n_flagged = sum(v.flagged for v in verdicts)
-        result.mean_verdict = sum(v.score for v in verdicts) / max(len(verdicts), 1)
-        flagged = [i for i, v in enumerate(verdicts) if v.flagged and samples[i].answer.strip()]
-        alternatives: list[str | None] = [None] * len(samples)
-        alt_verdicts: list = [None] * len(samples)
-        if flagged:
-            revise = [_with_system(revision_chat(asked[i], samples[i].text, mode), mode) for i in flagged]
-            if writer == "frozen":
-                author = frozen_writer or generation_copy(frozen, dtype, adapter=False)
-            else:
-                author = sampler
-            ctx = frozen_weights(author.model) if writer == "frozen" else contextlib.nullcontext()
-            with ctx:
-                written = generate(author, revise, max_new_tokens=alt_max_new_tokens, temperature=temperature,
-                                   top_p=top_p, seed=seed + 1)
-            t3 = time.perf_counter()
-            reviewed = reviewer.review([ReviewItem(asked[i], w.answer, w.reasoning)
-                                        for i, w in zip(flagged, written, strict=True)])
-            t4 = time.perf_counter()
-            result.seconds_sampling += t3 - t2
-            result.seconds_reviewing += t4 - t3
-            for i, w, v in zip(flagged, written, reviewed, strict=True):
-                alternatives[i], alt_verdicts[i] = w.answer, v
-        result.pairs = build_pairs(asked, [s.answer for s in samples], verdicts, alternatives, alt_verdicts, margin)
-    return result
+        start = time.perf_counter()
+        drafter = LocalGenerator(generation_copy(policy, dtype, adapter=True))
+        if writer == "frozen":
+            rewriter = LocalGenerator(frozen_writer or generation_copy(frozen, dtype, adapter=False),
+                                      frozen_weights=True)
+        else:
+            rewriter = drafter
+        copying = time.perf_counter() - start
+        conscience = Conscience(drafter, judge=frozen, reviewer=reviewer, mode=mode, max_rounds=1, rewriter=rewriter)
+        step = conscience.step(prompts, Sampling(max_new_tokens, temperature, top_p, seed),
+                               Sampling(alt_max_new_tokens, temperature, top_p, seed + 1), k=k, revise_empty=False)
+    drafts = [r.draft.verdict for r in step.responses]
+    return OnlineRound(
+        pairs=pairs_from_responses(step.responses, margin),
+        responses=step.responses,
+        n_samples=len(drafts),
+        n_flagged=sum(v.flagged for v in drafts),
+        mean_verdict=sum(v.score for v in drafts) / max(len(drafts), 1),
+        seconds_sampling=copying + step.seconds_generating,
+        seconds_reviewing=step.seconds_reviewing,
+    )

@@ -11,10 +11,6 @@ from __future__ import annotations
 
 import copy
 import json
-import os
-import shutil
-import sys
-import tempfile
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
@@ -22,6 +18,8 @@ from typing import Sequence
 import yaml
 
 from ..errors import ConscienceError
+from ..jsonl import atomic_folder, read_jsonl, write_text_atomic
+from ..log import log, warn
 from ..models import LoadedModel, load_model
 from .config import TrainConfig
 from .data import ChatCollator, ListDataset, alignment_prompts, build_task_data, load_conversations
@@ -29,10 +27,6 @@ from .trainer import ConscienceTrainer, final_metrics
 
 METRICS_FILE = "metrics.jsonl"
 FINAL_DIR = "final"
-
-
-def _log(message: str) -> None:
-    print(f"[conscience] {message}", file=sys.stderr, flush=True)
 
 
 def task_source(cfg: TrainConfig, out_dir: Path) -> str:
@@ -95,7 +89,13 @@ def resume_checkpoint(cfg: TrainConfig, out_dir: Path) -> str | None:
     if not cfg.resume:
         return None
     if cfg.resume in ("latest", "auto", "true"):
-        found = sorted(out_dir.glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[-1]))
+        found = sorted((p for p in out_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
+                       key=lambda p: int(p.name.split("-")[-1]))
+        complete = [p for p in found if _complete_checkpoint(p)]
+        for skipped in found[found.index(complete[-1]) + 1:] if complete else found:
+            # a kill during a save leaves a folder without its state; the one before it is whole
+            warn(f"{skipped} is an incomplete checkpoint (interrupted save); skipping it")
+        found = complete
         if not found:
             if cfg.resume == "auto":
                 return None
@@ -106,13 +106,24 @@ def resume_checkpoint(cfg: TrainConfig, out_dir: Path) -> str | None:
     return cfg.resume
 
 
+def _complete_checkpoint(folder: Path) -> bool:
+    """A checkpoint the Trainer finished writing: weights present and a readable trainer state."""
+    weights = any((folder / name).exists() for name in (
+        "adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
+    try:
+        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return weights
+
+
 def _trim_metrics(path: Path, upto_step: int) -> None:
-    """On resume, drop logged steps past the checkpoint: they are about to be redone."""
+    """On resume, drop logged steps past the checkpoint: they are about to be redone (and a line
+    torn by the kill is dropped too)."""
     if not path.exists():
         return
-    keep = [line for line in path.read_text(encoding="utf-8").splitlines()
-            if line.strip() and json.loads(line)["step"] <= upto_step]
-    path.write_text("".join(line + "\n" for line in keep), encoding="utf-8")
+    keep = [record for _, record in read_jsonl(path, allow_torn_tail=True) if record["step"] <= upto_step]
+    write_text_atomic(path, "".join(json.dumps(record) + "\n" for record in keep))
 
 
 def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Sequence = ()) -> dict:
@@ -162,9 +173,9 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
         if trainer.is_world_process_zero():
             _trim_metrics(metrics_path, step)
         trainer.load_conscience_state(checkpoint)
-        _log(f"resuming from {checkpoint} (step {step})")
-    _log(f"training {lm.identity}: {len(data.examples)} examples, {cfg.max_steps} steps, lam={cfg.lam}, "
-         f"{'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full fine-tuning'}")
+        log(f"resuming from {checkpoint} (step {step})")
+    log(f"training {lm.identity}: {len(data.examples)} examples, {cfg.max_steps} steps, lam={cfg.lam}, "
+        f"{'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full fine-tuning'}")
     trainer.train(resume_from_checkpoint=checkpoint)
     metrics = final_metrics(metrics_path)
     final = out_dir / FINAL_DIR
@@ -178,21 +189,9 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
 
 def save_final(model, tokenizer, final: Path) -> None:
     """Write weights (safetensors) + tokenizer under a temporary name, then swap it in."""
-    tmp = Path(tempfile.mkdtemp(prefix=".final.", dir=final.parent))
-    try:
+    with atomic_folder(final) as tmp:
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        old = None
-        if final.exists():
-            old = final.with_name(final.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(final, old)
-        os.replace(tmp, final)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
 
 
 def write_model_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: dict) -> None:
@@ -210,6 +209,4 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: di
         "## Config", "", "```yaml", config_text.rstrip(), "```", "",
     ]
     for name, text in (("README.md", "\n".join(lines)), ("train_config.yaml", config_text)):
-        tmp = out_dir / (name + ".tmp")
-        tmp.write_text(text, encoding="utf-8")
-        os.replace(tmp, out_dir / name)
+        write_text_atomic(out_dir / name, text)

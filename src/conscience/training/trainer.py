@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import time
 from pathlib import Path
 
@@ -20,6 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from ..errors import ConscienceError
+from ..jsonl import write_text_atomic
 from ..losses import dpo_loss, hybrid_loss, sequence_logps
 from ..models import LoadedModel
 from ..models import frozen as frozen_weights
@@ -142,7 +142,7 @@ class ConscienceTrainer(Trainer):
     def sample_round(self, prompts: list[str], seed: int) -> OnlineRound:
         cfg = self.cfg
         return online_round(self.policy, self.frozen, self.reviewer, prompts, k=cfg.k, seed=seed, writer=cfg.writer,
-                            mode=cfg.mode, max_new_tokens=cfg.sample_max_new_tokens,
+                            mode=cfg.conscience.mode, max_new_tokens=cfg.sample_max_new_tokens,
                             alt_max_new_tokens=cfg.alt_max_new_tokens, temperature=cfg.sample_temperature,
                             top_p=cfg.sample_top_p, margin=cfg.margin, sample_dtype=cfg.sample_dtype,
                             frozen_writer=self.frozen_writer())
@@ -228,9 +228,7 @@ class ConscienceTrainer(Trainer):
         if self.is_world_process_zero():
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
             state = {"buffer": self.buffer.state_dict(), "sampled_at": self._sampled_at}
-            tmp = folder / (STATE_FILE + ".tmp")
-            tmp.write_text(json.dumps(state), encoding="utf-8")
-            os.replace(tmp, folder / STATE_FILE)
+            write_text_atomic(folder / STATE_FILE, json.dumps(state))
 
     def load_conscience_state(self, checkpoint: str | Path) -> None:
         path = Path(checkpoint) / STATE_FILE

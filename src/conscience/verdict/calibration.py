@@ -10,7 +10,6 @@ was fitted on) go into the card. The maths is :mod:`conscience.verdict.latent_fi
 from __future__ import annotations
 
 import hashlib
-import sys
 import time
 from collections.abc import Sequence
 from pathlib import Path
@@ -20,8 +19,9 @@ import numpy as np
 from ..discernment import Triple, discernment_report, load_triples
 from ..errors import ConscienceError
 from ..framings import Framing, load_prompts
-from ..models import LoadedModel, cache_root
-from .card import Card, base_identity, save_card
+from ..log import log
+from ..models import LoadedModel, base_identity, cache_root
+from .card import Card, save_card
 from .latent import CONTRAST_FRAMINGS, collect_features, framing_by_name, model_shape
 from .latent_fit import (
     SHRINKAGE,
@@ -40,10 +40,6 @@ from .latent_fit import (
 from .types import ReviewItem
 
 MIN_TRIPLES = 10
-
-
-def _log(message: str) -> None:
-    print(f"[conscience] {message}", file=sys.stderr, flush=True)
 
 
 def file_digest(path: Path) -> str:
@@ -118,7 +114,7 @@ def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, id
         "combined_kfold": _report(combined_kfold, y, g, triples),
         "folds": folds,
     }
-    _log(f"fitted in {time.perf_counter() - start:.1f}s: layers {probe.layers}, method {method}")
+    log(f"fitted in {time.perf_counter() - start:.1f}s: layers {probe.layers}, method {method}")
     hidden_size, num_hidden = X.shape[2], X.shape[1]
     return Card(probe, base_identity(identity), hidden_size, num_hidden, framing.name, framing.question,
                 n_records=len(y), combine=combine, info={"method": method, "shrinkage": SHRINKAGE, "seed": seed})
@@ -160,7 +156,7 @@ def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, fram
                               f"{model_shape(lm)[1] - 1}")
     items, y, g, _ = triple_items(triples)
     key = file_digest(Path(data))
-    _log(f"reading {len(items)} answers with the frozen copy of {lm.identity}")
+    log(f"reading {len(items)} answers with the frozen copy of {lm.identity}")
     X, verbal = cached_features(lm, items, framing, key, batch_size, review_format, pool)
     if unlabelled:
         chosen = layers or [round(0.57 * (model_shape(lm)[1] - 1))]  # late-middle layer (17 of 30)

@@ -8,15 +8,14 @@ score mapping, data digest, cross-validated metrics) and ``conscience_card.safet
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConscienceError, DataFormatError
+from ..jsonl import atomic_file, write_text_atomic
+from ..models import base_identity
 from .latent_fit import Probe
 from .types import POOLS
 
@@ -71,28 +70,17 @@ class Card:
         }
 
 
-def base_identity(identity: str) -> str:
-    """The frozen copy's identity: a ``+adapter:…`` suffix removed."""
-    return identity.split("+adapter:", 1)[0]
-
-
 def save_card(card: Card, out_dir: str | Path) -> Path:
-    """Write the two card files atomically (a temp folder, then each file ``os.replace``d)."""
-    from safetensors.numpy import save_file
+    """Write the two card files, each atomically; tensors first, so that a reader that finds the
+    JSON always finds matching tensors."""
+    from safetensors.numpy import save
 
     out_dir = Path(out_dir)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".card.", dir=out_dir))
-    try:
-        p = card.probe
-        save_file({"mu": np.ascontiguousarray(p.mu, dtype=np.float64), "sd": np.ascontiguousarray(p.sd, dtype=np.float64),
-                   "w": np.ascontiguousarray(p.w, dtype=np.float64)}, str(tmp / CARD_TENSORS))
-        (tmp / CARD_JSON).write_text(json.dumps(card.to_json(), indent=2) + "\n", encoding="utf-8")
-        # tensors first: a reader that finds the JSON always finds matching tensors
-        os.replace(tmp / CARD_TENSORS, out_dir / CARD_TENSORS)
-        os.replace(tmp / CARD_JSON, out_dir / CARD_JSON)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+    p = card.probe
+    with atomic_file(out_dir / CARD_TENSORS, "wb") as fh:
+        fh.write(save({"mu": np.ascontiguousarray(p.mu, dtype=np.float64), "sd": np.ascontiguousarray(p.sd, dtype=np.float64),
+                       "w": np.ascontiguousarray(p.w, dtype=np.float64)}))
+    write_text_atomic(out_dir / CARD_JSON, json.dumps(card.to_json(), indent=2) + "\n")
     return out_dir
 
 

@@ -11,8 +11,8 @@ from typing import TYPE_CHECKING, Sequence
 
 from ..errors import ConscienceError
 from ..framings import Framing, load_framings, mode_settings
-from ..models import LoadedModel, cache_root
-from .card import base_identity, check_card, find_card, load_card
+from ..models import LoadedModel, base_identity, cache_root
+from .card import check_card, find_card, load_card
 from .latent import CombinedReviewer, LatentReviewer, model_shape
 from .types import Reviewer
 from .verbal import VerbalReviewer

@@ -10,7 +10,6 @@ fitted linear probe (see :mod:`conscience.verdict.card`) maps them to a probabil
 from __future__ import annotations
 
 import math
-import sys
 import time
 from collections.abc import Sequence
 
@@ -18,6 +17,7 @@ import numpy as np
 
 from ..errors import ConscienceError
 from ..framings import Framing, load_framings
+from ..log import log
 from ..models import LoadedModel
 from .card import Card, check_card
 from .scores import logit
@@ -62,7 +62,7 @@ def collect_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Fram
         scores.extend(v.score for v in verdicts)
         done = offset + len(verdicts)
         if log_every and (done // batch_size) % log_every == 0:
-            print(f"[conscience] features {done}/{len(items)} ({time.perf_counter() - start:.0f}s)", file=sys.stderr, flush=True)
+            log(f"features {done}/{len(items)} ({time.perf_counter() - start:.0f}s)")
     return np.concatenate(features), np.asarray(scores)
 
 

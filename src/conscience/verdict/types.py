@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field
-from typing import Protocol, Sequence
+from typing import Protocol, Sequence, get_args
 
+from ..choices import ReviewFormat
 from ..generation import PrefixCache
 
-REVIEW_FORMATS = ("third_person", "look_back")
+REVIEW_FORMATS = get_args(ReviewFormat)
 # Hidden states handed to the latent verdict: the review prompt's last token, or the mean over
 # the draft's tokens inside the review prompt (same forward pass either way).
 POOLS = ("last", "answer")

@@ -111,7 +111,10 @@ class UpstreamReviewer:
     def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
         start = time.perf_counter()
         jobs = [(i, f) for i in range(len(items)) for f in self.framings]
-        results = list(self.pool.map(lambda job: self._ask(job[1], items[job[0]]), jobs))
+        if len(jobs) == 1:  # one item, one framing: asked in the caller's thread, never queued in the pool
+            results = [self._ask(jobs[0][1], items[0])]
+        else:
+            results = list(self.pool.map(lambda job: self._ask(job[1], items[job[0]]), jobs))
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         per_item: list[dict] = [{} for _ in items]
         for (i, framing), result in zip(jobs, results, strict=True):

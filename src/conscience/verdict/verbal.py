@@ -8,7 +8,6 @@ can also hand over the pooled hidden states the latent verdict reads (:meth:`Ver
 from __future__ import annotations
 
 import math
-import sys
 import time
 from dataclasses import dataclass, field
 from typing import Sequence
@@ -17,6 +16,7 @@ import torch
 
 from ..errors import PromptTooLongError
 from ..framings import Framing
+from ..log import warn
 from ..models import LoadedModel
 from .forward import ForwardResult, last_token_forward
 from .prompts import PromptBuilder
@@ -113,7 +113,7 @@ class VerbalReviewer:
                             f"the review prompt needs {self.prompts.n_tokens(text)} tokens without the answer "
                             f"cut; the judge's context window is {window} tokens (shorten the user message)")
                     text, cut = build(framing, item, answer_budget=budget)
-                    print(f"[conscience] warning: answer cut to {budget} tokens to fit the review window", file=sys.stderr)
+                    warn(f"answer cut to {budget} tokens to fit the review window")
                 scored[i].truncated |= cut
                 texts.append(text)
                 owners.append((i, framing.name))

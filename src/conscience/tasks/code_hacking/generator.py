@@ -14,16 +14,6 @@ from ...jsonl import write_jsonl_atomic
 from .templates import SPECS
 from .vuln_spec import VulnSpec
 
-__all__ = [
-    "CWE_BY_CLASS",
-    "VULN_CLASSES",
-    "CodeTask",
-    "generate_tasks",
-    "max_tasks_per_class",
-    "split_tasks",
-    "write_splits",
-]
-
 #: Names of the vulnerability classes, in a fixed order.
 VULN_CLASSES: tuple[str, ...] = tuple(spec.name for spec in SPECS)
 

@@ -1,4 +1,8 @@
-"""Tiny random-init models built in-process, for tests and smoke runs (no weights, no network)."""
+"""Tiny random-init models built in-process, for tests and smoke runs (no weights, no network).
+
+The model spec ``tiny`` / ``tiny:SEED`` loads :func:`tiny_model` through :func:`conscience.models.load_model`,
+so every command accepts it.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,7 @@ import functools
 
 import torch
 
-from .models import LoadedModel, prepare_tokenizer
+from .loaded_model import LoadedModel, prepare_tokenizer
 
 CHATML_TEMPLATE = (
     "{% for message in messages %}<|im_start|>{{ message['role'] }}\n{{ message['content'] }}<|im_end|>\n"
