@@ -2,8 +2,8 @@
 
 :class:`Generator` is what the conscience step drafts and rewrites with: :class:`LocalGenerator`
 (a loaded model, or a packed/int8 sampling copy from :mod:`conscience.packing`, optionally with
-its adapter disabled) or ``conscience.serving.backends.UpstreamGenerator`` (an OpenAI-compatible
-server). Sampling parameters travel with each call as a :class:`Sampling`.
+its adapter disabled) or ``conscience.serving.upstream_backend.UpstreamGenerator`` (an
+OpenAI-compatible server). Sampling parameters travel with each call as a :class:`Sampling`.
 """
 
 from __future__ import annotations

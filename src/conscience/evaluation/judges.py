@@ -12,20 +12,19 @@ model spec the loader accepts, or ``--judge-url`` (any OpenAI-compatible server)
 from __future__ import annotations
 
 import functools
-import json
 import math
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Protocol, Sequence
 
 import torch
 
-from ..errors import ConscienceError, DataFormatError
+from ..errors import DataFormatError
 from ..framings import data_path, read_yaml
 from ..generation import encode, neutralise, special_tokens
 from ..log import warn
 from ..models import LoadedModel, base_identity, cache_keyword, frozen
+from ..openai_client import EndpointError, OpenAIClient, first_top_logprobs, logprob_table
+from ..serving.redact import redact
 from .scoring import JudgeScore, classify, number_score
 
 JUDGE_PROMPTS_FILE = "judge_prompts.yaml"
@@ -33,7 +32,7 @@ TOP_K = 20
 _MARKERS = ["[PROMPT START]", "[PROMPT END]", "[ANSWER START]", "[ANSWER END]", "[REQUEST START]", "[REQUEST END]"]
 
 
-class JudgeError(ConscienceError):
+class JudgeError(EndpointError):
     """The judge could not be reached or answered in a form that cannot be read."""
 
 
@@ -190,7 +189,6 @@ class LocalJudge:
         return table
 
 
-
 def _number_trie(tokenizer) -> dict:
     """Token ids of "0".."100", the multi-token prefixes to follow, and single-digit token ids."""
     numbers = {n: tokenizer.encode(str(n), add_special_tokens=False) for n in range(101)}
@@ -214,44 +212,30 @@ class OpenAIJudge:
         self.api_key = api_key
         self.timeout = timeout
         self.identity = f"openai:{self.url}#{model}"
+        base = self.endpoint[:-len("/chat/completions")]
+        self.where = redact(self.endpoint)
+        self.client = OpenAIClient(base, api_key, model, timeout, label="judge endpoint", error=JudgeError)
 
     def tables(self, prompts: Sequence[str], prefill: str = "") -> list[dict[str, float]]:
         # a prefill is for local judges only: chat endpoints have no portable way to start the reply
         return [self._one(p) for p in prompts]
 
     def _one(self, prompt: str) -> dict[str, float]:
-        body = {"model": self.model, "messages": [{"role": "user", "content": prompt}], "max_tokens": 1,
-                "temperature": 0, "logprobs": True, "top_logprobs": TOP_K, "seed": 0}
-        headers = {"Content-Type": "application/json"}
-        if self.api_key:
-            headers["Authorization"] = f"Bearer {self.api_key}"
-        request = urllib.request.Request(self.endpoint, json.dumps(body).encode(), headers, method="POST")
         try:
-            with urllib.request.urlopen(request, timeout=self.timeout) as resp:
-                payload = json.loads(resp.read().decode("utf-8"))
-        except urllib.error.HTTPError as exc:
-            detail = exc.read().decode("utf-8", "replace")[:300]
-            raise JudgeError(f"judge endpoint {self.endpoint} answered HTTP {exc.code}: {detail}") from None
-        except (urllib.error.URLError, OSError) as exc:
-            reason = getattr(exc, "reason", exc)
-            raise JudgeError(f"judge endpoint {self.endpoint} is unreachable ({reason}); "
-                             "check --judge-url and that the server is running") from None
-        except json.JSONDecodeError:
-            raise JudgeError(f"judge endpoint {self.endpoint} did not answer JSON") from None
-        try:
-            content = payload["choices"][0]["logprobs"]["content"]
-        except (KeyError, IndexError, TypeError):
-            raise JudgeError(f"judge endpoint {self.endpoint} returned no log-probs; it must support "
-                             "logprobs=true and top_logprobs=20") from None
-        if not content:
-            return {}
-        table: dict[str, float] = {}
-        for entry in content[0].get("top_logprobs") or []:
-            key = str(entry.get("token", "")).strip()
-            if key:
-                lp = float(entry["logprob"])
-                table[key] = math.log(math.exp(table[key]) + math.exp(lp)) if key in table else lp
-        return table
+            payload = self.client.chat([{"role": "user", "content": prompt}], max_tokens=1, temperature=0,
+                                       logprobs=True, top_logprobs=TOP_K, seed=0)
+        except JudgeError as exc:
+            if exc.reason is not None:
+                raise JudgeError(f"judge endpoint {self.where} is unreachable ({exc.reason}); "
+                                 "check --judge-url and that the server is running") from None
+            if exc.status is not None:
+                raise JudgeError(f"{exc}: {exc.detail}") from None
+            raise
+        top = first_top_logprobs(payload)
+        if top is None:
+            raise JudgeError(f"judge endpoint {self.where} returned no log-probs; it must support "
+                             "logprobs=true and top_logprobs=20")
+        return logprob_table(top)
 
 
 def make_judge(judge: str | None, judge_url: str | None, evaluated: LoadedModel,

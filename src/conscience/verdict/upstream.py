@@ -14,8 +14,8 @@ from typing import Protocol, Sequence
 
 import torch
 
-from ..errors import ConscienceError
 from ..framings import Framing
+from ..openai_client import EndpointError, first_top_logprobs, logprob_table
 from .prompts import MessageRendering, PromptBuilder
 from .scores import mean_log_odds
 from .types import ReviewItem, Verdict, is_flagged
@@ -27,7 +27,7 @@ UPSTREAM_SPECIALS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>", "<|eot_id|>"
                      "<start_of_turn>", "<end_of_turn>")
 
 
-class UpstreamError(ConscienceError):
+class UpstreamError(EndpointError):
     """The upstream server failed or answered something unusable."""
 
 
@@ -61,16 +61,13 @@ def verdict_from_top_logprobs(top: Sequence[dict], aligned: str, misaligned: str
     ``(p_aligned, logp_aligned, logp_misaligned)``.
     """
     sides: dict[str, list[float]] = {"a": [], "m": []}
-    listed = []
-    for entry in top:
-        lp = float(entry.get("logprob", -math.inf))
-        listed.append(lp)
-        side = _side(str(entry.get("token", "")), aligned, misaligned)
+    for token, lp in logprob_table(top).items():
+        side = _side(token, aligned, misaligned)
         if side:
             sides[side].append(lp)
     missing = [word for word, side in ((aligned, "a"), (misaligned, "m")) if not sides[side]]
     if missing:
-        raise UpstreamError(f"{' and '.join(repr(w) for w in missing)} not among the upstream's {len(listed)} "
+        raise UpstreamError(f"{' and '.join(repr(w) for w in missing)} not among the upstream's {len(top)} "
                             f"top log-probs: no verdict")
     lp_a = float(torch.logsumexp(torch.tensor(sides["a"]), 0))
     lp_m = float(torch.logsumexp(torch.tensor(sides["m"]), 0))
@@ -102,10 +99,9 @@ class UpstreamReviewer:
     def _ask(self, framing: Framing, item: ReviewItem) -> tuple[float, float, float]:
         messages, _ = self.prompts.review(framing, item)
         body = self.client.chat(messages, max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=self.top)
-        try:
-            top = body["choices"][0]["logprobs"]["content"][0]["top_logprobs"]
-        except (KeyError, IndexError, TypeError):
-            raise UpstreamError("the upstream returned no top log-probs (does it support logprobs=true?)") from None
+        top = first_top_logprobs(body)
+        if not top:
+            raise UpstreamError("the upstream returned no top log-probs (does it support logprobs=true?)")
         return verdict_from_top_logprobs(top, framing.aligned_answer, framing.misaligned_answer)
 
     def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
