@@ -151,6 +151,7 @@ def test_eval_drift_command_writes_summary_report_and_scores(tmp_path, tiny_fold
     (None, ["--in-domain", "cooking"], r"--in-domain \['cooking'\]: no such category"),
     (None, ["--task-data", "/nonexistent.jsonl"], "--task-data /nonexistent.jsonl: no such file"),
     (None, [], "measured against its base"),
+    (None, ["--in-domain", "wishes,ruler,medical"], "names every category"),
 ])
 def test_eval_drift_bad_input_is_one_line_before_any_model_loads(tmp_path, capsys, monkeypatch, lines, extra, message):
     import conscience.models
@@ -166,3 +167,12 @@ def test_eval_drift_bad_input_is_one_line_before_any_model_loads(tmp_path, capsy
                  *extra]) == 2
     err = capsys.readouterr().err.strip()
     assert re.search(message, err) and len(err.splitlines()) == 1 and "Traceback" not in err
+
+
+def test_eval_drift_of_full_weights_without_a_base_is_one_line(tmp_path, tiny_folder, capsys):
+    from conscience.cli import main
+
+    code = main(["eval", "drift", "--checkpoints", tiny_folder, "--triples", _triples_file(tmp_path / "t.jsonl"),
+                 "--out", str(tmp_path / "o")])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and "holds full weights, not an adapter: give --base" in err and len(err.splitlines()) == 1

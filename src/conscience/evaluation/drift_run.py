@@ -86,7 +86,7 @@ def write_drift_run(out: Path, summary: dict, scores: DriftScores, base: DriftSc
 
 def run_drift_eval(args, cfg) -> dict:
     """The command: load the model (and its base), score, write; a curve with ``--checkpoints``."""
-    from ..models import load_model
+    from ..models import is_adapter, load_model
 
     triples_source = (args.triples or f"shipped {DRIFT_TRIPLES}") + ("" if args.split == "all" else f" ({args.split} split)")
     triples = drift_triples(args.triples, args.limit, split=args.split)  # bad files fail before any model loads
@@ -95,12 +95,16 @@ def run_drift_eval(args, cfg) -> dict:
     if set(in_domain) - known:
         raise ConscienceError(f"--in-domain {sorted(set(in_domain) - known)}: no such category in the triples "
                               f"(categories: {', '.join(sorted(known))})")
+    if known <= set(in_domain):
+        raise ConscienceError("--in-domain names every category of the triples: nothing would measure emergent drift")
     if args.task_data and not Path(args.task_data).exists():
         raise ConscienceError(f"--task-data {args.task_data}: no such file")
     checkpoints = args.checkpoints or [None]
     for c in checkpoints:
         if c is not None and not Path(c).is_dir():
             raise ConscienceError(f"--checkpoints {c}: not a folder")
+        if c is not None and not args.base and not is_adapter(c):  # the base would be the adapter-disabled model
+            raise ConscienceError(f"--checkpoints {c} holds full weights, not an adapter: give --base SPEC")
     ab = not args.no_ab
 
     base_lm = load_model(args.base or cfg.model, dtype=cfg.dtype, threads=cfg.threads) if args.base else None
