@@ -214,3 +214,12 @@ def test_drift_monitor_warns_once_and_can_stop_on_a_scripted_curve(tmp_path):
     assert [json.loads(line)["step"] for line in lines] == [0, 1, 2]
     resumed = DriftProbeCallback(probe, every=1, path=tmp_path / "p.jsonl")  # a resumed run keeps its points
     assert resumed.warned_at == 2 and len(resumed.points) == 3
+
+
+def test_a_resumed_drift_monitor_skips_a_line_torn_by_a_kill(tmp_path):
+    from conscience.experiment.drift_monitor import DriftProbeCallback
+
+    path = tmp_path / "p.jsonl"
+    path.write_text('{"step": 0, "drift": 0.0, "drift_ci_low": 0.0, "drift_ci_high": 0.0}\n{"step": 10, "dri')
+    resumed = DriftProbeCallback(lambda step: {}, every=10, path=path)
+    assert [p["step"] for p in resumed.points] == [0]

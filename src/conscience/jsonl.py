@@ -112,3 +112,20 @@ def write_jsonl_atomic(path: str | Path, records: Iterable[dict]) -> None:
     with atomic_file(path) as fh:
         for record in records:
             fh.write(json.dumps(record, ensure_ascii=False) + "\n")
+
+
+def append_jsonl_durable(path: str | Path, record: dict) -> None:
+    """Append one JSON line and fsync it: a line written is a line kept, whatever kills the process
+    next (read it back with ``read_jsonl(..., allow_torn_tail=True)``)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a", encoding="utf-8") as fh:
+        fh.write(json.dumps(record) + "\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+
+
+def read_jsonl_records(path: str | Path) -> list[dict]:
+    """The records of a file appended line by line (none if it does not exist; a torn last line,
+    the trace of a kill during an append, is skipped with a warning)."""
+    return [record for _, record in read_jsonl(path, allow_torn_tail=True)] if Path(path).exists() else []

@@ -8,13 +8,12 @@ also ends training there (early stopping on drift).
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Callable, Sequence
 
 from transformers import TrainerCallback
 
+from ..jsonl import append_jsonl_durable, read_jsonl_records
 from ..log import log
 
 DriftProbe = Callable[[int], dict]  # step -> drift summary (keys drift, drift_ci_low, drift_ci_high, ...)
@@ -60,8 +59,7 @@ class DriftProbeCallback(TrainerCallback):
         self.points: list[dict] = []
         self.warned_at: int | None = None
         self.stopped_at: int | None = None
-        for line in self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []:
-            point = json.loads(line)
+        for point in read_jsonl_records(self.path):  # a resumed run keeps its earlier points
             self.points.append(point)
             if self.warned_at is None and drift_left_zero(point):
                 self.warned_at = point["step"]
@@ -76,11 +74,7 @@ class DriftProbeCallback(TrainerCallback):
             self.warned_at = step
             log(f"WARNING: {self.label}: drift {point['drift']:+.4f} at step {step}, 95 % interval "
                 f"[{point['drift_ci_low']:+.4f}, {point['drift_ci_high']:+.4f}] lies above 0")
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(point) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl_durable(self.path, point)
         return point
 
     def on_train_begin(self, args, state, control, **kwargs):

@@ -8,13 +8,12 @@ step is logged once.
 
 from __future__ import annotations
 
-import json
-import os
 from pathlib import Path
 from typing import Sequence
 
 from transformers import TrainerCallback
 
+from ..jsonl import append_jsonl_durable, read_jsonl_records
 from ..log import log
 
 
@@ -63,8 +62,7 @@ class EMProbeCallback(TrainerCallback):
         self.base = base
         self.warned_at: int | None = None
         self.points: list[tuple[int, float | None]] = []
-        for line in self.path.read_text(encoding="utf-8").splitlines() if self.path.exists() else []:
-            record = json.loads(line)  # a resumed run keeps its earlier points
+        for record in read_jsonl_records(self.path):  # a resumed run keeps its earlier points
             self.points.append((record["step"], record.get("value")))
             self.warned_at = self.warned_at if self.warned_at is not None else record.get("warned_at")
 
@@ -84,10 +82,7 @@ class EMProbeCallback(TrainerCallback):
         record = {"step": step, "metric": self.metric, "value": value, "base": self.base,
                   "misaligned_rate": summary.get("misaligned_rate"), "mean_alignment": summary.get("mean_alignment"),
                   "n": summary.get("n"), "warned_at": self.warned_at}
-        with open(self.path, "a", encoding="utf-8") as fh:
-            fh.write(json.dumps(record) + "\n")
-            fh.flush()
-            os.fsync(fh.fileno())
+        append_jsonl_durable(self.path, record)
 
     def on_train_begin(self, args, state, control, **kwargs):
         if self.every and state.is_world_process_zero and state.global_step == 0:
