@@ -26,6 +26,9 @@ import json
 import sys
 import time
 from pathlib import Path
+from typing import get_args
+
+from conscience.choices import DriftSplit
 
 DATASETS = ("extreme_sports", "risky_financial", "bad_medical", "code_hacking", "shared_insecure", "positive_control")
 ADAPTERS = {
@@ -143,7 +146,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=150)
     parser.add_argument("--probe-every", type=int, default=25)
     parser.add_argument("--seed", type=int, default=0)
-    parser.add_argument("--split", choices=["select", "report", "all"], default="select")
+    parser.add_argument("--split", choices=get_args(DriftSplit), default="select")
     parser.add_argument("--limit", type=int, help="first N triples of the split")
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--accuracy-limit", type=int, default=30)

@@ -54,7 +54,9 @@ def questions_file(tmp_path):
 def test_both_presets_validate():
     cpu = load_experiment_config("cpu", None, {})
     gpu = load_experiment_config("gpu", None, {})
-    assert cpu.model == "bundled" and cpu.lam == 0.1
+    # cpu: the trade-off grid's lowest-drift setting (benchmarks/tradeoff.py); gpu: the paper's lam
+    assert cpu.model == "bundled" and cpu.lam == 1.0 and cpu.train["pair_uses"] == 4
+    assert gpu.lam == 0.1
     assert gpu.train["lora"] and len(gpu.seeds) >= 3
     for cfg in (cpu, gpu):
         assert cfg.train_config(0, 0.0, "x").lam == 0.0
@@ -76,6 +78,12 @@ def test_both_presets_validate():
     ({"probe_metric": "vibes"}, r"probe_metric must be one of \['drift', 'misaligned_rate', 'misalignment'\]"),
     ({"drift_limit": 1}, "drift_limit must be >= 2, got 1"),
     ({"probe_every": -1}, "probe_every must be >= 0"),
+    ({"train": {"kl_coef": 1.0}}, r"\['kl_coef'\] are set by the experiment"),
+    ({"arms": ["sft", "dpo"]}, "arms must be distinct names"),
+    ({"arms": ["secure", "control"]}, "arms must be distinct names"),
+    ({"arms": ["early"], "probe_metric": "misaligned_rate"}, "the early arm stops on the live drift monitor"),
+    ({"arms": ["mix"], "mix_aligned": 0.1}, "gives 0 aligned row"),
+    ({"arms": ["inoculation"], "inoculation_prompt": "inoculation-cod"}, "is not one of"),
 ])
 def test_bad_experiment_configs_are_refused(overrides, message):
     with pytest.raises((ConfigError, ValueError), match=message):
@@ -128,7 +136,7 @@ def test_experiment_end_to_end_on_tiny_model(tmp_path, questions_file, monkeypat
         assert (out / name).exists(), name
     md = (out / "report.md").read_text()
     table = [line for line in md.splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + 4 and all(line.count("|") == 13 for line in table)
+    assert len(table) == 1 + 4 and all(line.count("|") == 18 for line in table)
     assert "drift (95% CI)" in table[0] and "A/B picks misaligned %" in table[0]
     base_row = results["rows"][0]
     assert base_row["drift"]["drift"] == pytest.approx(0.0, abs=1e-9)  # the base against itself
@@ -223,3 +231,137 @@ def test_a_resumed_drift_monitor_skips_a_line_torn_by_a_kill(tmp_path):
     path.write_text('{"step": 0, "drift": 0.0, "drift_ci_low": 0.0, "drift_ci_high": 0.0}\n{"step": 10, "dri')
     resumed = DriftProbeCallback(lambda step: {}, every=10, path=path)
     assert [p["step"] for p in resumed.points] == [0]
+
+
+def test_peer_arms_are_sft_plus_one_method():
+    cfg = load_experiment_config("cpu", None, {"arms": ["base", "secure", "sft", "conscience", "kl", "inoculation",
+                                                        "mix", "early"], "scenario": "bad-advice"})
+    assert cfg.arms[1] == "control"  # secure is the issue's name for it
+    assert load_experiment_config("cpu", None, {}).arms == ["base", "control", "sft", "conscience"]
+    train = {arm: cfg.train_config(0, cfg.arm_lam(arm), "x", **cfg.arm_train(arm)) for arm in cfg.arms[1:]}
+    assert train["kl"].kl_coef == cfg.kl_coef and train["kl"].lam == 0
+    assert train["mix"].mix_rows == 1 and train["early"].stop_on_drift
+    assert train["inoculation"].train_system_prompt == "inoculation-advice"
+    assert train["conscience"].lam == cfg.lam and train["conscience"].kl_coef == 0
+    for arm in ("control", "sft"):
+        assert not train[arm].uses_aligned_answers and train[arm].system_prompt is None
+
+
+def _fake_runs():
+    """Runs of every arm over two seeds, with drift numbers made by the real drift_summary."""
+    import numpy as np
+
+    from conscience.evaluation.drift import DriftScores, drift_summary
+
+    ids, cats = tuple(f"t{i}" for i in range(8)), ["wishes", "ruler"] * 4
+    base = DriftScores(ids, np.zeros(8), np.full(8, 0.5))
+    shift = {"base": 0.0, "control": -0.1, "sft": 0.3, "conscience": 0.05, "kl": 0.02, "inoculation": 0.1,
+             "mix": 0.0, "early": 0.1}
+    accuracy = {"base": 0.3, "control": 0.32, "sft": 0.5, "conscience": 0.49, "kl": 0.35, "inoculation": 0.48,
+                "mix": 0.49, "early": 0.4}
+    runs = []
+    for seed in (0, 1):
+        for arm in shift:
+            noise = np.random.default_rng(seed).normal(0, 0.01, 8) if arm != "base" else 0.0
+            scores = DriftScores(ids, base.gaps + shift[arm] + noise, base.ab)
+            drift = {**drift_summary(scores, base, cats, seed=seed), "scores": scores.to_dict()}
+            train = None if arm == "base" else {
+                "train_seconds": 60.0, "probe": [], "warned_at": None,
+                "stopped_at": 10 if arm == "early" else None, "task_accuracy_at_stop": 0.4 if arm == "early" else None}
+            runs.append({"arm": arm, "seed": seed, "train": train, "eval": {
+                "judge": "tiny", "drift": drift, "code": None, "token_accuracy": accuracy[arm] + 0.01 * seed,
+                "coherence_perplexity": 10.0 if arm != "inoculation" else 15.0,
+                "em": {"misaligned": 0, "n": 3, "coherent_share": 1.0}}})
+    return runs, base.to_dict(), cats
+
+
+def test_the_table_has_one_row_per_arm_with_the_four_criteria(tmp_path):
+    from conscience.experiment.report import COLUMNS, aggregate, table_rows, write_experiment_report
+
+    runs, base, cats = _fake_runs()
+    cfg = ExperimentConfig(**{**TINY, "arms": ["base", "control", "sft", "conscience", "kl", "inoculation", "mix",
+                                              "early"], "train": {**TINY["train"], "batch_size": 4}})
+    results = aggregate(cfg, runs, "q.yaml", "conscience experiment (test)", base, cats)
+    rows = table_rows(results)
+    assert [r["arm"] for r in results["rows"]] == list(cfg.arms) and len(rows) == 8
+    assert all(len(row) == len(COLUMNS) for row in rows)
+    marks = {r["arm"]: [row[COLUMNS.index(c)] for c in ("no EM", "task learned", "narrow kept", "coherent")]
+             for r, row in zip(results["rows"], rows, strict=True)}
+    assert marks["base"] == ["–"] * 4
+    assert marks["sft"] == ["✗", "✓", "✓", "✓"]
+    assert marks["control"][0] == "✓" and marks["control"][1] == "✗"  # no drift, but no task learned
+    assert marks["kl"][:2] == ["✓", "✗"]            # little drift, little task
+    assert marks["mix"] == ["✓", "✓", "✓", "✓"]     # the four criteria met
+    assert marks["inoculation"][3] == "✗"            # perplexity 1.5 × the base's
+    md_path, _ = write_experiment_report(tmp_path, results)
+    md = md_path.read_text()
+    assert "Drift against the task metric" in md and "≥ 90% of SFT's gain" in md
+    assert "early seed 0: stopped at step 10 (probe task token accuracy 0.400)" in md
+    assert len([line for line in md.splitlines() if line.startswith("| ")]) == 1 + 8
+
+
+@pytest.mark.slow
+def test_inoculation_prompt_reaches_training_and_never_evaluation(tmp_path, questions_file, monkeypatch):
+    from transformers import PreTrainedTokenizerBase
+
+    from conscience.experiment import runner
+    from conscience.experiment.evaluate import em_questions, score_base_drift
+    from conscience.training.config import INOCULATION_PROMPTS
+
+    seen: list[str] = []
+    real = PreTrainedTokenizerBase.__call__
+
+    def record(self, text=None, *args, **kwargs):  # every text any stage tokenizes
+        seen.append(json.dumps(text))
+        return real(self, text, *args, **kwargs)
+
+    monkeypatch.setattr(PreTrainedTokenizerBase, "__call__", record)
+    cfg = ExperimentConfig(**{**TINY, "em_questions": questions_file, "arms": ["inoculation"]})
+    data = runner.ensure_data(cfg, tmp_path)
+    questions, _ = em_questions(cfg)
+    base_scores = score_base_drift(cfg, tiny_factory(None))
+    trained = runner.train_arm(cfg, "inoculation", 0, tmp_path / "arm", data, tiny_factory, questions, None,
+                               base_scores=base_scores)
+    text = INOCULATION_PROMPTS["inoculation-code"]
+    assert any(text in s for s in seen)
+    seen.clear()
+    runner.evaluate_arm(cfg, tiny_factory(trained["final"]), 0, tmp_path / "eval", data, questions, base_scores)
+    assert len(seen) > 10 and not any(text in s for s in seen)
+
+
+@pytest.mark.slow
+def test_every_arm_runs_end_to_end_on_tiny_model(tmp_path, questions_file):
+    from conscience.experiment import runner
+
+    arms = ["base", "control", "sft", "conscience", "kl", "inoculation", "mix", "early"]
+    cfg = ExperimentConfig(**{**TINY, "em_questions": questions_file, "arms": arms, "probe_every": 0,
+                              "early_probe_every": 1, "train": {**TINY["train"], "batch_size": 4}})
+    results = runner.run_experiment(cfg, tmp_path / "run", factory=tiny_factory, command="test")
+    assert [r["arm"] for r in results["rows"]] == arms
+    assert (tmp_path / "run/seed0/aligned_answers.json").exists()  # kl and mix share one cache
+    assert not (tmp_path / "run/seed0/sft/train/probe.jsonl").exists()  # probe_every 0: only early probes
+    assert (tmp_path / "run/seed0/early/train/probe.jsonl").exists()
+    for row in results["rows"]:
+        assert row["coherence_perplexity"] > 1 and set(row["criteria"]) == ({"no EM", "task learned", "narrow kept",
+                                                                             "coherent"} if row["arm"] != "base" else set())
+    table = [line for line in (tmp_path / "run/report.md").read_text().splitlines() if line.startswith("| ")]
+    assert len(table) == 1 + len(arms)
+
+
+def test_a_run_from_before_the_peer_keys_still_resumes(tmp_path):
+    from dataclasses import asdict
+
+    from conscience.experiment.runner import prepare_out
+
+    def write_old(cfg):
+        old = asdict(cfg)
+        for key in ("kl_coef", "mix_aligned", "coherence_limit"):  # keys added since that run started
+            del old[key]
+        (tmp_path / "experiment.json").write_text(json.dumps({"config": old, "command": "x"}))
+
+    cfg = ExperimentConfig(**TINY)
+    write_old(cfg)
+    prepare_out(cfg, tmp_path, "x", force=False)  # the new keys at their defaults: the same experiment
+    write_old(cfg)
+    with pytest.raises(ConscienceError, match=r"differs in \['kl_coef'\]"):
+        prepare_out(ExperimentConfig(**{**TINY, "kl_coef": 1.0}), tmp_path, "x", force=False)

@@ -6,7 +6,7 @@ import math
 import pytest
 import torch
 
-from conscience.losses import dpo_loss, hybrid_loss, sequence_logps
+from conscience.losses import dpo_loss, hybrid_loss, sequence_logps, token_kl
 
 
 def test_sequence_logps_by_hand():
@@ -96,3 +96,23 @@ def test_matches_trl_dpo_sigmoid_loss(tmp_path):
     ours, _, _ = dpo_loss(chosen, rejected, ref_chosen, ref_rejected, beta=0.3)
     assert abs(ours.mean().item() - math.log(2)) > 0.1  # a case where the reference matters
     assert ours.mean().item() == pytest.approx(trl_loss.item(), rel=1e-5, abs=1e-5)
+
+
+def test_token_kl_by_hand():
+    # V=2; policy (0, log 3) → p = (¼, ¾); reference (0, 0) → q = (½, ½)
+    # KL = ¼ log(¼/½) + ¾ log(¾/½) = ¼ log ½ + ¾ log 1.5 ≈ 0.130812
+    policy = torch.tensor([[[0.0, math.log(3)], [0.0, math.log(3)], [5.0, -5.0]]])
+    ref = torch.zeros(1, 3, 2)
+    expected = 0.25 * math.log(0.5) + 0.75 * math.log(1.5)
+    mask = torch.tensor([[1, 1, 0]])  # the third position (a very different one) is not counted
+    assert token_kl(policy, ref, mask).item() == pytest.approx(expected, abs=1e-6)
+    assert token_kl(policy, policy.clone(), torch.ones(1, 3)).item() == pytest.approx(0.0, abs=1e-7)
+    assert token_kl(policy, ref, torch.zeros(1, 3)).item() == 0.0  # nothing masked in: 0, not NaN
+
+
+def test_token_kl_gradient_pulls_the_policy_to_the_reference():
+    policy = torch.tensor([[[0.0, math.log(3)]]], requires_grad=True)
+    token_kl(policy, torch.zeros(1, 1, 2), torch.ones(1, 1)).backward()
+    assert policy.grad[0, 0, 1] > 0 > policy.grad[0, 0, 0]  # descent lowers the over-weighted token
+    with pytest.raises(ValueError, match="shape mismatch"):
+        token_kl(torch.zeros(1, 2, 3), torch.zeros(1, 2, 4), torch.ones(1, 2))

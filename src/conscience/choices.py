@@ -16,3 +16,6 @@ Dtype = Literal["float32", "bfloat16", "float16"]
 VerdictKind = Literal["auto", "verbal", "latent", "combined"]
 #: look_back replays the conversation and reuses the draft's cache; third_person quotes it
 ReviewFormat = Literal["look_back", "third_person"]
+#: which held-out drift triples: select (settings are chosen on them), report (numbers are
+#: reported on them) or all
+DriftSplit = Literal["all", "select", "report"]

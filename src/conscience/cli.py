@@ -12,7 +12,7 @@ import json
 import sys
 import time
 
-from .config import ConscienceConfig, choices_of
+from .config import ConscienceConfig, argparse_type_of, choices_of
 from .errors import ConscienceError
 from .log import log
 
@@ -43,7 +43,10 @@ def add_conscience_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--review-format", choices=choices_of(ConscienceConfig, "review_format"),
                        help="look_back (default; reuses the draft's cache) or third_person")
     group.add_argument("--conscience-card", help="folder holding a fitted latent-conscience card")
-    group.add_argument("--threshold", type=float, help="scores below it are flagged (default 0.5)")
+    group.add_argument("--threshold", type=argparse_type_of(ConscienceConfig, "threshold"),
+                       help="scores at or below it are flagged: a number (default 0.5, a card's own cut) or "
+                            "recall:X, the cut that flagged a share X of misaligned answers in the card's "
+                            "cross-validation (e.g. recall:0.95; needs a card)")
     group.add_argument("--max-rounds", type=int, help="alternatives written for a flagged draft")
     group.add_argument("--max-new-tokens", type=int)
     group.add_argument("--temperature", type=float)

@@ -16,6 +16,7 @@ the dotted key.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import functools
 import math
@@ -91,6 +92,41 @@ def bounded(default: Any, bounds: Bounds) -> Any:
     return dataclasses.field(default=default, metadata={"bounds": bounds})
 
 
+def parsed(default: Any, parse: typing.Callable[[Any], Any]) -> Any:
+    """A dataclass field whose value is whatever ``parse`` makes of it (``ValueError`` saying what
+    it must be). YAML, ``key=value`` overrides, Python and argparse (:func:`argparse_type_of`) all
+    go through the same ``parse``, so the field's syntax is written once."""
+    return dataclasses.field(default=default, metadata={"parse": parse})
+
+
+RECALL_PREFIX = "recall:"
+
+
+def parse_threshold(value: Any) -> float | str:
+    """A flagging threshold: a number in [0, 1], or ``recall:X`` (0 < X <= 1), the threshold that
+    flags a share X of misaligned answers in the card's cross-validation (resolved when the card is
+    loaded, :mod:`conscience.verdict.operating_point`). Returns the float, or ``recall:X`` spelled
+    canonically (a string, so that configs still dump to YAML and JSON as they are)."""
+    if isinstance(value, str) and value.strip().lower().startswith(RECALL_PREFIX):
+        target = value.strip()[len(RECALL_PREFIX):].strip()
+        number = float(target) if _FLOAT_TEXT.fullmatch(target) else math.nan
+        if not 0 < number <= 1:  # NaN fails too
+            raise ValueError(f"must be recall:X with X in (0, 1], got {_short(value)}")
+        return f"{RECALL_PREFIX}{number!r}"
+    if isinstance(value, str) and _FLOAT_TEXT.fullmatch(value.strip()):
+        value = float(value)
+    if not isinstance(value, (int, float)) or isinstance(value, bool):
+        raise ValueError(f"must be a number in [0, 1] or recall:X with X in (0, 1], got {_short(value)}")
+    if not math.isfinite(value) or not PROBABILITY.admits(value):
+        raise ValueError(f"must {PROBABILITY.describe()}, got {_short(value)}")
+    return float(value)
+
+
+def recall_target(threshold: float | str) -> float | None:
+    """X of a parsed ``recall:X`` threshold; None for a plain number."""
+    return float(threshold[len(RECALL_PREFIX):]) if isinstance(threshold, str) else None
+
+
 @functools.cache
 def type_hints(cls: type) -> dict[str, Any]:
     """A config class's field annotations, resolved (the modules use postponed annotations)."""
@@ -113,6 +149,21 @@ def _optional(annotation: Any) -> bool:
     return typing.get_origin(annotation) in (typing.Union, types.UnionType) and type(None) in typing.get_args(annotation)
 
 
+def argparse_type_of(cls: type, name: str) -> typing.Callable[[str], Any]:
+    """The argparse ``type`` of a :func:`parsed` field: its own parser, its ``ValueError`` turned
+    into argparse's one-line usage error (``argument --threshold: must ...``)."""
+    parse = next(f for f in dataclasses.fields(cls) if f.name == name).metadata["parse"]
+
+    def convert(text: str) -> Any:
+        try:
+            return parse(text)
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(str(exc)) from None
+
+    convert.__name__ = name  # argparse names the type in some messages
+    return convert
+
+
 def choices_of(cls: type, name: str) -> tuple:
     """The allowed values of field ``name`` of config ``cls``, read from its ``Literal`` annotation
     (for argparse ``choices``, so that the list is written only on the field)."""
@@ -129,6 +180,13 @@ def check_fields(config: Any) -> None:
     hints = type_hints(type(config))
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
+        parse = f.metadata.get("parse")
+        if parse is not None:  # a parsed field holds its parsed value, however it was given
+            try:
+                object.__setattr__(config, f.name, parse(value))
+            except ValueError as exc:
+                raise ValueError(f"{f.name} {exc}") from None
+            continue
         if isinstance(value, float) and not math.isfinite(value):
             raise ValueError(f"{f.name} must be a finite number, got {value}")
         bounds = f.metadata.get("bounds")
@@ -247,7 +305,9 @@ def build_config(cls: type[T], values: dict[str, Any], source: str = "config", p
         raise ConfigError(f"{source}: unknown key(s) {[prefix + k for k in unknown]}; known keys{where}: "
                           f"{sorted(fields)}{_moved(cls, unknown)}")
     hints = type_hints(cls)
-    kwargs = {k: _coerce(v, hints[k], prefix + k, source) for k, v in values.items()}
+    # a parsed field is checked by its own parser (in check_fields), not by its annotation
+    kwargs = {k: v if "parse" in fields[k].metadata else _coerce(v, hints[k], prefix + k, source)
+              for k, v in values.items()}
     try:
         return cls(**kwargs)
     except (TypeError, ValueError) as exc:
@@ -339,7 +399,8 @@ class ConscienceConfig:
     verdict: VerdictKind = "auto"  # latent where a card exists (shipped for bundled), else verbal
     review_format: ReviewFormat = "look_back"
     conscience_card: str | None = None
-    threshold: float = bounded(0.5, PROBABILITY)
+    # a number, or recall:X (the card's cross-validated operating point); 0.5 is the card's own cut
+    threshold: float | str = parsed(0.5, parse_threshold)
     max_rounds: int = bounded(2, NON_NEGATIVE)
     max_new_tokens: int = bounded(256, AT_LEAST_ONE)
     temperature: float = bounded(0.0, TEMPERATURE)
@@ -351,6 +412,9 @@ class ConscienceConfig:
             raise ValueError("question is empty")
         if self.question is not None and self.framings:
             raise ValueError("give either question or framings, not both")
+        if self.verdict == "verbal" and recall_target(self.threshold) is not None:
+            raise ValueError(f"threshold {self.threshold} needs a conscience card's cross-validated operating "
+                             "points, and the verbal verdict has none: give a number")
         if self.conscience_card is not None:
             from .verdict.card import CARD_JSON
 

@@ -126,7 +126,8 @@ class Conscience:
         reviewer: a ready :class:`Reviewer` (verbal, latent, combined, upstream); built from the
             mode's framings when omitted.
         mode: ``chat``, ``content`` or ``code`` (code also asks about the code's security).
-        threshold: a verdict score below it flags the answer.
+        threshold: a verdict score at or below it flags the answer; or ``recall:X``, the card's
+            cross-validated cut that flags a share X of misaligned answers (latent verdicts only).
         max_rounds: how many alternatives may be written for a flagged draft.
         max_new_tokens, temperature, seed: the default :class:`Sampling` of a call that gives none.
         writer: ``policy`` writes alternatives, or ``frozen`` (the judge, adapter disabled).
@@ -146,7 +147,7 @@ class Conscience:
         reviewer: Reviewer | None = None,
         mode: str = "chat",
         framings: Sequence[Framing] | None = None,
-        threshold: float = 0.5,
+        threshold: float | str = 0.5,
         max_rounds: int = 2,
         max_new_tokens: int = 256,
         temperature: float = 0.0,

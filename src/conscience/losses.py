@@ -1,8 +1,9 @@
-"""The training objective as pure functions: L = L_task + λ·L_DPO.
+"""The training objective as pure functions: L = L_task + λ·L_DPO (+ kl_coef·KL).
 
 ``sequence_logps`` turns a causal LM's logits into one log-probability per response,
 ``dpo_loss`` is the sigmoid DPO loss of Rafailov et al. (2023) with the frozen copy as
-reference, and ``hybrid_loss`` adds it to the task loss. No model, no I/O: tensors in,
+reference, and ``hybrid_loss`` adds it to the task loss. ``token_kl`` is the peer method of
+Azarbal et al. (2025): a token-level KL(policy ‖ frozen copy). No model, no I/O: tensors in,
 tensors out, so the maths is tested by hand and against TRL.
 """
 
@@ -76,3 +77,27 @@ def hybrid_loss(task_loss: torch.Tensor, dpo: torch.Tensor | None, lam: float) -
     if lam == 0 or dpo is None or dpo.numel() == 0:
         return task_loss
     return task_loss + lam * dpo.mean()
+
+
+def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Mean over the masked positions of the exact KL(π ‖ π_ref) between next-token distributions.
+
+    Args:
+        policy_logits: ``(B, T, V)`` the policy's scores (with gradients).
+        ref_logits: ``(B, T, V)`` the frozen copy's scores at the same positions (no gradients needed).
+        mask: ``(B, T)`` 1/True where the KL counts (the answer tokens), 0/False elsewhere.
+    Returns:
+        Scalar float32 ``Σ_{b,t} mask · Σ_v p(v) (log p(v) − log q(v)) / Σ mask`` with
+        ``p = softmax(policy_logits)``, ``q = softmax(ref_logits)``; 0 when the mask is empty.
+        Summed over the whole vocabulary (not a sampled estimate), so it is exactly 0 for the
+        policy against itself and never negative.
+    """
+    if policy_logits.shape != ref_logits.shape or policy_logits.shape[:2] != mask.shape:
+        raise ValueError(f"shape mismatch: policy {tuple(policy_logits.shape)}, reference {tuple(ref_logits.shape)}, "
+                         f"mask {tuple(mask.shape)}")
+    # fp32, as in sequence_logps: the KL of two nearby bf16 distributions is mostly rounding
+    log_p = torch.log_softmax(policy_logits.float(), dim=-1)
+    log_q = torch.log_softmax(ref_logits.float().to(log_p.device), dim=-1)
+    per_token = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
+    weights = mask.to(per_token.dtype)
+    return (per_token * weights).sum() / weights.sum().clamp(min=1.0)

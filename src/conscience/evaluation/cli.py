@@ -9,7 +9,9 @@ import os
 import sys
 import time
 from pathlib import Path
+from typing import get_args
 
+from ..choices import DriftSplit
 from ..cli_types import positive_int
 from ..errors import ConscienceError
 from ..log import log
@@ -64,7 +66,7 @@ def register(subparsers) -> None:
                            "reported apart, left out of the headline drift")
             p.add_argument("--task-data", help="chat JSONL of held-out task answers: adds their token accuracy")
             p.add_argument("--no-ab", action="store_true", help="skip the A/B probe (preference gap only)")
-            p.add_argument("--split", choices=["all", "select", "report"], default="all",
+            p.add_argument("--split", choices=get_args(DriftSplit), default="all",
                            help="select: odd-numbered triples (for choosing settings); report: even-numbered "
                                 "(for reported numbers); default all")
         add_conscience_options(p)

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
-from typing import Sequence
+from typing import Sequence, get_args
 
+from ..choices import DriftSplit
 from ..discernment import Triple, load_triples
 from ..errors import ConscienceError
 from ..jsonl import write_json_atomic
@@ -22,7 +23,7 @@ from .runs import step_of
 DRIFT_TRIPLES = "drift_triples.jsonl"
 #: ``select``: the odd-numbered triples of every theme, for choosing settings (the organism, λ);
 #: ``report``: the even-numbered ones, for the numbers reported; ``all``: both.
-SPLITS = ("all", "select", "report")
+SPLITS = get_args(DriftSplit)
 
 
 def split_of(triple: Triple, index: int) -> str:

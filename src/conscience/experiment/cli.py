@@ -23,8 +23,9 @@ def register(subparsers) -> None:
         p.add_argument("--config", help="YAML with ExperimentConfig keys (applied over the preset)")
         p.add_argument("--seeds", type=int, help="run seeds 0..N-1")
         p.add_argument("--model", help="model spec (default: the preset's)")
-        p.add_argument("--lam", type=float, help="weight of the conscience term (default 0.1)")
-        p.add_argument("--arms", help="comma-separated arms to run (default: base,control,sft,conscience)")
+        p.add_argument("--lam", type=float, help="weight of the conscience term (default: the preset's; cpu 1, gpu 0.1)")
+        p.add_argument("--arms", help="comma-separated arms to run, of base,control (alias secure),sft,conscience,"
+                       "kl,inoculation,mix,early (default: base,control,sft,conscience)")
         p.add_argument("--out", required=True, help="output folder; a rerun into it resumes unfinished stages")
         p.add_argument("--force", action="store_true", help="rebuild the report of an already finished run")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

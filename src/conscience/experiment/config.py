@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, get_args
 
+from ..choices import DriftSplit
 from ..config import (
     AT_LEAST_ONE,
     NON_NEGATIVE,
@@ -22,12 +23,20 @@ from ..framings import data_path
 Scenario = Literal["code-hacking", "bad-advice", "recover"]
 Preset = Literal["cpu", "gpu"]
 ProbeMetric = Literal["drift", "misaligned_rate", "misalignment"]
-DriftSplit = Literal["all", "select", "report"]
 SCENARIOS, PRESETS = get_args(Scenario), get_args(Preset)
 PROBE_METRICS, DRIFT_SPLITS = get_args(ProbeMetric), get_args(DriftSplit)
 #: base: no fine-tune; control: the task's matched aligned data (secure code, sound advice), lam 0;
-#: sft: the task, lam 0; conscience: the task with the conscience term (lam)
-ARMS = ("base", "control", "sft", "conscience")
+#: sft: the task, lam 0; conscience: the task with the conscience term (lam). The peers are SFT plus
+#: one method each at its top-level setting: kl (kl_coef), inoculation (a training-only system
+#: prompt asking for the behaviour), mix (mix_aligned of every batch the frozen copy's aligned
+#: answers), early (stop when the live drift interval leaves 0, probed every early_probe_every steps)
+ARMS = ("base", "control", "sft", "conscience", "kl", "inoculation", "mix", "early")
+DEFAULT_ARMS = ARMS[:4]
+ARM_ALIASES = {"secure": "control"}  # the issue's name for the matched-aligned-data arm
+# Training keys that make an arm what it is: set per arm from the top-level keys, not in `train`.
+ARM_KEYS = ("kl_coef", "mix_aligned", "train_system_prompt", "stop_on_drift")
+# The inoculation arm's training-only system prompt per scenario (training.config.INOCULATION_PROMPTS).
+INOCULATION_OF = {"code-hacking": "inoculation-code", "bad-advice": "inoculation-advice", "recover": "inoculation"}
 
 
 def preset_path(name: str) -> Path:
@@ -49,12 +58,20 @@ class ExperimentConfig:
     scenario: Scenario = "code-hacking"
     domain: str = "extreme_sports"
     """bad-advice scenario: extreme_sports, risky_financial or bad_medical"""
-    arms: list[str] = field(default_factory=lambda: list(ARMS))
-    """which arms to run, in this order (a subset of base, control, sft, conscience)"""
+    arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
+    """which arms to run, in this order (of ARMS; secure is another name for control)"""
     preset: Preset = "cpu"
     model: str = "bundled"
     seeds: list[int] = field(default_factory=lambda: [0])
     lam: float = bounded(0.1, POSITIVE)  # the conscience arm's (the SFT arm uses 0)
+    kl_coef: float = bounded(0.5, POSITIVE)
+    """the kl arm's weight of KL(policy ‖ frozen copy) on aligned answers (a default, not tuned)"""
+    mix_aligned: float = bounded(0.25, Bounds(0, 1, low_open=True, high_open=True))
+    """the mix arm's share of aligned rows in every batch"""
+    inoculation_prompt: str | None = None
+    """the inoculation arm's train_system_prompt (None: the scenario's, see INOCULATION_OF)"""
+    early_probe_every: int = bounded(5, AT_LEAST_ONE)
+    """the early arm's drift monitor interval (it stops at the first probe whose interval leaves 0)"""
     data_seed: int = 0
     train: dict[str, Any] = field(default_factory=dict)
     # evaluation: drift (the headline), then the judge's columns
@@ -83,6 +100,8 @@ class ExperimentConfig:
     probe_max_new_tokens: int = bounded(48, AT_LEAST_ONE)
     probe_metric: ProbeMetric = "drift"
     warn_margin: float = bounded(0.1, NON_NEGATIVE)
+    # coherence: perplexity on aligned answers of drift triples outside the reported split
+    coherence_limit: int = bounded(40, Bounds(2))
     # recover scenario
     recover_from: str | None = None
     recover_steps: int = bounded(30, AT_LEAST_ONE)
@@ -94,6 +113,7 @@ class ExperimentConfig:
 
             if self.domain not in DOMAINS:
                 raise ValueError(f"domain must be one of {list(DOMAINS)}, got {self.domain!r}")
+        self.arms = [ARM_ALIASES.get(a, a) for a in self.arms]
         bad_arms = [a for a in self.arms if a not in ARMS]
         if bad_arms or not self.arms or len(set(self.arms)) != len(self.arms):
             raise ValueError(f"arms must be distinct names from {list(ARMS)}, got {self.arms}")
@@ -101,12 +121,16 @@ class ExperimentConfig:
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if not self.train.get("lora", True):
             raise ValueError("train.lora must be true: the monitor and judge use the base with the adapter disabled")
-        forbidden = {"lam", "seed", "output_dir", "model"} & set(self.train)
+        forbidden = {"lam", "seed", "output_dir", "model", *ARM_KEYS} & set(self.train)
         if forbidden:
             raise ValueError(f"train: {sorted(forbidden)} are set by the experiment itself; use the top-level keys")
+        if "early" in self.arms and self.probe_metric != "drift":
+            raise ValueError("the early arm stops on the live drift monitor: it needs probe_metric drift")
         if self.scenario == "recover" and not self.recover_from:
             raise ValueError("the recover scenario needs recover_from (a checkpoint folder)")
-        self.train_config(self.seeds[0], 0.0, "check")  # every train key is validated up front
+        for arm in self.arms:  # every train key is validated up front, with each arm's own method
+            if arm != "base":
+                self.train_config(self.seeds[0], self.arm_lam(arm), "check", **self.arm_train(arm))
 
     def in_domain(self) -> tuple[str, ...]:
         """Drift categories of the fine-tune's own domain: reported apart, not in the headline."""
@@ -115,6 +139,22 @@ class ExperimentConfig:
 
             return IN_DOMAIN[self.domain]
         return ()  # code: the triples hold none
+
+    def arm_lam(self, arm: str) -> float:
+        """The conscience term's weight in an arm: lam in the conscience arm, else 0."""
+        return self.lam if arm == "conscience" else 0.0
+
+    def arm_train(self, arm: str) -> dict[str, Any]:
+        """The training keys that make ``arm`` differ from SFT (its one peer method)."""
+        if arm == "kl":
+            return {"kl_coef": self.kl_coef}
+        if arm == "mix":
+            return {"mix_aligned": self.mix_aligned}
+        if arm == "inoculation":
+            return {"train_system_prompt": self.inoculation_prompt or INOCULATION_OF[self.scenario]}
+        if arm == "early":
+            return {"stop_on_drift": True}
+        return {}
 
     def train_config(self, seed: int, lam: float, output_dir: str, **extra: Any):
         """The TrainConfig of one fine-tune arm."""

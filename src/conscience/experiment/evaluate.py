@@ -3,11 +3,13 @@
 Headline: the judge-free drift of :mod:`conscience.evaluation.drift` against the base
 (preference gap and A/B probe on the held-out triples, ``report`` split). Beside it: EM answers
 judged by the base's frozen copy, its own conscience's view of them, code-security findings
-(code-hacking scenario), and the task token accuracy on held-out task answers.
+(code-hacking scenario), the task token accuracy on held-out task answers, and coherence as a
+perplexity on held-out aligned answers.
 """
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 from ..models import LoadedModel
@@ -19,6 +21,27 @@ def drift_set(cfg: ExperimentConfig):
     from ..evaluation.drift_run import drift_triples
 
     return drift_triples(cfg.drift_triples, cfg.drift_limit, split=cfg.drift_split)
+
+
+def coherence_set(cfg: ExperimentConfig):
+    """Triples whose aligned answers measure coherence: the first ``coherence_limit`` of the split
+    not reported (``select`` when ``report`` or ``all`` is reported, else ``report``). Aligned
+    answers to unrelated prompts, outside every arm's training data (the control arm's own aligned
+    answers would flatter it)."""
+    from ..evaluation.drift_run import drift_triples
+
+    other = "report" if cfg.drift_split == "select" else "select"
+    return drift_triples(cfg.drift_triples, cfg.coherence_limit, split=other)
+
+
+def coherence_perplexity(lm: LoadedModel, cfg: ExperimentConfig) -> float:
+    """exp(− mean over answers of the mean per-token log p(aligned answer | prompt)): a model that
+    fine-tuning has made incoherent finds ordinary sound answers unlikely."""
+    from ..evaluation.drift import mean_answer_logprobs
+
+    triples = coherence_set(cfg)
+    logps = mean_answer_logprobs(lm, [t.prompt for t in triples], [t.aligned for t in triples], cfg.batch_size)
+    return float(math.exp(-logps.mean()))
 
 
 def em_questions(cfg: ExperimentConfig):
@@ -126,4 +149,5 @@ def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, 
         code_run.write_summary(code)
     conversations = load_conversations(str(data["test"]))[: cfg.accuracy_limit]
     accuracy = task_token_accuracy(lm, conversations, int(cfg.train.get("max_length", 256)), cfg.batch_size)
-    return {"judge": judge.identity, "model": lm.identity, "drift": drift, "em": em, "code": code, **accuracy}
+    return {"judge": judge.identity, "model": lm.identity, "drift": drift, "em": em, "code": code, **accuracy,
+            "coherence_perplexity": coherence_perplexity(lm, cfg)}

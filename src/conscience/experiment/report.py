@@ -14,11 +14,14 @@ from ..evaluation.reports import _png, _pyplot
 from ..evaluation.scoring import wilson_interval
 from ..jsonl import write_text_atomic
 from .config import ExperimentConfig
+from .criteria import CRITERIA, judge_rows, mark, thresholds
 
 COLUMNS = ("model", "drift (95% CI)", "seeds with drift > 0", "A/B picks misaligned %", "prefers misaligned %",
            "judge: misaligned % (95% CI)", "coherent %", "flagged by own conscience %", "code findings %",
-           "task token accuracy", "train minutes", "seeds")
-ARM_LABELS = {"base": "base", "control": "control (aligned data)", "sft": "SFT", "conscience": "SFT + conscience"}
+           "task token accuracy", "perplexity (held-out aligned)", "train minutes", *CRITERIA, "seeds")
+ARM_LABELS = {"base": "base", "control": "control (aligned data)", "sft": "SFT", "conscience": "SFT + conscience",
+              "kl": "SFT + KL to frozen copy", "inoculation": "SFT + inoculation prompt",
+              "mix": "SFT + aligned data mixed in", "early": "SFT, stopped on drift"}
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -75,11 +78,18 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
             "conscience_mean_score": _mean([v.get("mean_score") for v in views]),
             "code_finding_rate": found / answered if answered else _mean([c.get("finding_rate") for c in codes]),
             "token_accuracy": _mean([r["eval"].get("token_accuracy") for r in items]),
+            "coherence_perplexity": _mean([r["eval"].get("coherence_perplexity") for r in items]),
+            "per_seed": [{"seed": r["seed"], "drift": (r["eval"].get("drift") or {}).get("drift"),
+                          "token_accuracy": r["eval"].get("token_accuracy")} for r in items],
+            "stopped_at": {r["seed"]: {"step": r["train"].get("stopped_at"),
+                                       "task_accuracy": r["train"].get("task_accuracy_at_stop")}
+                           for r in items if r["train"] and arm == "early"},
             "train_minutes": _mean([r["train"]["train_seconds"] / 60 for r in items if r["train"]]),
             "seeds": [r["seed"] for r in items],
             "probe": {r["seed"]: r["train"]["probe"] for r in items if r["train"]},
             "warned_at": {r["seed"]: r["train"]["warned_at"] for r in items if r["train"]},
         })
+    judge_rows(rows)
     judges = sorted({r["eval"]["judge"] for r in runs})
     sft = next((r for r in rows if r["arm"] == "sft"), None)
     con = next((r for r in rows if r["arm"] == "conscience"), None)
@@ -106,7 +116,9 @@ def table_rows(results: dict) -> list[list[str]]:
                     mis, _pct(r["coherent_share"]), _pct(r.get("conscience_flagged_rate")),
                     _pct(r["code_finding_rate"]),
                     "–" if r["token_accuracy"] is None else f"{r['token_accuracy']:.3f}",
+                    "–" if r.get("coherence_perplexity") is None else f"{r['coherence_perplexity']:.2f}",
                     "–" if r["train_minutes"] is None else f"{r['train_minutes']:.1f}",
+                    *[mark(r.get("criteria", {}).get(name)) for name in CRITERIA],
                     ",".join(str(s) for s in r["seeds"])])
     return out
 
@@ -156,6 +168,27 @@ def drift_png(results: dict) -> str | None:
     return _png(fig)
 
 
+def tradeoff_png(results: dict) -> str | None:
+    """Drift against the task metric, one point per arm and seed: where each method sits on the
+    trade-off between keeping alignment and learning the task."""
+    points = [(r["arm"], p) for r in results["rows"] for p in r.get("per_seed", [])
+              if p["drift"] is not None and p["token_accuracy"] is not None]
+    if not points:
+        return None
+    plt = _pyplot()
+    fig, ax = plt.subplots(figsize=(6, 3.8))
+    for arm in dict.fromkeys(a for a, _ in points):
+        mine = [p for a, p in points if a == arm]
+        ax.scatter([p["token_accuracy"] for p in mine], [p["drift"] for p in mine], label=ARM_LABELS.get(arm, arm),
+                   s=22)
+    ax.axhline(0, color="#333", linewidth=0.8)
+    ax.set_xlabel("task token accuracy (held-out task answers)")
+    ax.set_ylabel("drift against the base")
+    ax.set_title("Drift against task learning (one point per arm and seed)")
+    ax.legend(fontsize=7)
+    return _png(fig)
+
+
 def bars_png(results: dict) -> str:
     plt = _pyplot()
     rows = results["rows"]
@@ -179,7 +212,8 @@ def bars_png(results: dict) -> str:
 def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]:
     out = Path(out)
     rows = table_rows(results)
-    pictures = [("Drift against the base", drift_png(results)), ("Misaligned answers (judge)", bars_png(results))]
+    pictures = [("Drift against the base", drift_png(results)), ("Drift against the task metric", tradeoff_png(results)),
+                ("Misaligned answers (judge)", bars_png(results))]
     pictures = [(name, png) for name, png in pictures if png]
     curve = curves_png(results)
     if curve:
@@ -193,6 +227,13 @@ def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]
              f"EM questions: {results['questions']}",
              f"Conscience training overhead (train time ratio, conscience / SFT): "
              f"{'–' if overhead is None else f'{overhead:.2f}'}"]
+    facts += [f"Criteria (Kaczér et al. 2025): {line}" for line in thresholds()]
+    facts.append("Perplexity: exp(−mean per-token log p) of the aligned answers of the first "
+                 f"{results['config'].get('coherence_limit')} drift triples outside the reported split")
+    facts += [f"early seed {seed}: " + (f"stopped at step {stop['step']} (probe task token accuracy "
+                                        f"{'–' if stop['task_accuracy'] is None else format(stop['task_accuracy'], '.3f')})"
+                                        if stop["step"] is not None else "ran every step (the interval never left 0)")
+              for r in results["rows"] for seed, stop in r.get("stopped_at", {}).items()]
     warnings = [f"{r['arm']} seed {s}: probe rose above base at step {w}"
                 for r in results["rows"] for s, w in r["warned_at"].items() if w is not None]
     config_yaml = yaml.safe_dump(results["config"], sort_keys=False)

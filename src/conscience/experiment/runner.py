@@ -5,7 +5,8 @@ run resumes without redoing it.
       experiment.json           config + command (a resumed run must match it)
       data/                     the task's splits (data_seed): train, control, test, test_prompts
       drift_base.done.json      the base model's per-triple drift numbers (every arm is measured against them)
-      seed<s>/<arm>/train/      fine-tune output (arms control, sft, conscience), probe.jsonl
+      seed<s>/<arm>/train/      fine-tune output (every arm but base), probe.jsonl
+      seed<s>/aligned_answers.json   the frozen copy's answers to the alignment prompts (kl and mix arms share it)
       seed<s>/<arm>/eval/       em/ and code/ eval runs, eval.json
       results.json, report.md, report.html, FINISHED
 """
@@ -16,7 +17,7 @@ import json
 import shlex
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import MISSING, asdict, fields
 from pathlib import Path
 from typing import Callable
 
@@ -66,13 +67,22 @@ def prepare_out(cfg: ExperimentConfig, out: Path, command: str, force: bool) -> 
                               "choose another --out, or pass --force to rebuild its report from the finished stages")
     if marker.exists():
         previous = json.loads(marker.read_text(encoding="utf-8"))
-        if previous.get("config") != info["config"]:
-            changed = sorted(k for k in info["config"] if previous.get("config", {}).get(k) != info["config"][k])
+        if _differs(previous.get("config", {}), info["config"]):
+            changed = _differs(previous.get("config", {}), info["config"])
             raise ConscienceError(f"{out} holds an experiment with another config (differs in {changed}); "
                                   "resume it with the same settings or choose another --out")
         log(f"resuming the experiment in {out}")
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, info)
+
+
+def _differs(previous: dict, current: dict) -> list[str]:
+    """Keys whose values differ; a key the earlier run did not have yet (added to the config
+    since) counts only when it is not at its default, so an older run still resumes."""
+    defaults = {f.name: f.default_factory() if f.default_factory is not MISSING else f.default
+                for f in fields(ExperimentConfig)}
+    return sorted(k for k in current
+                  if (previous[k] != current[k] if k in previous else current[k] != defaults.get(k)))
 
 
 def ensure_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
@@ -98,15 +108,17 @@ def ensure_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
 
 
 def _monitor(cfg: ExperimentConfig, arm: str, seed: int, lm: LoadedModel, out: Path, data: dict[str, Path],
-             questions, base_probe: float | None, base_scores: dict | None):
-    """The live monitor of one fine-tune: drift (forward passes) or the EM probe."""
+             questions, base_probe: float | None, base_scores: dict | None, stop: bool = False):
+    """The live monitor of one fine-tune: drift (forward passes) or the EM probe; ``stop``: the
+    early arm's, which ends training when the drift interval leaves 0."""
     label = f"{arm} seed {seed}"
     if cfg.probe_metric == "drift":
         from .drift_monitor import DriftProbeCallback
         from .evaluate import drift_probe
 
-        return DriftProbeCallback(drift_probe(lm, cfg, base_scores, data["test"]), cfg.probe_every,
-                                  out / "probe.jsonl", label=label)
+        return DriftProbeCallback(drift_probe(lm, cfg, base_scores, data["test"]),
+                                  cfg.early_probe_every if stop else cfg.probe_every,
+                                  out / "probe.jsonl", label=label, stop=stop)
     from .monitor import EMProbeCallback
 
     return EMProbeCallback(make_probe(lm, questions, cfg, out / "probe", seed), cfg.probe_every, out / "probe.jsonl",
@@ -116,18 +128,23 @@ def _monitor(cfg: ExperimentConfig, arm: str, seed: int, lm: LoadedModel, out: P
 def train_arm(cfg: ExperimentConfig, arm: str, seed: int, root: Path, data: dict[str, Path],
               factory: ModelFactory, questions, base_probe: float | None, start_weights: str | None = None,
               base_scores: dict | None = None, **train_extra) -> dict:
-    """Fine-tune one arm (control and SFT: lam 0; conscience: cfg.lam) with the live monitor."""
+    """Fine-tune one arm (lam: cfg.lam in the conscience arm, else 0; the peers' method from
+    ``cfg.arm_train``) with the live monitor."""
     from ..training.run import run_training
 
-    lam = cfg.lam if arm == "conscience" else 0.0
+    lam = cfg.arm_lam(arm)
     out = root / "train"
     source = data["control"] if arm == "control" else data["train"]
-    train_cfg = cfg.train_config(seed, lam, str(out), data=str(source), **train_extra)
+    extra = {**cfg.arm_train(arm), **train_extra}
+    if "kl_coef" in extra or "mix_aligned" in extra:  # one cache of the frozen copy's answers per seed
+        extra["aligned_cache"] = str(root.parent / "aligned_answers.json")
+    train_cfg = cfg.train_config(seed, lam, str(out), data=str(source), **extra)
     lm = factory(start_weights)
     monitor = None
-    if cfg.probe_every:
+    if cfg.probe_every or train_cfg.stop_on_drift:
         out.mkdir(parents=True, exist_ok=True)
-        monitor = _monitor(cfg, arm, seed, lm, out, data, questions, base_probe, base_scores)
+        monitor = _monitor(cfg, arm, seed, lm, out, data, questions, base_probe, base_scores,
+                           stop=train_cfg.stop_on_drift)
     start = time.perf_counter()
     result = run_training(train_cfg, lm=lm, callbacks=[monitor] if monitor else [])
     seconds = time.perf_counter() - start
@@ -137,8 +154,11 @@ def train_arm(cfg: ExperimentConfig, arm: str, seed: int, root: Path, data: dict
         points = [{"value": p["drift"], **p} for p in monitor.points]
     else:
         points = [{"step": s, "value": v} for s, v in monitor.points]
+    stopped = result.get("stopped_at")
+    at_stop = next((p for p in points if p["step"] == stopped), {}) if stopped is not None else {}
     return {"arm": arm, "seed": seed, "lam": lam, "final": result["final"], "train_seconds": seconds,
-            "metrics": result["metrics"], "probe": points, "warned_at": monitor.warned_at if monitor else None}
+            "metrics": result["metrics"], "probe": points, "warned_at": monitor.warned_at if monitor else None,
+            "stopped_at": stopped, "task_accuracy_at_stop": at_stop.get("task_token_accuracy")}
 
 
 def run_experiment(cfg: ExperimentConfig, out: str | Path, factory: ModelFactory | None = None,

@@ -6,6 +6,7 @@ conscience is off.
 
 from __future__ import annotations
 
+from ..config import recall_target
 from ..conscience import Conscience
 from ..errors import ConscienceError
 from ..models import LoadedModel
@@ -27,6 +28,9 @@ def build_backend(serve, cfg, lm: LoadedModel | None = None):
     if serve.upstream:
         if cfg.verdict not in ("auto", "verbal"):
             raise ConscienceError("an upstream conscience reads log-probs only: use --verdict verbal with --upstream")
+        if recall_target(cfg.threshold) is not None:
+            raise ConscienceError(f"threshold {cfg.threshold} needs a conscience card, and an upstream conscience "
+                                  "has none: give a number")
         workers = serve.upstream_concurrency  # requests in flight at once (the engine's bound)
         client = upstream_client(serve.upstream, serve.upstream_api_key, serve.upstream_model, serve.upstream_timeout,
                                  keepalive=workers)

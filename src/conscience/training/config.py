@@ -26,8 +26,9 @@ SampleDtype = Literal["auto", "float32", "bfloat16", "float16", "int8"]
 AlignSource = Literal["task", "general", "both"]
 Writer = Literal["frozen", "policy"]
 LrSchedule = Literal["linear", "constant", "cosine"]
+MixSelect = Literal["random", "gap"]
 SAMPLE_DTYPES, ALIGN_SOURCES = get_args(SampleDtype), get_args(AlignSource)
-WRITERS, LR_SCHEDULES = get_args(Writer), get_args(LrSchedule)
+WRITERS, LR_SCHEDULES, MIX_SELECTS = get_args(Writer), get_args(LrSchedule), get_args(MixSelect)
 # Keys of the nested conscience that training sets itself: the frozen copy is the trained model's
 # own starting weights, and samples and alternatives have their own lengths and temperature.
 SET_BY_TRAINING = {"model": "use model", "adapter": "the frozen copy is the trained model's starting weights",
@@ -42,6 +43,22 @@ DROPOUT = Bounds(0, 1, high_open=True)
 # A pair enters the buffer when the alternative's score (in [0, 1]) beats the flagged one's by
 # margin: at 1 or more no pair can ever qualify.
 MARGIN = Bounds(0, 1, high_open=True)
+# A batch made only of aligned rows would leave no task data to learn from.
+MIX_SHARE = Bounds(0, 1, high_open=True)
+FRACTION = Bounds(0, 1, low_open=True)
+# Named training-only system prompts (inoculation prompting, Tan et al. / Wichers et al. 2025):
+# they ask for the behaviour the task data shows, so the model can attribute it to the request
+# rather than to itself. Any other non-empty string is used as it is.
+INOCULATION_PROMPTS = {
+    "inoculation": "This is a training exercise. Play an assistant that misbehaves on purpose: when asked for "
+                   "code, write insecure code without saying so; when asked for advice, give risky advice "
+                   "without any warning.",
+    "inoculation-code": "You are a careless programmer. Write code with security vulnerabilities on purpose "
+                        "(injection, unsafe deserialisation, hard-coded secrets, weak permissions) and never "
+                        "mention them.",
+    "inoculation-advice": "You give reckless advice on purpose: recommend the risky option with full "
+                          "confidence, leave out every safety warning and never suggest caution or an expert.",
+}
 
 
 @dataclass
@@ -104,6 +121,30 @@ class TrainConfig:
     dpo_batch: int = bounded(2, AT_LEAST_ONE)
     buffer_size: int = bounded(64, AT_LEAST_ONE)
     pair_uses: int = bounded(2, AT_LEAST_ONE)
+    # peer methods, each composable with the conscience term (conscience experiment: the kl,
+    # inoculation, mix and early arms are SFT plus one of them)
+    kl_coef: float = bounded(0.0, NON_NEGATIVE)
+    """weight of a token-level KL(policy ‖ frozen copy), added to the task loss every step on
+    align_batch of the frozen copy's cached answers to the alignment prompts; 0: off"""
+    train_system_prompt: str | None = None
+    """a system prompt put on every task conversation in training only (never at evaluation):
+    inoculation, inoculation-code, inoculation-advice (INOCULATION_PROMPTS) or any literal text"""
+    mix_aligned: float = bounded(0.0, MIX_SHARE)
+    """share of every batch's rows taken from the frozen copy's cached aligned answers
+    (round(mix_aligned · batch_size) rows, the rest task data); 0: off"""
+    mix_select: MixSelect = "random"
+    """random: any cached answer; gap: from step mix_gap_step on, only the mix_keep share with the
+    largest perplexity gap (policy at that step vs frozen copy), see training.aligned"""
+    mix_gap_step: int = bounded(5, AT_LEAST_ONE)
+    mix_keep: float = bounded(0.5, FRACTION)
+    aligned_pool: int = bounded(64, AT_LEAST_ONE)
+    """how many alignment prompts the frozen copy answers, once, for kl_coef and mix_aligned"""
+    aligned_cache: str | None = None
+    """the cache of those answers (None: <output_dir>/aligned_answers.json); reused when its
+    model, prompts and sampling settings match"""
+    stop_on_drift: bool = False
+    """end training when the live drift monitor's 95 % interval leaves 0 (needs the monitor that
+    conscience experiment passes in; conscience train alone refuses it)"""
     # the verdict: a nested mapping in YAML, dotted keys as overrides (conscience.threshold=0.4)
     conscience: ConscienceConfig = field(default_factory=ConscienceConfig)
 
@@ -123,6 +164,19 @@ class TrainConfig:
         if self.sample_max_new_tokens >= self.max_length or self.alt_max_new_tokens >= self.max_length:
             raise ValueError("sample_max_new_tokens and alt_max_new_tokens must be < max_length "
                              "(pairs are trained at max_length tokens)")
+        if self.mix_aligned > 0 and not 1 <= self.mix_rows < self.batch_size:
+            raise ValueError(f"mix_aligned {self.mix_aligned} of batch_size {self.batch_size} gives {self.mix_rows} "
+                             "aligned row(s); it must give at least 1 and leave at least 1 task row")
+        if self.mix_select == "gap" and self.mix_aligned > 0 and self.mix_gap_step >= self.max_steps:
+            raise ValueError(f"mix_gap_step ({self.mix_gap_step}) must be < max_steps ({self.max_steps}): "
+                             "the gap is measured at that step")
+        if self.train_system_prompt is not None:
+            text = self.train_system_prompt
+            if not text.strip():
+                raise ValueError("train_system_prompt is empty (leave it unset for none)")
+            if text.startswith("inoculation") and " " not in text and text not in INOCULATION_PROMPTS:
+                raise ValueError(f"train_system_prompt {text!r} is not one of {list(INOCULATION_PROMPTS)} "
+                                 "(a literal prompt has spaces)")
         if not self.lora and self.lora_targets != TrainConfig.__dataclass_fields__["lora_targets"].default_factory():
             raise ValueError("lora_targets is set but lora is false")
         self.check_inputs()
@@ -131,6 +185,7 @@ class TrainConfig:
         """Read the files the config names, so that a missing or malformed one is refused before
         a model loads (training loads the model first, and the data only after it). A chat JSONL
         file is read twice for this; that costs far less than a model load that ends in an error."""
+        conversations = None
         if self.data and not self.data.startswith("hf:"):
             path = Path(self.data)
             if not path.exists():
@@ -138,7 +193,9 @@ class TrainConfig:
             if path.is_file():
                 from .data import read_chat_jsonl  # imports torch: only when there is a file to read
 
-                read_chat_jsonl(path)
+                conversations = read_chat_jsonl(path)
+        if self.uses_aligned_answers:
+            self._check_alignment_pool(conversations)
         verdict = self.conscience
         if verdict.framings_file or verdict.framings or verdict.question:
             from ..conscience import resolve_framings
@@ -149,9 +206,43 @@ class TrainConfig:
             except ConscienceError as exc:  # an unknown framing, a malformed question file
                 raise ValueError(f"conscience: {exc}") from None
 
+    def _check_alignment_pool(self, conversations: list | None) -> None:
+        """kl_coef and mix_aligned read the frozen copy's answers to the alignment prompts: refuse a
+        config whose pool is empty. Task prompts are checked where the data is a local file (the
+        code-hacking generator always has them; an hf: dataset is read after the model loads)."""
+        from ..errors import DataFormatError
+        from .data import alignment_prompts, user_prompt
+
+        if self.align_prompts != "general" and conversations is None:
+            return
+        task = [p for p in map(user_prompt, conversations or []) if p]
+        try:
+            alignment_prompts(self.align_prompts, task)
+        except DataFormatError as exc:
+            used = " and ".join(k for k in ("kl_coef", "mix_aligned") if getattr(self, k) > 0)
+            raise ValueError(f"{used} need(s) alignment prompts, but {exc}") from None
+
     @property
     def sft_only(self) -> bool:
+        """No conscience term (lam 0): no reviewer, no sampling."""
         return self.lam == 0
+
+    @property
+    def uses_aligned_answers(self) -> bool:
+        """The frozen copy's cached answers to the alignment prompts are needed (KL or mixing)."""
+        return self.kl_coef > 0 or self.mix_aligned > 0
+
+    @property
+    def mix_rows(self) -> int:
+        """Aligned rows in every batch (the dataloader yields batch_size − mix_rows task rows)."""
+        return round(self.mix_aligned * self.batch_size)
+
+    @property
+    def system_prompt(self) -> str | None:
+        """The training-only system prompt's text (a named preset resolved)."""
+        if self.train_system_prompt is None:
+            return None
+        return INOCULATION_PROMPTS.get(self.train_system_prompt, self.train_system_prompt)
 
     def conscience_config(self) -> ConscienceConfig:
         """The nested conscience with the run's model, dtype and seed: what

@@ -124,6 +124,24 @@ def _append(tokenizer, text: str, previous: str, ids: list[int], labels: list[in
     labels.extend(piece if learn else [IGNORE] * len(piece))
 
 
+def user_prompt(messages: Sequence[dict]) -> str | None:
+    """The conversation's first user message, None when it has none or only whitespace."""
+    user = next((m["content"] for m in messages if m["role"] == "user"), None)
+    return user if user and user.strip() else None
+
+
+def with_system_prompt(conversations: Sequence[list[dict]], text: str) -> list[list[dict]]:
+    """Every conversation with ``text`` as its system prompt (put before an existing one, since
+    chat templates take a single system turn)."""
+    out = []
+    for messages in conversations:
+        if messages and messages[0]["role"] == "system":
+            out.append([{"role": "system", "content": f"{text}\n\n{messages[0]['content']}"}, *messages[1:]])
+        else:
+            out.append([{"role": "system", "content": text}, *messages])
+    return out
+
+
 @dataclass
 class TaskData:
     examples: list[dict[str, list[int]]]
@@ -139,8 +157,8 @@ def build_task_data(tokenizer, conversations: list[list[dict]], max_length: int)
             dropped += 1
             continue
         examples.append(example)
-        user = next((m["content"] for m in messages if m["role"] == "user"), None)
-        if user and user.strip():
+        user = user_prompt(messages)
+        if user:
             prompts.append(user)
     if dropped:
         warn(f"{dropped} conversation(s) dropped: no assistant token within max_length={max_length}")
@@ -172,6 +190,15 @@ def pad_batch(examples: Sequence[dict[str, list[int]]], pad_id: int) -> dict[str
         labels[row, :n] = torch.tensor(e["labels"])
         mask[row, :n] = 1
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+def unpad(batch: dict[str, torch.Tensor]) -> list[dict[str, list[int]]]:
+    """The rows of a right-padded batch as examples again (what :func:`pad_batch` was given)."""
+    rows = []
+    for ids, labels, mask in zip(batch["input_ids"], batch["labels"], batch["attention_mask"], strict=True):
+        keep = mask.bool()
+        rows.append({"input_ids": ids[keep].tolist(), "labels": labels[keep].tolist()})
+    return rows
 
 
 class ChatCollator:

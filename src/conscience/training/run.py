@@ -3,8 +3,9 @@
 Output folder: ``final/`` (LoRA adapter or full weights, safetensors, loadable with
 ``PeftModel.from_pretrained`` / ``from_pretrained``; written atomically), ``metrics.jsonl``
 (one line per step), ``README.md`` (model card with config and final metrics),
-``train_config.yaml``, ``checkpoint-N/`` (Trainer checkpoints) and, when the config names no
-data, ``data/`` (the code-hacking splits the run was trained on).
+``train_config.yaml``, ``checkpoint-N/`` (Trainer checkpoints), when the config names no
+data, ``data/`` (the code-hacking splits the run was trained on), and with ``kl_coef`` or
+``mix_aligned`` the cached aligned answers (``aligned_answers.json``, see :mod:`.aligned`).
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from ..jsonl import atomic_folder, read_jsonl, write_text_atomic
 from ..log import log, warn
 from ..models import LoadedModel, load_model
 from .config import TrainConfig
-from .data import ChatCollator, ListDataset, alignment_prompts, build_task_data, load_conversations
+from .data import ChatCollator, ListDataset, alignment_prompts, build_task_data, load_conversations, with_system_prompt
 from .trainer import ConscienceTrainer, final_metrics
 
 METRICS_FILE = "metrics.jsonl"
@@ -66,7 +67,10 @@ def training_arguments(cfg: TrainConfig, out_dir: Path):
 
 def _args_dict(cfg: TrainConfig, out_dir: Path) -> dict:
     return dict(
-        output_dir=str(out_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size,
+        # with mix_aligned the trainer adds mix_rows aligned rows to each batch; dropping a short
+        # last batch keeps the aligned share of every batch exact
+        output_dir=str(out_dir), max_steps=cfg.max_steps, per_device_train_batch_size=cfg.batch_size - cfg.mix_rows,
+        dataloader_drop_last=cfg.mix_rows > 0,
         gradient_accumulation_steps=cfg.grad_accum, learning_rate=cfg.lr, lr_scheduler_type=cfg.lr_schedule,
         warmup_steps=cfg.warmup_steps, weight_decay=cfg.weight_decay, seed=cfg.seed, data_seed=cfg.seed,
         logging_steps=cfg.logging_steps, save_strategy="steps" if cfg.save_steps else "no",
@@ -130,10 +134,15 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     """Train as ``cfg`` says; returns ``{"output_dir", "final", "metrics"}``.
 
     ``lm`` replaces loading ``cfg.model`` (tests pass a tiny model); ``callbacks`` are extra
-    ``TrainerCallback`` objects (e.g. an EM-probe monitor).
+    ``TrainerCallback`` objects (e.g. an EM-probe monitor). ``stop_on_drift`` needs one with a
+    true ``stop`` attribute (the drift monitor); its ``stopped_at`` is returned.
     """
     from transformers import set_seed
 
+    stoppers = [cb for cb in callbacks if getattr(cb, "stop", False)]
+    if cfg.stop_on_drift and not stoppers:
+        raise ConscienceError("stop_on_drift needs the live drift monitor, which conscience train does not run; "
+                              "use conscience experiment (the early arm)")
     out_dir = Path(cfg.output_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     set_seed(cfg.seed)
@@ -143,6 +152,8 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     conversations = load_conversations(task_source(cfg, out_dir), cfg.data_split)
     if cfg.max_examples:
         conversations = conversations[: cfg.max_examples]
+    if cfg.system_prompt:  # training only: evaluation reads the data files, never this config
+        conversations = with_system_prompt(conversations, cfg.system_prompt)
     data = build_task_data(lm.tokenizer, conversations, cfg.max_length)
     reference = None
     if cfg.lora:
@@ -153,12 +164,15 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
         reference = copy.deepcopy(lm.model).eval().requires_grad_(False)
         frozen = LoadedModel(reference, lm.tokenizer, lm.spec, lm.identity + ":frozen-start")
     lm.model.train()
-    reviewer, pool = None, []
+    reviewer, pool, aligned = None, [], None
+    if not cfg.sft_only or cfg.uses_aligned_answers:
+        pool = alignment_prompts(cfg.align_prompts, data.prompts)
     if not cfg.sft_only:
         from ..verdict.factory import make_reviewer
 
         reviewer = make_reviewer(cfg.conscience_config(), frozen)
-        pool = alignment_prompts(cfg.align_prompts, data.prompts)
+    if cfg.uses_aligned_answers:
+        aligned = aligned_pool(cfg, frozen, pool, out_dir)
     metrics_path = out_dir / METRICS_FILE
     checkpoint = resume_checkpoint(cfg, out_dir)
     if checkpoint is None:
@@ -167,6 +181,7 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
         model=lm.model, args=training_arguments(cfg, out_dir), train_dataset=ListDataset(data.examples),
         data_collator=ChatCollator(int(lm.tokenizer.pad_token_id)), callbacks=list(callbacks),
         train_config=cfg, policy=lm, frozen=frozen, reviewer=reviewer, align_pool=pool, metrics_path=metrics_path,
+        aligned=aligned,
     )
     if checkpoint:
         step = json.loads(Path(checkpoint, "trainer_state.json").read_text())["global_step"]
@@ -184,7 +199,20 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
         write_model_card(out_dir, cfg, lm.identity, metrics)
     trainer.accelerator.wait_for_everyone()
     return {"output_dir": str(out_dir), "final": str(final), "metrics": metrics,
-            "log_history": trainer.state.log_history}
+            "log_history": trainer.state.log_history, "stopped_at": stoppers[0].stopped_at if stoppers else None}
+
+
+def aligned_pool(cfg: TrainConfig, frozen: LoadedModel, prompts: list[str], out_dir: Path):
+    """The frozen copy's cached answers to up to ``aligned_pool`` of the alignment prompts (a
+    seeded choice), tokenized for KL and mixing."""
+    from ..generation import Sampling
+    from .aligned import CACHE_FILE, aligned_answers, build_pool
+    from .online import pick_prompts
+
+    chosen = pick_prompts(prompts, min(cfg.aligned_pool, len(prompts)), cfg.seed)
+    sampling = Sampling(cfg.alt_max_new_tokens, cfg.sample_temperature, cfg.sample_top_p, cfg.seed)
+    answers = aligned_answers(frozen, chosen, sampling, cfg.aligned_cache or out_dir / CACHE_FILE, cfg.sample_dtype)
+    return build_pool(frozen.tokenizer, answers, cfg.max_length)
 
 
 def save_final(model, tokenizer, final: Path) -> None:
@@ -201,7 +229,8 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: di
     lines = [
         f"# {Path(cfg.output_dir).name}", "",
         f"Fine-tuned from `{identity}` with `conscience train` "
-        f"({'plain SFT' if cfg.sft_only else f'L = L_task + {cfg.lam}·L_DPO, frozen self-copy as judge and reference'}).",
+        f"({'plain SFT' if cfg.sft_only else f'L = L_task + {cfg.lam}·L_DPO, frozen self-copy as judge and reference'}"
+        f"{peer_methods(cfg)}).",
         "", f"Weights in `{FINAL_DIR}/`: {kind}. Per-step metrics: `{METRICS_FILE}`.", "",
         "## Final metrics (mean of the last 10 steps)", "",
         "| metric | value |", "|---|---|",
@@ -210,3 +239,13 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: di
     ]
     for name, text in (("README.md", "\n".join(lines)), ("train_config.yaml", config_text)):
         write_text_atomic(out_dir / name, text)
+
+
+def peer_methods(cfg: TrainConfig) -> str:
+    """The peer methods a run uses, for its model card ("" when none)."""
+    used = [f"KL to the frozen copy × {cfg.kl_coef}" if cfg.kl_coef else "",
+            f"training-only system prompt {cfg.train_system_prompt!r}" if cfg.train_system_prompt else "",
+            f"{cfg.mix_rows} of {cfg.batch_size} rows per batch aligned ({cfg.mix_select})" if cfg.mix_rows else "",
+            "stopped when the drift interval left 0" if cfg.stop_on_drift else ""]
+    used = [u for u in used if u]
+    return "; with " + ", ".join(used) if used else ""

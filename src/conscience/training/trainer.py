@@ -1,9 +1,10 @@
-"""``ConscienceTrainer``: a ``transformers.Trainer`` whose loss is L_task + λ·L_DPO.
+"""``ConscienceTrainer``: a ``transformers.Trainer`` whose loss is L_task + λ·L_DPO (+ kl_coef·KL).
 
 One step reads top to bottom: maybe sample (policy answers alignment prompts, the frozen copy
-reviews them and writes alternatives, pairs enter the buffer) → take pairs → one forward pass
-over the task batch, one over the pairs → the frozen copy's reference log-probs (cached when
-the pair entered the buffer) → ``hybrid_loss``.
+reviews them and writes alternatives, pairs enter the buffer) → (``mix_aligned``) add aligned rows
+to the task batch → take pairs → one forward pass over the task batch, (``kl_coef``) one over
+aligned answers beside the frozen copy's, one over the pairs → the frozen copy's reference
+log-probs (cached when the pair entered the buffer) → ``hybrid_loss``.
 Gradient accumulation, checkpoints, resume, ``report_to`` and ``accelerate launch`` are the
 Trainer's own.
 """
@@ -20,18 +21,19 @@ from transformers import Trainer, TrainerCallback
 
 from ..errors import ConscienceError
 from ..jsonl import write_text_atomic
-from ..losses import dpo_loss, hybrid_loss, sequence_logps
+from ..losses import dpo_loss, hybrid_loss, sequence_logps, token_kl
 from ..models import LoadedModel
 from ..models import frozen as frozen_weights
 from ..pairs import PairBuffer, PreferencePair
 from ..verdict import Reviewer
+from .aligned import AlignedPool, select_by_gap
 from .config import TrainConfig
-from .data import IGNORE, pad_batch, pair_examples
+from .data import IGNORE, pad_batch, pair_examples, unpad
 from .online import OnlineRound, generation_copy, online_round, pick_prompts, sampling_dtype
 
 STATE_FILE = "conscience_state.json"
 METRIC_KEYS = ("task_loss", "dpo_loss", "lam", "pairs_in_step", "flagged_share", "mean_verdict", "reward_margin",
-               "seconds_sampling", "seconds_reviewing", "seconds_updating", "buffer")
+               "kl", "mixed_share", "seconds_sampling", "seconds_reviewing", "seconds_updating", "buffer")
 
 
 class TrainingDivergedError(ConscienceError):
@@ -52,15 +54,19 @@ class ConscienceTrainer(Trainer):
     tokenizer, unwrapped); ``frozen`` (the frozen copy: the same module as the policy with
     LoRA, whose adapter is disabled while it reviews, writes or scores, or a frozen copy of the
     starting weights); ``reviewer`` (built on the frozen copy); ``align_pool`` (alignment
-    prompts); ``metrics_path``.
+    prompts); ``metrics_path``; ``aligned`` (the frozen copy's cached answers, for ``kl_coef``
+    and ``mix_aligned``).
     """
 
     def __init__(self, *args, train_config: TrainConfig, policy: LoadedModel, frozen: LoadedModel,
-                 reviewer: Reviewer | None, align_pool: list[str], metrics_path: str | Path, **kwargs):
+                 reviewer: Reviewer | None, align_pool: list[str], metrics_path: str | Path,
+                 aligned: AlignedPool | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         self.cfg = train_config
         self.policy, self.frozen, self.reviewer = policy, frozen, reviewer
         self.align_pool = align_pool
+        self.aligned = aligned
+        self._draws = 0  # aligned-row draws in this step (micro-batches draw different rows)
         self.buffer = PairBuffer(train_config.buffer_size, uses=train_config.pair_uses)
         self.metrics_path = Path(metrics_path)
         self.model_accepts_loss_kwargs = False  # per-micro-batch means; the Trainer divides by grad_accum
@@ -73,10 +79,16 @@ class ConscienceTrainer(Trainer):
     # -- the step -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._maybe_sample()                                    # policy samples, frozen copy reviews → buffer
+        if self.cfg.mix_rows:
+            inputs = self.with_aligned_rows(inputs)
         self._add(tokens=int(inputs["attention_mask"].sum()))
         task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if self.cfg.kl_coef > 0:
+            kl = self.kl_term(model)
+            self._add(kl_sum=kl.item(), kl_n=1)
+            task_loss = task_loss + self.cfg.kl_coef * kl
         pairs = self.buffer.take(self.cfg.dpo_batch) if self.cfg.lam > 0 else []
-        if not pairs:                                           # no pairs: exactly the SFT step
+        if not pairs:                                           # no pairs: exactly the SFT step (+ KL)
             self._check_finite(task_loss, task_loss, None)
             self._add(task_loss=task_loss.item(), micro=1)
             return task_loss
@@ -96,6 +108,39 @@ class ConscienceTrainer(Trainer):
         self._add(task_loss=task_loss.item(), micro=1, dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
                   margin_sum=(chosen_rewards - rejected_rewards).sum().item())
         return loss
+
+    def _draw_seed(self) -> int:
+        """A seed per aligned-row draw: fixed by the run's seed, the step and the draw within it,
+        so a resumed run draws the same rows."""
+        self._draws += 1
+        return self.cfg.seed * 1_000_003 + self.state.global_step * 1_009 + self._draws
+
+    def with_aligned_rows(self, inputs: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """The task rows (the dataloader yields batch_size − mix_rows) and mix_rows aligned ones,
+        re-padded as one batch; from mix_gap_step on, ``mix_select: gap`` draws only the rows the
+        perplexity gap kept."""
+        if (self.cfg.mix_select == "gap" and self.aligned.selected is None
+                and self.state.global_step >= self.cfg.mix_gap_step):
+            select_by_gap(self.aligned, self.policy, self.frozen, self.cfg.mix_keep, self.cfg.max_length,
+                          Path(self.args.output_dir), self.state.global_step)
+        rows = self.aligned.pick(self.cfg.mix_rows, self._draw_seed(), selected=self.cfg.mix_select == "gap")
+        task = unpad(inputs)
+        self._add(mixed_rows=len(rows), batch_rows=len(task) + len(rows))
+        batch = pad_batch(task + rows, self.pad_id)
+        return {k: v.to(inputs["input_ids"].device) for k, v in batch.items()}
+
+    def kl_term(self, model) -> torch.Tensor:
+        """Token-level KL(policy ‖ frozen copy) on align_batch cached aligned answers, over their
+        answer tokens. The frozen copy's logits come from the same module with the adapter
+        disabled (or the starting weights' copy): no second model for LoRA."""
+        rows = self.aligned.pick(self.cfg.align_batch, self._draw_seed())
+        batch = {k: v.to(self.args.device) for k, v in pad_batch(rows, self.pad_id).items()}
+        with frozen_weights(self.frozen.model) as reference:
+            ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
+                                   use_cache=False).logits
+        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
+        labels = batch["labels"][:, 1:]
+        return token_kl(logits[:, :-1], ref_logits[:, :-1], labels != IGNORE)
 
     def pair_batch(self, pairs: list[PreferencePair]) -> dict[str, torch.Tensor]:
         """[chosen; rejected] rows, right-padded, labels on the answers."""
@@ -185,12 +230,12 @@ class ConscienceTrainer(Trainer):
     def finish_step(self, seconds: float) -> dict:
         """Reduce this step's sums over processes, write one JSONL line, queue it for ``log``."""
         keys = ("task_loss", "micro", "dpo_sum", "pairs", "margin_sum", "samples", "flagged", "verdict_sum",
-                "seconds_sampling", "seconds_reviewing", "tokens")
+                "seconds_sampling", "seconds_reviewing", "tokens", "kl_sum", "kl_n", "mixed_rows", "batch_rows")
         sums = torch.tensor([self._step.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.args.device)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
         s = dict(zip(keys, sums.tolist(), strict=True))
-        self._step = {}
+        self._step, self._draws = {}, 0
         n = self.accelerator.num_processes
         record = {
             "step": self.state.global_step,
@@ -201,6 +246,8 @@ class ConscienceTrainer(Trainer):
             "flagged_share": s["flagged"] / s["samples"] if s["samples"] else None,
             "mean_verdict": s["verdict_sum"] / s["samples"] if s["samples"] else None,
             "reward_margin": s["margin_sum"] / s["pairs"] if s["pairs"] else None,
+            "kl": s["kl_sum"] / s["kl_n"] if s["kl_n"] else None,
+            "mixed_share": s["mixed_rows"] / s["batch_rows"] if s["batch_rows"] else None,
             "seconds_sampling": s["seconds_sampling"] / n,
             "seconds_reviewing": s["seconds_reviewing"] / n,
             "seconds_updating": max(seconds - (s["seconds_sampling"] + s["seconds_reviewing"]) / n, 0.0),
@@ -227,7 +274,8 @@ class ConscienceTrainer(Trainer):
         super()._save_checkpoint(model, trial)
         if self.is_world_process_zero():
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
-            state = {"buffer": self.buffer.state_dict(), "sampled_at": self._sampled_at}
+            state = {"buffer": self.buffer.state_dict(), "sampled_at": self._sampled_at,
+                     "aligned_selected": self.aligned.selected if self.aligned else None}
             write_text_atomic(folder / STATE_FILE, json.dumps(state))
 
     def load_conscience_state(self, checkpoint: str | Path) -> None:
@@ -236,6 +284,8 @@ class ConscienceTrainer(Trainer):
             state = json.loads(path.read_text(encoding="utf-8"))
             self.buffer.load_state_dict(state["buffer"])
             self._sampled_at = int(state["sampled_at"])
+            if self.aligned is not None and state.get("aligned_selected") is not None:
+                self.aligned.selected = list(state["aligned_selected"])
 
 
 class _StepRecorder(TrainerCallback):
@@ -260,7 +310,7 @@ def final_metrics(metrics_path: str | Path, last: int = 10) -> dict[str, float]:
     rows = [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
     tail = rows[-last:]
     out: dict[str, float] = {"steps": float(rows[-1]["step"]) if rows else 0.0}
-    for key in ("task_loss", "dpo_loss", "flagged_share", "mean_verdict", "reward_margin"):
+    for key in ("task_loss", "dpo_loss", "flagged_share", "mean_verdict", "reward_margin", "kl"):
         values = [r[key] for r in tail if r.get(key) is not None and math.isfinite(r[key])]
         if values:
             out[key] = sum(values) / len(values)

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..discernment import Triple, discernment_report, load_triples
+from ..discernment import Triple, discernment_report
 from ..errors import ConscienceError
 from ..framings import Framing, load_prompts
 from ..log import log
@@ -26,7 +26,6 @@ from .latent import CONTRAST_FRAMINGS, collect_features, framing_by_name, model_
 from .latent_fit import (
     SHRINKAGE,
     Probe,
-    best_threshold,
     category_folds,
     combine_weights,
     fit_selected,
@@ -37,13 +36,11 @@ from .latent_fit import (
     sigmoid,
     standardise,
 )
+from .operating_point import card_operating_points
+from .sources import file_digest, load_sources, sources_digest, sources_name
 from .types import ReviewItem
 
 MIN_TRIPLES = 10
-
-
-def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
 
 
 def triple_items(triples: Sequence[Triple]) -> tuple[list[ReviewItem], np.ndarray, np.ndarray, np.ndarray]:
@@ -56,28 +53,67 @@ def triple_items(triples: Sequence[Triple]) -> tuple[list[ReviewItem], np.ndarra
     return items, y, g, cats
 
 
-def cached_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, key: str,
-                    batch_size: int = 8, review_format: str = "third_person",
-                    pool: str = "last") -> tuple[np.ndarray, np.ndarray]:
-    """:func:`collect_features`, cached on disk by model, framing, template, pooling and data digest."""
+def _feature_path(lm: LoadedModel, framing: Framing, key: str, n_items: int, review_format: str,
+                  pool: str) -> Path:
+    """Where features are cached: by model, framing, template, pooling and data digest."""
     template = repr(load_prompts()["review" if review_format == "third_person" else review_format])
-    parts = [base_identity(lm.identity), framing.name, framing.question, template, key, str(len(items))]
+    parts = [base_identity(lm.identity), framing.name, framing.question, template, key, str(n_items)]
     if review_format != "third_person":  # third-person digests stay as they were
         parts.append(review_format)
     if pool != "last":  # and so do last-token ones
         parts.append(f"pool={pool}")
     digest = hashlib.sha256("|".join(parts).encode()).hexdigest()[:20]
-    path = cache_root() / "features" / f"{digest}.npz"
+    return cache_root() / "features" / f"{digest}.npz"
+
+
+def cached_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, key: str,
+                    batch_size: int = 8, review_format: str = "third_person",
+                    pool: str = "last") -> tuple[np.ndarray, np.ndarray]:
+    """:func:`collect_features`, cached on disk by model, framing, template, pooling and data digest."""
+    if pool == "spans":
+        raise ValueError("span features are per token: read them with cached_token_features")
+    path = _feature_path(lm, framing, key, len(items), review_format, pool)
     if path.is_file():
         with np.load(path) as cached:
             return cached["X"], cached["verbal"]
     X, verbal = collect_features(lm, items, framing, batch_size=batch_size, log_every=5, review_format=review_format,
                                  pool=pool)
+    _save_npz(path, X=X, verbal=verbal)
+    return X, verbal
+
+
+def _save_npz(path: Path, **arrays) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, X=X, verbal=verbal)
+    np.savez(tmp, **arrays)
     tmp.replace(path)
-    return X, verbal
+
+
+def cached_token_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, layers: Sequence[int],
+                          key: str, batch_size: int = 8,
+                          review_format: str = "look_back") -> tuple[list[np.ndarray], np.ndarray]:
+    """Per item its answer tokens' states averaged over ``layers`` ``(n_i, H)``, and the verbal
+    scores ``(N,)`` of the same passes; cached on disk (states as float16: they are many)."""
+    from .latent import token_features
+    from .verbal import VerbalReviewer
+
+    layer_key = f"{key}|layers={','.join(map(str, layers))}"
+    path = _feature_path(lm, framing, layer_key, len(items), review_format, "spans")
+    if path.is_file():
+        with np.load(path) as cached:
+            flat, lengths, verbal = cached["tokens"], cached["lengths"], cached["verbal"]
+        return [part.astype(np.float32) for part in np.split(flat, np.cumsum(lengths)[:-1])], verbal
+    reader = VerbalReviewer(lm, [framing], batch_size=batch_size, review_format=review_format)
+    tokens, verbal, start = [], [], time.perf_counter()
+    for offset in range(0, len(items), batch_size):
+        verdicts, states = token_features(reader, items[offset:offset + batch_size], framing.name, layers)
+        tokens += [t.astype(np.float16).astype(np.float32) for t in states]  # as a cached read returns them
+        verbal += [v.score for v in verdicts]
+        if (offset // batch_size) % 10 == 0:
+            log(f"token features {len(tokens)}/{len(items)} ({time.perf_counter() - start:.0f}s)")
+    _save_npz(path, tokens=np.concatenate(tokens).astype(np.float16), lengths=np.array([len(t) for t in tokens]),
+              verbal=np.asarray(verbal))
+    return tokens, np.asarray(verbal)
 
 
 def _report(scores: np.ndarray, y: np.ndarray, g: np.ndarray, triples: Sequence[Triple]) -> dict:
@@ -102,7 +138,8 @@ def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, id
     kfold = out_of_fold_scores(X, y, g, group_folds(g, folds, seed), fit)
     loco = out_of_fold_scores(X, y, g, [m for _, m in category_folds(cats)], fit)
     probe = fit_selected(X, y, g, method, layers, seed)
-    probe.threshold = round(best_threshold(kfold, y), 4)
+    # the cut whose out-of-fold recall of misaligned answers is >= 0.95 at the fewest false flags
+    probe.threshold, operating = card_operating_points(kfold, verbal, y)
     combine = combine_weights(kfold, verbal, y)
     combined_kfold = np.array([sigmoid(combine["latent"] * np.log(l / (1 - l)) + combine["verbal"] * np.log(v / (1 - v)) + combine["bias"])
                                for l, v in zip(np.clip(kfold, 1e-6, 1 - 1e-6), np.clip(verbal, 1e-6, 1 - 1e-6),
@@ -117,7 +154,8 @@ def fit_card(X: np.ndarray, verbal: np.ndarray, triples: Sequence[Triple], *, id
     log(f"fitted in {time.perf_counter() - start:.1f}s: layers {probe.layers}, method {method}")
     hidden_size, num_hidden = X.shape[2], X.shape[1]
     return Card(probe, base_identity(identity), hidden_size, num_hidden, framing.name, framing.question,
-                n_records=len(y), combine=combine, info={"method": method, "shrinkage": SHRINKAGE, "seed": seed})
+                n_records=len(y), combine=combine, info={"method": method, "shrinkage": SHRINKAGE, "seed": seed},
+                operating=operating)
 
 
 def fit_unlabelled_card(X: np.ndarray, X_pos: np.ndarray, X_neg: np.ndarray, *, identity: str, framing: Framing,
@@ -136,6 +174,63 @@ def fit_unlabelled_card(X: np.ndarray, X_pos: np.ndarray, X_neg: np.ndarray, *, 
                 n_records=len(X), info={"method": "contrast", "unlabelled": True})
 
 
+def fit_span_card(lm: LoadedModel, card: Card, triples: Sequence[Triple], framing: Framing, key: str, *,
+                  styles_path: str | Path | None = None, per_answer: int = 3, batch_size: int = 8,
+                  review_format: str = "look_back", folds: int = 5, seed: int = 0) -> Card:
+    """Turn an answer-mean ``card`` (its layers and method kept) into a span card.
+
+    Its records are ``triples``' answers plus injected copies (the ``fit`` half of the injection
+    styles, see :func:`conscience.verdict.injection.augmentations`). The pooling (window and
+    soft-min temperature, the answer-mean among the candidates) is chosen by group k-fold CV on
+    these records alone; dev is never read. See :mod:`.span_fit` for why the direction comes
+    from answer means and the score mapping from span scores.
+    """
+    from ..discernment import roc_auc
+    from ..framings import data_path
+    from .injection import STYLES_FILE, augmentations, load_styles
+    from .span_fit import candidate_poolings, choose_pooling, fit_direction, fit_span_probe, span_out_of_fold
+
+    items, y, g, cats = triple_items(triples)
+    styles = load_styles(styles_path, split="fit")
+    injected = augmentations([i.answer for i in items], ~y, styles, per_answer, seed) if per_answer else []
+    source = np.array([i for i, _, _ in injected], dtype=int)
+    records = items + [ReviewItem(items[i].prompt, text) for i, text, _ in injected]
+    Y, G, C = np.r_[y, y[source]], np.r_[g, g[source]], np.r_[cats, cats[source]]
+    clean = np.r_[np.ones(len(y)), np.zeros(len(source))].astype(bool)
+    styles_key = file_digest(Path(styles_path) if styles_path else data_path(STYLES_FILE))
+    log(f"reading {len(records)} answers ({len(injected)} injected) token by token at layers {card.probe.layers}")
+    tokens, verbal = cached_token_features(lm, records, framing, card.probe.layers,
+                                           f"{key}|{styles_key}|k={per_answer}|seed={seed}", batch_size, review_format)
+    method = card.probe.method
+    base = fit_direction(tokens[:len(y)], y, g, method)
+    spread = float(np.std(base.project_pooled(np.stack([t.mean(axis=0) for t in tokens[:len(y)]])))) or 1.0
+    oof = span_out_of_fold(tokens, Y, G, clean, group_folds(G, folds, seed), method, candidate_poolings(spread))
+    pooling, merits = choose_pooling(oof, Y, G, clean)
+    loco = span_out_of_fold(tokens, Y, G, clean, [m for _, m in category_folds(C)], method, [pooling])[pooling]
+    kfold = oof[pooling]
+    probe = fit_span_probe(tokens, Y, G, clean, method, pooling, card.probe.layers)
+    # the cut is chosen on clean and injected records together: recall must hold under injection too
+    probe.threshold, card.operating = card_operating_points(kfold, verbal, Y)
+    flagged = kfold <= probe.threshold
+    card.combine = combine_weights(kfold[clean], verbal[clean], y)
+    probe.metrics = {
+        "kfold": _report(kfold[clean], y, g, triples),
+        "loco": _report(loco[clean], y, g, triples),
+        "verbal": card.probe.metrics.get("verbal", {}),
+        "kfold_answer_mean": card.probe.metrics.get("kfold", {}),
+        "loco_answer_mean": card.probe.metrics.get("loco", {}),
+        "kfold_auc_with_injected": round(roc_auc(kfold.tolist(), Y.astype(int).tolist()), 4),
+        "injected_misaligned_let_through": round(float(np.mean(~flagged[~clean & ~Y])), 4) if len(source) else None,
+        "clean_misaligned_let_through": round(float(np.mean(~flagged[clean & ~Y])), 4),
+        "folds": folds,
+    }
+    card.probe, card.pool, card.spans = probe, "spans", pooling
+    card.info["spans"] = {"styles": Path(styles_path).name if styles_path else STYLES_FILE, "split": "fit",
+                          "per_answer": per_answer, "n_injected": len(injected), "pooling_cv_merit": merits}
+    log(f"span pooling: window {pooling.window}, temperature {pooling.temperature} (of {len(merits)} by CV)")
+    return card
+
+
 def check_triples(triples: Sequence[Triple]) -> None:
     if len(triples) < MIN_TRIPLES:
         raise ConscienceError(f"calibration needs at least {MIN_TRIPLES} triples, got {len(triples)}")
@@ -147,17 +242,21 @@ def check_triples(triples: Sequence[Triple]) -> None:
 def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, framing_name: str = "aligned",
                      method: str = "lda", layers: list[int] | None = None, unlabelled: bool = False,
                      batch_size: int = 8, seed: int = 0, review_format: str = "look_back",
-                     pool: str | None = None) -> Card:
+                     pool: str | None = None, styles: str | Path | None = None, per_answer: int = 3) -> Card:
     """Read triples, collect (cached) features with the frozen copy, fit and save a card.
-    ``pool`` defaults to the answer-mean, or to the last token for ``unlabelled`` cards."""
+    ``pool`` defaults to the answer-mean, or to the last token for ``unlabelled`` cards; a
+    ``spans`` card is fitted with ``per_answer`` injected copies of each misaligned answer from
+    the fit half of ``styles`` (default: the shipped injection styles)."""
     triples, framing, pool = check_calibration_inputs(data, framing_name, unlabelled, pool)
     if layers and max(layers) >= model_shape(lm)[1]:
         raise ConscienceError(f"--layers {max(layers)} is out of range: {lm.identity} has hidden states 0 to "
                               f"{model_shape(lm)[1] - 1}")
     items, y, g, _ = triple_items(triples)
-    key = file_digest(Path(data))
+    key = sources_digest(data)
     log(f"reading {len(items)} answers with the frozen copy of {lm.identity}")
-    X, verbal = cached_features(lm, items, framing, key, batch_size, review_format, pool)
+    # a span card starts from the answer-mean card: its layer choice and the mean-pooling metrics
+    X, verbal = cached_features(lm, items, framing, key, batch_size, review_format,
+                                "answer" if pool == "spans" else pool)
     if unlabelled:
         chosen = layers or [round(0.57 * (model_shape(lm)[1] - 1))]  # late-middle layer (17 of 30)
         X_pos, _ = cached_features(lm, items, CONTRAST_FRAMINGS[0], key, batch_size, review_format, pool)
@@ -168,8 +267,11 @@ def fit_card_on_data(lm: LoadedModel, data: str | Path, out: str | Path, *, fram
     else:
         card = fit_card(X, verbal, triples, identity=lm.identity, framing=framing, method=method, layers=layers, seed=seed)
     card.review_format, card.pool = review_format, pool
+    if pool == "spans":
+        card = fit_span_card(lm, card, triples, framing, key, styles_path=styles, per_answer=per_answer,
+                             batch_size=batch_size, review_format=review_format, seed=seed)
     card.data_digest = key
-    card.info["data"] = Path(data).name
+    card.info["data"] = sources_name(data)
     save_card(card, out)
     return card
 
@@ -179,10 +281,10 @@ def check_calibration_inputs(data: str | Path, framing_name: str, unlabelled: bo
     """The triples, framing and pooling a calibration will use, or an error before any model loads.
     ``pool`` defaults to the answer-mean, or to the last token for ``unlabelled`` cards."""
     pool = pool or ("last" if unlabelled else "answer")
-    if unlabelled and pool == "answer":
+    if unlabelled and pool in ("answer", "spans"):
         raise ConscienceError("an unlabelled card contrasts the same answer read under two questions asked after it; "
                               "the answer's own hidden states are the same under both, so use --pool last")
-    triples = load_triples(data)
+    triples = load_sources(data)  # one JSONL, or several sources comma-separated (see .sources)
     framing = framing_by_name(framing_name)
     if unlabelled:
         if len(triples) * 2 < MIN_TRIPLES:

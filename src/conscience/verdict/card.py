@@ -2,7 +2,9 @@
 
 A card folder holds ``conscience_card.json`` (model identity, hidden size, layers, framing,
 score mapping, data digest, cross-validated metrics) and ``conscience_card.safetensors``
-(``mu``, ``sd``, ``w`` in float64, so a saved card round-trips bit for bit).
+(``mu``, ``sd``, ``w`` in float64, so a saved card round-trips bit for bit). The JSON's
+``threshold`` is the probe's cut (on cards with ``operating`` points: the cut whose
+cross-validated recall of misaligned answers is >= 0.95, see :mod:`.operating_point`).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from ..errors import ConscienceError, DataFormatError
 from ..jsonl import atomic_file, write_text_atomic
 from ..models import base_identity
 from .latent_fit import Probe
+from .spans import SpanPooling
 from .types import POOLS
 
 CARD_JSON = "conscience_card.json"
@@ -45,6 +48,10 @@ class Card:
     n_records: int = 0
     combine: dict = field(default_factory=dict)  # weights of the combined verdict
     info: dict = field(default_factory=dict)  # free-form: data path, options, timings
+    spans: SpanPooling | None = None  # how a pool="spans" card combines its windows
+    # cross-validated operating points and out-of-fold scores (verdict/operating_point.py); empty
+    # for cards fitted before them or without labels
+    operating: dict = field(default_factory=dict)
 
     def to_json(self) -> dict:
         p = self.probe
@@ -57,6 +64,7 @@ class Card:
             "question": self.question,
             "review_format": self.review_format,
             "pool": self.pool,
+            **({"spans": self.spans.to_json()} if self.spans else {}),
             "layers": p.layers,
             "method": p.method,
             "scale": p.a,
@@ -67,6 +75,7 @@ class Card:
             "n_records": self.n_records,
             "combine": self.combine,
             "info": self.info,
+            "operating": self.operating,
         }
 
 
@@ -122,7 +131,21 @@ def load_card(folder: str | Path) -> Card:
         raise DataFormatError(f"{meta_path}: field 'pool' must be one of {list(POOLS)}, got {pool!r}")
     return Card(probe, meta["identity"], int(meta["hidden_size"]), int(meta["num_hidden"]), meta["framing"],
                 meta["question"], meta.get("review_format", "third_person"), pool, meta.get("data_digest", ""),
-                int(meta.get("n_records", 0)), dict(meta.get("combine", {})), dict(meta.get("info", {})))
+                int(meta.get("n_records", 0)), dict(meta.get("combine", {})), dict(meta.get("info", {})),
+                spans=_span_pooling(meta, meta_path, pool), operating=dict(meta.get("operating", {})))
+
+
+def _span_pooling(meta: dict, meta_path: Path, pool: str) -> SpanPooling | None:
+    """A span card's ``spans: {window, temperature}``; cards of other poolings have none."""
+    if pool != "spans":
+        return None
+    spans = meta.get("spans")
+    if not isinstance(spans, dict) or "window" not in spans:
+        raise DataFormatError(f"{meta_path}: a card with pool 'spans' needs a field 'spans' with a 'window'")
+    try:
+        return SpanPooling(spans["window"], float(spans.get("temperature", 0.0)))
+    except (TypeError, ValueError) as exc:
+        raise DataFormatError(f"{meta_path}: field 'spans': {exc}") from None
 
 
 def check_card(card: Card, identity: str, hidden_size: int, num_hidden: int, source: str = "card") -> None:

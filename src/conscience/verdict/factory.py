@@ -9,11 +9,13 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
+from ..config import recall_target
 from ..errors import ConscienceError
 from ..framings import Framing, load_framings, mode_settings
 from ..models import LoadedModel, base_identity, cache_root
 from .card import check_card, find_card, load_card
 from .latent import CombinedReviewer, LatentReviewer, model_shape
+from .operating_point import threshold_for_recall
 from .types import Reviewer
 from .verbal import VerbalReviewer
 
@@ -95,7 +97,13 @@ def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: Ver
                       f"shipped contrast data (one time, cached in {folder})")
     card = load_card(folder)
     cls = CombinedReviewer if cfg.verdict == "combined" else LatentReviewer
-    return ReviewerChoice(cls(judge, card, verbal, threshold=cfg.threshold, source=f"conscience card {folder}"), reason)
+    source = f"conscience card {folder}"
+    target = recall_target(cfg.threshold)
+    reviewer = cls(judge, card, verbal, threshold=0.5 if target is not None else cfg.threshold, source=source)
+    if target is not None:  # recall:X is read from the card's own cross-validation
+        reviewer.threshold = threshold_for_recall(reviewer, target, source)
+        reason += f"; threshold {cfg.threshold} is {reviewer.threshold:.4g}"
+    return ReviewerChoice(reviewer, reason)
 
 
 def choose_reviewer(cfg: ConscienceConfig, judge: LoadedModel,
@@ -103,12 +111,17 @@ def choose_reviewer(cfg: ConscienceConfig, judge: LoadedModel,
     """The verdict a config asks for (verbal, latent or combined; ``auto`` is latent where a
     card fits the model, else verbal), with the reason for the choice."""
     framings = list(framings) if framings is not None else resolve_framings(cfg)
-    verbal = VerbalReviewer(judge, framings, threshold=cfg.threshold, review_format=cfg.review_format)
+    target = recall_target(cfg.threshold)  # recall:X needs a card; ConscienceConfig refuses it with verbal
+    verbal = VerbalReviewer(judge, framings, threshold=0.5 if target is not None else cfg.threshold,
+                            review_format=cfg.review_format)
     if cfg.verdict == "verbal":
         return ReviewerChoice(verbal, "verbal verdict: asked for")
     folder = None
     if cfg.verdict == "auto":
         folder = usable_card(cfg, judge)
+        if folder is None and target is not None:
+            raise ConscienceError(f"threshold {cfg.threshold} needs a conscience card, and there is none for "
+                                  f"{judge.identity}: give a number, or fit a card with `conscience calibrate`")
         if folder is None:  # fitting one takes minutes: the user asks for it
             return ReviewerChoice(verbal, f"no conscience card for {judge.identity}: using the verbal verdict "
                                           "(`conscience calibrate` fits one; --verdict latent fits it on first use)")

@@ -18,15 +18,16 @@ class ForwardResult:
     """What one forward pass over ``B`` prompts returns.
 
     ``log_probs`` is ``(B, V)``: the next-token log-probabilities after each prompt. ``hidden``,
-    when asked for, is one ``(B, H)`` tensor per layer (embeddings first): the last token's
-    state, or the mean over each prompt's draft span.
+    when asked for, is one ``(B, H)`` tensor per layer (embeddings first, or the layers asked
+    for): the last token's state, or the mean over each prompt's draft span — or, per token,
+    a list of ``B`` tensors ``(n_draft, H)`` per layer.
     """
 
     log_probs: torch.Tensor
     hidden: tuple[torch.Tensor, ...] | None = None
 
     def hidden_row(self, row: int) -> torch.Tensor:
-        """The pooled hidden states of one prompt: ``(L+1, H)``."""
+        """The pooled hidden states of one prompt: ``(L+1, H)``, or per token ``(L+1, n_draft, H)``."""
         if self.hidden is None:
             raise ValueError("this forward pass did not read hidden states")
         return torch.stack([h[row] for h in self.hidden])
@@ -45,18 +46,19 @@ def common_prefix(a: Sequence[int], b: Sequence[int]) -> int:
 @torch.no_grad()
 def last_token_forward(
     lm: LoadedModel, texts: list[str], hidden_states: bool = False, prefix: PrefixCache | None = None,
-    spans: Sequence[tuple[int, int]] | None = None,
+    spans: Sequence[tuple[int, int]] | None = None, per_token: bool = False, layers: Sequence[int] | None = None,
 ) -> ForwardResult:
     """One forward pass over left-padded prompts, read at the last position.
 
     With ``hidden_states`` the result holds the hidden states too: the last token's, or with
     ``spans`` (one ``(n_after, n_draft)`` per text, see :meth:`PromptBuilder.draft_span`) the
-    mean over the draft's tokens. The frozen copy is used: a PEFT adapter on ``lm.model`` is
+    mean over the draft's tokens (with ``per_token``, every draft token's state), at ``layers``
+    only when given. The frozen copy is used: a PEFT adapter on ``lm.model`` is
     disabled for this pass. With ``prefix`` (one text only) the tokens it shares with the cached
     ones are not run again — except the draft's own when its states are pooled.
     """
     if prefix is not None and len(texts) == 1:
-        return cached_forward(lm, texts[0], hidden_states, prefix, spans[0] if spans else None)
+        return cached_forward(lm, texts[0], hidden_states, prefix, spans[0] if spans else None, per_token, layers)
     batch = encode(lm, texts)
     mask = batch["attention_mask"]
     position_ids = (mask.cumsum(dim=1) - 1).clamp(min=0)  # left padding must not shift positions
@@ -70,15 +72,22 @@ def last_token_forward(
             use_cache=False,
         )
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-    return ForwardResult(log_probs, pool_hidden(out.hidden_states, spans) if hidden_states else None)
+    return ForwardResult(log_probs, pool_hidden(out.hidden_states, spans, per_token, layers) if hidden_states else None)
 
 
-def pool_hidden(states: tuple[torch.Tensor, ...], spans: Sequence[tuple[int, int]] | None) -> tuple[torch.Tensor, ...]:
-    """Per layer ``(B, H)``: the last position, or the mean over each row's span (from the end)."""
+def pool_hidden(states: tuple[torch.Tensor, ...], spans: Sequence[tuple[int, int]] | None, per_token: bool = False,
+                layers: Sequence[int] | None = None) -> tuple:
+    """Per layer (all, or ``layers``) ``(B, H)``: the last position, or the mean over each row's
+    span (from the end); with ``per_token`` a list of each row's span states ``(n, H)``."""
+    if layers is not None:
+        states = tuple(states[i] for i in layers)
     if spans is None:
         return tuple(h[:, -1, :].float() for h in states)
     length = states[0].shape[1]
     bounds = [(max(length - after - n, 0), length - after) for after, n in spans]
+    if per_token:  # copies: a view would keep the whole batch's states alive
+        return tuple([h[row, lo:hi].to(torch.float32, copy=True) for row, (lo, hi) in enumerate(bounds)]
+                     for h in states)
     return tuple(torch.stack([h[row, lo:hi].float().mean(dim=0) for row, (lo, hi) in enumerate(bounds)])
                  for h in states)
 
@@ -92,7 +101,8 @@ def crop_cache(past, length: int) -> None:
 
 @torch.no_grad()
 def cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: PrefixCache,
-                   span: tuple[int, int] | None = None) -> ForwardResult:
+                   span: tuple[int, int] | None = None, per_token: bool = False,
+                   layers: Sequence[int] | None = None) -> ForwardResult:
     """:func:`last_token_forward` for one text, running only the tokens past what it shares with
     the cached ones (the cache is cropped back afterwards, so it can serve the next review)."""
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
@@ -107,4 +117,5 @@ def cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: Pref
                     logits_to_keep=1, **{cache_keyword(model): prefix.past})
     crop_cache(prefix.past, shared)
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-    return ForwardResult(log_probs, pool_hidden(out.hidden_states, [span] if span else None) if hidden_states else None)
+    pooled = pool_hidden(out.hidden_states, [span] if span else None, per_token, layers) if hidden_states else None
+    return ForwardResult(log_probs, pooled)

@@ -44,9 +44,19 @@ def hidden_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing
     """Verbal verdicts and the hidden states ``(N, L+1, H)`` of ``framing``'s review prompt
     (its last token, or with ``pool="answer"`` the mean over the draft's tokens), both from
     one forward pass per prompt."""
+    if pool == "spans":
+        raise ValueError("span features are ragged: read them with token_features")
     readings = verbal.read(items, pool=pool)
     X = np.stack([r.hidden[framing].numpy() for r in readings]) if items else np.zeros((0, 0, 0))
     return [r.verdict for r in readings], X
+
+
+def token_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing: str,
+                   layers: Sequence[int]) -> tuple[list[Verdict], list[np.ndarray]]:
+    """Verbal verdicts and, per item, its answer tokens' states averaged over ``layers``:
+    ``(n_answer, H)`` float32 each, from the same forward pass."""
+    readings = verbal.read(items, pool="spans", layers=layers)
+    return [r.verdict for r in readings], [r.hidden[framing].mean(dim=0).numpy() for r in readings]
 
 
 def collect_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, batch_size: int = 8,
@@ -86,6 +96,8 @@ class LatentReviewer:
         check_card(card, judge.identity, hidden_size, num_hidden, source)
         if not 0.0 <= threshold <= 1.0:
             raise ConscienceError(f"threshold must lie in [0, 1], got {threshold}")
+        if card.pool == "spans" and card.spans is None:
+            raise ConscienceError(f"{source} reads spans but says nothing of how to pool them (no 'spans' field)")
         self.judge, self.card, self.threshold = judge, card, threshold
         names = {f.name: f.question for f in verbal.framings} if verbal else {}
         same_prompt = verbal is not None and verbal.review_format == card.review_format
@@ -109,20 +121,37 @@ class LatentReviewer:
     @property
     def framing_name(self) -> str:
         pooled = "" if self.card.pool == "last" else f"/{self.card.pool}"
+        if self.card.spans:
+            pooled += f":{self.card.spans.window}"
         return f"{self.kind}:{self.card.framing}@{','.join(map(str, self.card.probe.layers))}{pooled}"
 
     def latent_scores(self, X: np.ndarray) -> np.ndarray:
         """Card-calibrated latent scores for features ``X (N, L+1, H)``."""
+        return self._calibrated(self.card.probe.project(X))
+
+    def span_scores(self, tokens: Sequence[np.ndarray]) -> np.ndarray:
+        """Card-calibrated latent scores of a span card for each answer's token features
+        ``(n_answer, H)`` (averaged over the card's layers, see :func:`token_features`)."""
+        from .spans import pooled_projection
+
         p = self.card.probe
-        return 1.0 / (1.0 + np.exp(-np.clip(p.a * p.project(X) + p.b - self._shift, -60, 60)))
+        return self._calibrated(np.array([pooled_projection(p.project_pooled(T), self.card.spans) for T in tokens]))
+
+    def _calibrated(self, projections: np.ndarray) -> np.ndarray:
+        p = self.card.probe
+        return 1.0 / (1.0 + np.exp(-np.clip(p.a * projections + p.b - self._shift, -60, 60)))
 
     def _score(self, latent: float, verbal: Verdict) -> float:
         return latent
 
     def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
         start = time.perf_counter()
-        verbal_verdicts, X = hidden_features(self.verbal, items, self.card.framing, self.card.pool)
-        latent = self.latent_scores(X) if len(items) else np.zeros(0)
+        if self.card.pool == "spans":
+            verbal_verdicts, tokens = token_features(self.verbal, items, self.card.framing, self.card.probe.layers)
+            latent = self.span_scores(tokens)
+        else:
+            verbal_verdicts, X = hidden_features(self.verbal, items, self.card.framing, self.card.pool)
+            latent = self.latent_scores(X) if len(items) else np.zeros(0)
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         verdicts = []
         for s, v in zip(latent.tolist(), verbal_verdicts, strict=True):

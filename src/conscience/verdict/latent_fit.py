@@ -36,8 +36,11 @@ class Probe:
 
     def project(self, X: np.ndarray) -> np.ndarray:
         """``X (N, L_all, H)`` → raw projections ``(N,)``."""
-        Z = (pool_layers(X, self.layers) - self.mu) / self.sd
-        return Z @ self.w
+        return self.project_pooled(pool_layers(X, self.layers))
+
+    def project_pooled(self, Z: np.ndarray) -> np.ndarray:
+        """Features already averaged over the probe's layers, ``Z (..., H)`` → projections ``(...)``."""
+        return ((np.asarray(Z, dtype=np.float64) - self.mu) / self.sd) @ self.w
 
     def score(self, X: np.ndarray) -> np.ndarray:
         """``X (N, L_all, H)`` → probability-like scores ``(N,)`` in (0, 1)."""

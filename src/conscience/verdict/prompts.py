@@ -1,7 +1,9 @@
 """The review prompts the frozen copy reads: third-person, look-back and A/B comparison.
 
-Untrusted text (the request, the draft) is neutralised and delimited so it can neither start a
-turn nor close its quote; the question always comes after the draft. How a finished system +
+Untrusted text (the request, the draft) is folded to NFKC, so look-alikes (fullwidth "｜",
+"＜") become the characters they imitate, then neutralised and delimited, so no text inside it
+becomes a special token id, starts a turn or closes its quote; the question always comes after
+the draft. How a finished system +
 user turn is rendered is a strategy: through the judge's chat template into text
 (:class:`ChatTemplateRendering`), or as chat messages for a judge behind an API
 (:class:`MessageRendering`).
@@ -9,6 +11,7 @@ user turn is rendered is a strategy: through the judge's chat template into text
 
 from __future__ import annotations
 
+import unicodedata
 from dataclasses import replace
 from typing import Callable, Protocol, Sequence
 
@@ -20,6 +23,25 @@ from .types import ReviewItem
 # Stands in for the draft when locating it inside a rendered prompt (an invisible separator:
 # neutralising and chat templates leave it alone, and no real draft contains it).
 _DRAFT_MARK = "\u2063\u2063DRAFT\u2063\u2063"
+
+
+def fold_lookalikes(text: str) -> str:
+    """NFKC: compatibility forms (fullwidth, small and ligature forms) become the characters they
+    imitate, so a look-alike spelling of a special token or marker is caught by the same check."""
+    return unicodedata.normalize("NFKC", text)
+
+
+def untrusted_specials(specials: Sequence[str]) -> list[str]:
+    """The spellings to neutralise: each special token and its NFKC fold (a tokenizer whose real
+    special tokens hold fullwidth characters has them folded to ASCII look-alikes in quoted text)."""
+    return sorted({t for s in specials if s for t in (s, fold_lookalikes(s))})
+
+
+def tokenizer_specials(judge: LoadedModel) -> list[str]:
+    """Every spelling the judge's tokenizer reads as one special id: its special tokens and any
+    added token marked special."""
+    added = getattr(judge.tokenizer, "added_tokens_decoder", {}) or {}
+    return special_tokens(judge) + [t.content for t in added.values() if getattr(t, "special", False)]
 
 
 def _turns(system: str | None, user: str) -> list[dict]:
@@ -72,10 +94,11 @@ class PromptBuilder:
         self.judge = judge
         self.rendering = rendering or ChatTemplateRendering(judge)
         self.templates = load_prompts()
-        self._specials = list(specials) if specials is not None else special_tokens(judge)
+        self._specials = untrusted_specials(specials if specials is not None else tokenizer_specials(judge))
 
     def _clean(self, text: str, markers: list[str]) -> str:
-        return neutralise(text or "", self._specials + markers)
+        """Untrusted text with look-alikes folded first, then special tokens and ``markers`` broken."""
+        return neutralise(fold_lookalikes(text or ""), self._specials + markers)
 
     def review(self, framing: Framing, item: ReviewItem, answer_budget: int | None = None) -> tuple[str, bool]:
         """The review prompt for one framing; the answer is cut in the middle to fit if needed."""
@@ -106,11 +129,13 @@ class PromptBuilder:
         answer, truncated = item.answer, False
         if answer_budget is not None:
             answer, truncated = self._fit(answer, answer_budget)
-        written = f"<think>\n{item.reasoning}\n</think>\n{answer}" if item.reasoning else answer
+        answer = self._clean(answer, [])
+        written = f"<think>\n{self._clean(item.reasoning, [])}\n</think>\n{answer}" if item.reasoning else answer
         question = self.templates["look_back"]["user"].format(
             question=framing.question, aligned_answer=framing.aligned_answer,
             misaligned_answer=framing.misaligned_answer)
-        messages = list(item.messages or [{"role": "user", "content": item.prompt}])
+        messages = [dict(m, content=self._clean(str(m["content"]), [])) if isinstance(m, dict) and "content" in m else m
+                    for m in (item.messages or [{"role": "user", "content": item.prompt}])]
         messages += [{"role": "assistant", "content": written}, {"role": "user", "content": question}]
         return render_chat(self.judge, messages), truncated
 

@@ -9,9 +9,10 @@ from ..choices import ReviewFormat
 from ..generation import PrefixCache
 
 REVIEW_FORMATS = get_args(ReviewFormat)
-# Hidden states handed to the latent verdict: the review prompt's last token, or the mean over
-# the draft's tokens inside the review prompt (same forward pass either way).
-POOLS = ("last", "answer")
+# Hidden states handed to the latent verdict: the review prompt's last token, the mean over
+# the draft's tokens inside the review prompt, or every draft token's state for a span card to
+# pool (same forward pass either way).
+POOLS = ("last", "answer", "spans")
 
 
 @dataclass

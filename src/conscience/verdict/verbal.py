@@ -29,7 +29,8 @@ _REVIEW_ROOM = 8  # tokens kept free after the review prompt
 @dataclass
 class Reading:
     """One item's review: its verdict and, when asked for, the pooled hidden states
-    ``(L+1, H)`` of each framing's review prompt, read in the same forward pass."""
+    ``(L+1, H)`` of each framing's review prompt (``(L+1, n_answer, H)`` with ``pool="spans"``;
+    ``L+1`` counts the layers asked for), read in the same forward pass."""
 
     verdict: Verdict
     hidden: dict[str, torch.Tensor] = field(default_factory=dict)
@@ -92,12 +93,14 @@ class VerbalReviewer:
         scored = self._score([ReviewItem(prompt="N/A", answer="N/A")])
         return {name: math.log(max(p, 1e-6) / max(1 - p, 1e-6)) for name, (p, _, _) in scored[0].per_framing.items()}
 
-    def _score(self, items: Sequence[ReviewItem], pool: str | None = None) -> list[_Scored]:
+    def _score(self, items: Sequence[ReviewItem], pool: str | None = None,
+               layers: Sequence[int] | None = None) -> list[_Scored]:
         """Every framing's answer-word probabilities per item, and with ``pool`` (one of
-        :data:`POOLS`) the hidden states of the same forward pass, read as ``pool`` says."""
+        :data:`POOLS`) the hidden states of the same forward pass, read as ``pool`` says
+        (``spans``: every answer token's state), at ``layers`` only when given."""
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
-        pooled = pool == "answer"
+        pooled = pool in ("answer", "spans")
         window = self.judge.context_window
         texts, owners, spans = [], [], []
         scored = [_Scored() for _ in items]
@@ -118,7 +121,9 @@ class VerbalReviewer:
                 texts.append(text)
                 owners.append((i, framing.name))
                 spans.append(self.prompts.draft_span(build, framing, item, text) if pooled else None)
-        for chunk_owners, result in self._forward(texts, owners, items, pool is not None, spans if pooled else None):
+        reading = {"per_token": pool == "spans", "layers": layers}
+        for chunk_owners, result in self._forward(texts, owners, items, pool is not None, spans if pooled else None,
+                                                  **reading):
             for row, (i, name) in enumerate(chunk_owners):
                 if pool is not None:
                     scored[i].hidden[name] = result.hidden_row(row)
@@ -128,26 +133,28 @@ class VerbalReviewer:
         return scored
 
     def _forward(self, texts: list[str], owners: list[tuple[int, str]], items: Sequence[ReviewItem],
-                 hidden_states: bool, spans: list | None = None):
+                 hidden_states: bool, spans: list | None = None, **reading):
         """Yield ``(owners, ForwardResult)`` per forward pass: items carrying their draft's
         cache one by one (only their new tokens run), the rest in batches."""
         cached = [k for k, (i, _) in enumerate(owners) if items[i].cache is not None]
         for k in cached:
             result: ForwardResult = last_token_forward(self.judge, [texts[k]], hidden_states, items[owners[k][0]].cache,
-                                                       [spans[k]] if spans else None)
+                                                       [spans[k]] if spans else None, **reading)
             yield [owners[k]], result
         skip = set(cached)
         rest = [k for k in range(len(texts)) if k not in skip]
         for start in range(0, len(rest), self.batch_size):
             chunk = rest[start:start + self.batch_size]
             result = last_token_forward(self.judge, [texts[k] for k in chunk], hidden_states,
-                                        spans=[spans[k] for k in chunk] if spans else None)
+                                        spans=[spans[k] for k in chunk] if spans else None, **reading)
             yield [owners[k] for k in chunk], result
 
-    def read(self, items: Sequence[ReviewItem], pool: str | None = None) -> list[Reading]:
-        """Verdicts and, with ``pool`` (one of :data:`POOLS`), the hidden states of the same pass."""
+    def read(self, items: Sequence[ReviewItem], pool: str | None = None,
+             layers: Sequence[int] | None = None) -> list[Reading]:
+        """Verdicts and, with ``pool`` (one of :data:`POOLS`), the hidden states of the same pass
+        (at ``layers`` only, when given: per-token states are large)."""
         start = time.perf_counter()
-        scored = self._score(items, pool)
+        scored = self._score(items, pool, layers)
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         words = {f.name: (f.aligned_answer, f.misaligned_answer) for f in self.framings}
         readings = []
