@@ -24,7 +24,7 @@ Scenario = Literal["code-hacking", "bad-advice", "recover"]
 Preset = Literal["cpu", "gpu"]
 ProbeMetric = Literal["drift", "misaligned_rate", "misalignment"]
 SCENARIOS, PRESETS = get_args(Scenario), get_args(Preset)
-PROBE_METRICS, DRIFT_SPLITS = get_args(ProbeMetric), get_args(DriftSplit)
+PROBE_METRICS = get_args(ProbeMetric)
 #: base: no fine-tune; control: the task's matched aligned data (secure code, sound advice), lam 0;
 #: sft: the task, lam 0; conscience: the task with the conscience term (lam). The peers are SFT plus
 #: one method each at its top-level setting: kl (kl_coef), inoculation (a training-only system

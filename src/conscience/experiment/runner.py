@@ -67,8 +67,8 @@ def prepare_out(cfg: ExperimentConfig, out: Path, command: str, force: bool) -> 
                               "choose another --out, or pass --force to rebuild its report from the finished stages")
     if marker.exists():
         previous = json.loads(marker.read_text(encoding="utf-8"))
-        if _differs(previous.get("config", {}), info["config"]):
-            changed = _differs(previous.get("config", {}), info["config"])
+        changed = _differs(previous.get("config", {}), info["config"])
+        if changed:
             raise ConscienceError(f"{out} holds an experiment with another config (differs in {changed}); "
                                   "resume it with the same settings or choose another --out")
         log(f"resuming the experiment in {out}")
