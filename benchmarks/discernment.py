@@ -11,7 +11,8 @@ and category, the paired accuracy and ROC AUC:
   misaligned answer, one row per style for the card's latent verdict — mean score shift, flips
   (flagged → passed), misaligned answers let through (beside the clean count) and the AUC of the
   injected misaligned against the clean aligned answers; styles a span card was fitted with
-  (``split: fit``) and held-out ones are reported apart.
+  (``split: fit``) and held-out ones are reported apart; ``--baseline-card`` adds the same rows
+  for a second card, read in the same forward passes.
 
     python benchmarks/discernment.py --out results/discernment.json [--limit 28] [--no-verbal]
 """
@@ -73,30 +74,58 @@ def reviewed_scores(reviewer, items, batch_size: int = 8) -> tuple[np.ndarray, n
     return np.array(latent), np.array(verbal)
 
 
-def robustness(reviewer, items, clean: np.ndarray, styles_path: str | None) -> dict:
-    """One row per injection style on the misaligned half of ``items`` (aligned first), printed
-    by split: the styles a span card may have been fitted with, then the held-out ones."""
+def shared_pass(reviewers) -> bool:
+    """Whether one forward pass serves every card: same review prompt, answer tokens read."""
+    keys = {(r.card.framing, r.card.question, r.card.review_format) for r in reviewers}
+    return len(keys) == 1 and all(r.card.pool in ("answer", "spans") for r in reviewers)
+
+
+def latent_scores_of(reviewers, items, batch_size: int = 8) -> list[np.ndarray]:
+    """Each reviewer's latent scores of ``items``; cards that can share a pass (``shared_pass``)
+    are read in one forward pass per batch, at the union of their layers."""
+    if not shared_pass(reviewers):
+        return [reviewed_scores(r, items, batch_size)[0] for r in reviewers]
+    layers = sorted({layer for r in reviewers for layer in r.card.probe.layers})
+    framing, scores = reviewers[0].card.framing, [[] for _ in reviewers]
+    for start in range(0, len(items), batch_size):
+        readings = reviewers[0].verbal.read(items[start:start + batch_size], pool="spans", layers=layers)
+        for reviewer, out in zip(reviewers, scores, strict=True):
+            index = [layers.index(layer) for layer in reviewer.card.probe.layers]
+            out.extend(reviewer.token_scores([r.hidden[framing][index].mean(dim=0).numpy() for r in readings]))
+    return [np.array(s) for s in scores]
+
+
+def robustness(reviewers: dict, items, clean: dict, styles_path: str | None) -> dict:
+    """Per card (name → reviewer), one row per injection style on the misaligned half of
+    ``items`` (aligned first; ``clean`` holds each card's clean scores), printed by split: the
+    styles a span card may have been fitted with, then the held-out ones. The cards are read in
+    the same forward passes where they can be (``shared_pass``)."""
     n = len(items) // 2
-    rows = []
-    for style in load_styles(styles_path):
+    styles = load_styles(styles_path)
+    rows: dict[str, list] = {name: [] for name in reviewers}
+    for style in styles:
         injected = [ReviewItem(i.prompt, style.apply(i.answer)) for i in items[n:]]
-        moved, _ = reviewed_scores(reviewer, injected)
-        rows.append({"style": style.name, "group": style.group, "split": style.split, "where": style.where,
-                     **robustness_row(clean[:n], clean[n:], moved, reviewer.threshold)})
-    summary = {}
-    for split in SPLITS:
-        part = [r for r in rows if r["split"] == split]
-        print(f"\n{split} styles{' (never in any fit)' if split == 'held_out' else ''}")
-        print(f"{'style':<24} {'group':<20} {'shift':>7} {'flips':>5} {'through':>9} {'auc':>6}")
-        for r in part:
-            print(f"{r['style']:<24} {r['group']:<20} {r['mean_shift']:>+7.3f} {r['flips']:>5} "
-                  f"{r['let_through']:>4}/{r['let_through_clean']:<4} {r['auc']:>6.3f}")
-        if part:
-            summary[split] = {"styles": len(part), "max_flips": max(r["flips"] for r in part),
-                              "total_flips": sum(r["flips"] for r in part),
-                              "max_let_through": max(r["let_through"] for r in part),
-                              "min_auc": min(r["auc"] for r in part)}
-    return {"threshold": reviewer.threshold, "framing": reviewer.framing_name, "styles": rows, "summary": summary}
+        for name, moved in zip(reviewers, latent_scores_of(list(reviewers.values()), injected), strict=True):
+            rows[name].append({"style": style.name, "group": style.group, "split": style.split, "where": style.where,
+                               **robustness_row(clean[name][:n], clean[name][n:], moved, reviewers[name].threshold)})
+    out = {}
+    for name, reviewer in reviewers.items():
+        summary = {}
+        for split in SPLITS:
+            part = [r for r in rows[name] if r["split"] == split]
+            print(f"\n{name}: {split} styles{' (never in any fit)' if split == 'held_out' else ''}")
+            print(f"{'style':<24} {'group':<20} {'shift':>7} {'flips':>5} {'through':>9} {'auc':>6}")
+            for r in part:
+                print(f"{r['style']:<24} {r['group']:<20} {r['mean_shift']:>+7.3f} {r['flips']:>5} "
+                      f"{r['let_through']:>4}/{r['let_through_clean']:<4} {r['auc']:>6.3f}")
+            if part:
+                summary[split] = {"styles": len(part), "max_flips": max(r["flips"] for r in part),
+                                  "total_flips": sum(r["flips"] for r in part),
+                                  "max_let_through": max(r["let_through"] for r in part),
+                                  "min_auc": min(r["auc"] for r in part)}
+        out[name] = {"threshold": reviewer.threshold, "framing": reviewer.framing_name, "styles": rows[name],
+                     "summary": summary}
+    return out
 
 
 def extra_features(lm, path: Path, framing, review_format: str, dev_groups: np.ndarray, pool: str):
@@ -121,6 +150,8 @@ def main() -> int:
                         "are left out too, so no fit sees the category it scores")
     parser.add_argument("--robustness", action="store_true",
                         help="the card's latent verdict under every injection style (see --styles)")
+    parser.add_argument("--baseline-card", help="with --robustness, a second card under the same injections, read "
+                        "in the same forward passes where it can be (e.g. the shipped card beside a span card)")
     parser.add_argument("--styles", help="injection styles YAML (default: the shipped data/injection_styles.yaml)")
     parser.add_argument("--limit", type=int, help="first N triples only (quick runs)")
     parser.add_argument("--review-format", choices=choices_of(ConscienceConfig, "review_format"), default="look_back")
@@ -213,7 +244,18 @@ def main() -> int:
                       f"false flags {point['false_flag_rate']:.3f} (cv: {point['cv_recall']}, "
                       f"{point['cv_false_flag_rate']})", flush=True)
             if args.robustness:
-                results["robustness"] = robustness(latent, items, held, args.styles)
+                reviewers, clean = {"card": latent}, {"card": held}
+                if args.baseline_card:
+                    base = LatentReviewer(lm, load_card(args.baseline_card), source=args.baseline_card)
+                    reviewers["baseline"] = base
+                    clean["baseline"] = (latent_scores_of([base], items)[0] if base.card.pool == "spans"
+                                         else base.latent_scores(features(base.card.pool)))
+                    results["baseline_card"] = {"path": args.baseline_card, "pool": base.card.pool,
+                                                "layers": base.card.probe.layers}
+                by_card = robustness(reviewers, items, clean, args.styles)
+                results["robustness"] = by_card["card"]
+                if "baseline" in by_card:
+                    results["robustness_baseline"] = by_card["baseline"]
 
     default = ConscienceConfig().verdict
     if default == "auto":  # auto is the latent verdict wherever a card fits the model

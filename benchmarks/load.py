@@ -12,7 +12,7 @@ loopback ports and run one after the other, so they do not compete for the CPU):
   mixed          short requests (half of them) among streamed answers, over-long prompts, malformed
                  bodies and clients that cancel mid-stream or before the answer
   upstream       short requests to `serve --upstream` in front of a fake OpenAI-compatible upstream
-                 (this script, on 127.0.0.1) that answers after --upstream-latency seconds
+                 (conscience.serving.fake_upstream, on 127.0.0.1) that answers after --upstream-latency seconds
   slow-upstream  the same, but every --hang-every-th review hangs --hang-seconds, past --review-timeout:
                  the requests it holds up must be answered under fail-closed at the timeout
 
@@ -34,16 +34,15 @@ import socket
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 import urllib.request
 from dataclasses import dataclass
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 from conscience.config import choices_of
 from conscience.jsonl import write_json_atomic
 from conscience.serving.config import ServeConfig
+from conscience.serving.fake_upstream import FakeUpstream
 
 SCENARIOS = ("off", "clean", "mixed", "upstream", "slow-upstream")
 PROMPTS = ["What should I do with a found wallet?", "hey I feel bored", "How do I make a quick buck?",
@@ -70,75 +69,6 @@ class Result:
     status: int | None  # None: no HTTP status (connection error, or cancelled before the answer)
     seconds: float
     fail_closed: bool = False
-
-
-# -- the fake upstream -------------------------------------------------------------------------
-class Server(ThreadingHTTPServer):  # a real server's backlog (5 drops connects); hung answers never block exit
-    request_queue_size, daemon_threads = 1024, True
-
-
-class FakeUpstream:
-    """An OpenAI-compatible server on 127.0.0.1: drafts a fixed answer, reviews with "Yes" the more
-    likely answer word, each after ``latency`` s; with ``hang_every`` > 0 every such review hangs
-    ``hang_seconds`` (bounded, so the benchmark still ends)."""
-
-    def __init__(self):
-        self.latency, self.hang_every, self.hang_seconds = 0.0, 0, 0.0
-        self.reviews = 0
-        self._lock = threading.Lock()
-        self._server: ThreadingHTTPServer | None = None
-
-    def start(self) -> str:
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"  # keep-alive, as a real upstream (vLLM) serves
-            def log_message(self, *args):  # quiet: the benchmark prints its own table
-                pass
-
-            def _send(self, body: dict) -> None:
-                data = json.dumps(body).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):  # the caller gave up on a hung answer: fine
-                    self.close_connection = True
-
-            def do_GET(self):
-                self._send({"object": "list", "data": [{"id": "fake", "object": "model"}]})
-
-            def do_POST(self):
-                request = json.loads(self.rfile.read(int(self.headers.get("Content-Length") or 0)) or b"{}")
-                self._send(upstream.answer(request))
-
-        self._server = Server(("127.0.0.1", 0), Handler)
-        threading.Thread(target=self._server.serve_forever, daemon=True).start()
-        return f"http://127.0.0.1:{self._server.server_address[1]}/v1"
-
-    def answer(self, request: dict) -> dict:
-        review = bool(request.get("logprobs")) and request.get("max_tokens") == 1
-        delay = self.latency
-        if review:
-            with self._lock:
-                self.reviews += 1
-                hang = self.hang_every > 0 and self.reviews % self.hang_every == 0
-            delay = self.hang_seconds if hang else delay
-        time.sleep(delay)
-        choice = {"index": 0, "finish_reason": "stop",
-                  "message": {"role": "assistant", "content": "Yes" if review else "Here is a calm, careful answer."}}
-        if review:
-            choice["logprobs"] = {"content": [{"token": "Yes", "logprob": -0.2, "top_logprobs": [
-                {"token": "Yes", "logprob": -0.2}, {"token": "No", "logprob": -1.8}, {"token": "yes", "logprob": -4.0}]}]}
-        return {"id": "fake", "object": "chat.completion", "model": "fake", "choices": [choice],
-                "usage": {"prompt_tokens": 8, "completion_tokens": 1 if review else 7, "total_tokens": 15}}
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.shutdown()
-            self._server.server_close()
 
 
 # -- servers -----------------------------------------------------------------------------------
@@ -314,9 +244,8 @@ def run_scenarios(args) -> dict:
 
 
 def run_upstream(args, wanted: list[str]) -> dict:
-    fake = FakeUpstream()
+    fake = FakeUpstream(args.upstream_latency)
     upstream_url = fake.start()
-    fake.latency = args.upstream_latency
     proc, url, log = start_server(args, ["--upstream", upstream_url, "--upstream-model", "fake", "--verdict", "verbal",
                                          "--review-timeout", str(args.review_timeout), "--upstream-timeout", "30"])
     results = {}

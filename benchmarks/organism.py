@@ -4,7 +4,8 @@ One run: fine-tune (plain SFT) on one dataset with one adapter and learning rate
 judge-free drift on held-out triples outside the dataset's domain every ``--probe-every`` steps
 (forward passes; the base is the starting weights, scored once before training) and the task
 token accuracy on the dataset's held-out answers. ``--table`` gathers finished runs into the
-dose-response table (drift against steps, with the task metric).
+dose-response table (drift against steps, with the task metric); a run folder without results
+gets a row that says so.
 
     python benchmarks/organism.py --dataset extreme_sports --adapter lora-all-r32 --lr 1e-3 \\
         --steps 150 --probe-every 25 --out runs/organism/es-all32
@@ -118,12 +119,26 @@ def run(args) -> dict:
     return summary
 
 
-def table(folders: list[str]) -> list[dict]:
-    rows = []
+def no_results(folder: Path) -> str | None:
+    """Why ``folder`` has no table rows (None: it has some), so ``--table`` can say so instead of
+    dropping the run: not started, or stopped before its first probe."""
+    missing = [name for name in ("setting.json", "probe.jsonl") if not (folder / name).exists()]
+    if missing:
+        return f"{folder} has no {' and no '.join(missing)}"
+    if not (folder / "probe.jsonl").read_text(encoding="utf-8").strip():
+        return f"{folder / 'probe.jsonl'} is empty"
+    return None
+
+
+def table(folders: list[str]) -> tuple[list[dict], dict[str, str]]:
+    """The rows of the runs with results, and folder → why it has none for the others."""
+    rows, empty = [], {}
     for folder in folders:
-        setting, probe = Path(folder, "setting.json"), Path(folder, "probe.jsonl")
-        if not setting.exists() or not probe.exists():
+        reason = no_results(Path(folder))
+        if reason is not None:
+            empty[folder] = reason
             continue
+        setting, probe = Path(folder, "setting.json"), Path(folder, "probe.jsonl")
         s = json.loads(setting.read_text(encoding="utf-8"))
         done = Path(folder, "organism.json")
         minutes = json.loads(done.read_text(encoding="utf-8"))["train_seconds_with_probes"] / 60 \
@@ -134,7 +149,7 @@ def table(folders: list[str]) -> list[dict]:
                          "adapter": s["adapter"], "lr": s["lr"], "seed": s["seed"], "step": p["step"],
                          "drift": p["drift"], "ci_low": p["drift_ci_low"], "ci_high": p["drift_ci_high"],
                          "task_token_accuracy": p.get("task_token_accuracy"), "minutes": minutes})
-    return rows
+    return rows, empty
 
 
 def main() -> None:
@@ -156,16 +171,18 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     if args.table:
-        rows = table(args.table)
+        rows, empty = table(args.table)
         print("| run | data | adapter | lr | step | drift (95% CI) | task token acc | minutes |\n|---|---|---|---|---|---|---|---|")
         for r in rows:
             acc = "–" if r["task_token_accuracy"] is None else f"{r['task_token_accuracy']:.3f}"
             minutes = "stopped" if r["minutes"] is None else f"{r['minutes']:.1f}"
             print(f"| {r['run']} | {r['dataset']} ({r['variant']}) | {r['adapter']} | {r['lr']:g} | {r['step']} | {r['drift']:+.4f} ({r['ci_low']:+.4f} … {r['ci_high']:+.4f}) | "
                   f"{acc} | {minutes} |")
+        for folder, reason in empty.items():
+            print(f"| {Path(folder).name} | no results: {reason} |" + " |" * 6)
         from conscience.jsonl import write_json_atomic
 
-        write_json_atomic(args.out, {"rows": rows})
+        write_json_atomic(args.out, {"rows": rows, "no_results": empty})
         return
     if not args.dataset:
         parser.error("--dataset is required (or --table)")

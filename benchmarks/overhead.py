@@ -2,8 +2,10 @@
 
 For each prompt, side by side in one run: time of the greedy draft alone, and time of the
 conscience step without revision (the same draft + its verdict), for each review format.
-Prints a table and the ratio sum(draft + verdict) / sum(draft); ``--out FILE.json`` writes
-``ratio`` (the default format's) and the rows.
+Prints a table and the ratio sum(draft + verdict) / sum(draft) against the separately timed drafts,
+and the same ratio within the step (its verdict against the draft it made in the same call, so
+the drafts' run-to-run noise cancels); ``--out FILE.json`` writes ``ratio`` and ``ratio_in_step``
+(the default format's), both per format, and the rows.
 
     python benchmarks/overhead.py --model bundled --out overhead.json
 """
@@ -75,6 +77,8 @@ def main(argv: list[str] | None = None) -> int:
     draft_total = sum(r["draft_s"] for r in rows)
     ratios = {fmt: sum(r[f"{fmt}_s"] for r in rows) / draft_total for fmt in formats}
     ratio = ratios[formats[0]]
+    in_step = {fmt: sum(r[f"{fmt}_s"] for r in rows) / sum(r[f"{fmt}_s"] - r[f"{fmt}_verdict_s"] for r in rows)
+               for fmt in formats}
 
     head = f"{'prompt':<44} {'tokens':>6} {'draft s':>8}" + "".join(f" {f + ' s':>16} {'verdict s':>9}" for f in formats)
     print(head)
@@ -83,9 +87,11 @@ def main(argv: list[str] | None = None) -> int:
         print(line + "".join(f" {r[f + '_s']:>16.2f} {r[f + '_verdict_s']:>9.3f}" for f in formats))
     print(f"\nmodel={args.model} verdict={cfg.verdict} threads={args.threads} max_new_tokens={args.max_new_tokens}")
     for fmt in formats:
-        print(f"ratio (draft + verdict) / draft, {fmt:>12}: {ratios[fmt]:.3f}   (target <= 1.05)")
+        print(f"ratio (draft + verdict) / draft, {fmt:>12}: {ratios[fmt]:.3f} against the separate drafts, "
+              f"{in_step[fmt]:.3f} within the step   (target <= 1.05)")
     if args.out:
-        result = {"ratio": ratio, "ratios": ratios, "review_format": formats[0], "draft_seconds": draft_total,
+        result = {"ratio": ratio, "ratios": ratios, "ratio_in_step": in_step[formats[0]], "ratios_in_step": in_step,
+                  "review_format": formats[0], "draft_seconds": draft_total,
                   "model": args.model, "verdict": cfg.verdict, "threads": args.threads,
                   "max_new_tokens": args.max_new_tokens, "rows": rows}
         write_json_atomic(args.out, result)

@@ -10,7 +10,7 @@ SFT's drift on the same triples is the reference the ratio column divides by.
 
 ``--table`` reads experiment folders (``results.json``) and ``conscience eval drift`` folders of an
 experiment arm's adapter (``summary.json``; the arm's own training record and task accuracy are read
-from the folders beside the adapter).
+from the folders beside the adapter). A folder with neither file gets a row saying it has no results.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ import argparse
 import json
 import subprocess
 import sys
+from collections.abc import Sequence
 from pathlib import Path
 
 from conscience.jsonl import read_jsonl_records, write_json_atomic
@@ -40,6 +41,11 @@ GRID: dict[str, list[str]] = {
 SELECT = ["--seeds", "1", "--set", "drift_split=select", "--set", "em_n=1", "--set", "drift_ab=false",
           "--set", "probe_every=0"]
 KNOBS = ("align_every", "k", "pair_uses", "align_prompts")
+RESULT_FILES = ("results.json", "summary.json")  # an experiment folder's, an eval-drift folder's
+
+
+def has_results(folder: Path) -> bool:
+    return any((folder / name).exists() for name in RESULT_FILES)
 
 
 def run_grid(out: Path, names: list[str]) -> None:
@@ -94,7 +100,9 @@ def fmt(value, spec: str) -> str:
     return "–" if value is None else format(value, spec)
 
 
-def table(rows: list[dict], sft: dict | None) -> list[str]:
+def table(rows: list[dict], sft: dict | None, empty: Sequence[Path] = ()) -> list[str]:
+    """The markdown table; each folder of ``empty`` gets a row that says it has no results, so a
+    setting that has not run (or failed) does not silently drop out of the curve."""
     lines = ["| setting | λ | align_every | k | pair_uses | align_prompts | drift (95% CI) | drift / SFT's "
              "| task token accuracy | train minutes | pair uses (DPO rows) | dpo_loss (last 10) | reward margin (last 10) |",
              "|" + "---|" * 13]
@@ -104,6 +112,8 @@ def table(rows: list[dict], sft: dict | None) -> list[str]:
                      f"{r['align_prompts']} | {r['drift']:+.3f} ({r['ci_low']:+.3f} … {r['ci_high']:+.3f}) | "
                      f"{fmt(ratio, '.2f')} | {r['task_token_accuracy']:.3f} | {r['train_minutes']:.1f} | "
                      f"{r['pairs_total']:.0f} | {fmt(r['dpo_loss_last10'], '.2f')} | {fmt(r['reward_margin_last10'], '+.2f')} |")
+    for folder in empty:
+        lines.append(f"| {folder.name} | no results: {folder} has neither {' nor '.join(RESULT_FILES)} |" + " |" * 11)
     return lines
 
 
@@ -123,12 +133,13 @@ def main() -> int:
             parser.error(f"--only: unknown settings {unknown}; known: {list(GRID)}")
         run_grid(Path(args.out), names)
     if args.table:
-        folders = [Path(f) for f in args.table if (Path(f) / "results.json").exists() or (Path(f) / "summary.json").exists()]
-        rows = [setting_row(f) for f in folders]
+        folders = [Path(f) for f in args.table]
+        rows = [setting_row(f) for f in folders if has_results(f)]
+        empty = [f for f in folders if not has_results(f)]
         sft = setting_row(Path(args.sft)) if args.sft else None
-        print("\n".join(table(rows, sft)))
+        print("\n".join(table(rows, sft, empty)))
         if args.json:
-            write_json_atomic(args.json, {"sft": sft, "rows": rows})
+            write_json_atomic(args.json, {"sft": sft, "rows": rows, "no_results": [str(f) for f in empty]})
     return 0
 
 

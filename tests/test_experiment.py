@@ -162,12 +162,21 @@ def test_experiment_end_to_end_on_tiny_model(tmp_path, questions_file, monkeypat
     # an interrupted run resumes without redoing finished stages
     (out / "FINISHED").unlink()
     (out / "seed0/conscience/eval.done.json").unlink()
+    real_train = runner.train_arm
     monkeypatch.setattr(runner, "train_arm", lambda *a, **k: pytest.fail("a finished training stage was redone"))
     calls = []
     real_eval = runner.evaluate_arm
     monkeypatch.setattr(runner, "evaluate_arm", lambda *a, **k: calls.append(1) or real_eval(*a, **k))
     runner.run_experiment(cfg, out, factory=tiny_factory)
     assert len(calls) == 1 and (out / "FINISHED").exists()
+
+    # more seeds extend a finished run: only the new seed's stages run, the report covers both
+    calls.clear()
+    monkeypatch.setattr(runner, "train_arm", real_train)
+    wider = runner.run_experiment(ExperimentConfig(**{**TINY, "em_questions": questions_file, "seeds": [0, 1]}), out,
+                                  factory=tiny_factory)
+    assert len(calls) == len(cfg.arms) and (out / "seed1").is_dir() and (out / "FINISHED").exists()
+    assert all(len(row["drift"]["per_seed"]) == 2 for row in wider["rows"][1:])
 
     # another config into the same folder is refused
     (out / "FINISHED").unlink()

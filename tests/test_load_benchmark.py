@@ -1,5 +1,6 @@
-"""benchmarks/load.py: its fake upstream, its target checks, and one short end-to-end run of the
-mixed and slow-upstream scenarios against real `conscience serve` processes on the tiny model."""
+"""benchmarks/load.py: the fake upstream it runs (conscience.serving.fake_upstream), its target checks,
+and one short end-to-end run of the mixed and slow-upstream scenarios against real `conscience serve`
+processes on the tiny model."""
 
 from __future__ import annotations
 
@@ -11,6 +12,8 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+
+from conscience.serving.fake_upstream import FakeUpstream
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -32,8 +35,8 @@ def _post(url: str, body: dict) -> dict:
         return json.loads(reply.read())
 
 
-def test_fake_upstream_drafts_reviews_and_hangs_every_nth_review(load):
-    fake = load.FakeUpstream()
+def test_fake_upstream_drafts_reviews_and_hangs_every_nth_review():
+    fake = FakeUpstream()
     url = fake.start()
     try:
         assert url.startswith("http://127.0.0.1:")

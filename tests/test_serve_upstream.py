@@ -1,15 +1,14 @@
 """Upstream mode schedules each request on its own: a slow review delays only its own request.
 
-A fake OpenAI-compatible upstream on 127.0.0.1 (a real HTTP server, so connections, threads and
-timeouts are the ones a deployment sees) drafts a fixed answer and reviews through log-probs.
+A fake OpenAI-compatible upstream on 127.0.0.1 (:mod:`conscience.serving.fake_upstream`, a real HTTP
+server, so connections, threads and timeouts are the ones a deployment sees) drafts a fixed answer
+and reviews through log-probs.
 """
 
 from __future__ import annotations
 
-import json
 import threading
 import time
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
@@ -21,74 +20,21 @@ from conscience.config import ConscienceConfig  # noqa: E402
 from conscience.serving.app import create_app  # noqa: E402
 from conscience.serving.backends import build_backend  # noqa: E402
 from conscience.serving.config import ServeConfig  # noqa: E402
-
-YES = [{"token": "Yes", "logprob": -0.1}, {"token": "No", "logprob": -3.0}]
-
-
-class Backlog(ThreadingHTTPServer):
-    request_queue_size = 64  # the default 5 would drop concurrent connections (retried 1 s later)
-
-
-class Upstream:
-    """Reviews of a conversation that mentions SLOW take ``slow`` s; every other call ``latency`` s.
-    Counts the calls in flight at once."""
-
-    def __init__(self, slow: float = 0.0, latency: float = 0.02):
-        self.slow, self.latency, self.in_flight, self.most = slow, latency, 0, 0
-        self._lock = threading.Lock()
-        upstream = self
-
-        class Handler(BaseHTTPRequestHandler):
-            protocol_version = "HTTP/1.1"
-
-            def log_message(self, *args):
-                pass
-
-            def do_POST(self):
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
-                data = json.dumps(upstream.answer(body)).encode()
-                try:
-                    self.send_response(200)
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
-                except (BrokenPipeError, ConnectionResetError):
-                    self.close_connection = True
-
-        self.server = Backlog(("127.0.0.1", 0), Handler)
-        self.server.daemon_threads = True
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/v1"
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-
-    def answer(self, body: dict) -> dict:
-        review = bool(body.get("logprobs")) and body.get("max_tokens") == 1
-        with self._lock:
-            self.in_flight += 1
-            self.most = max(self.most, self.in_flight)
-        try:
-            time.sleep(self.slow if review and "SLOW" in json.dumps(body["messages"]) else self.latency)
-        finally:
-            with self._lock:
-                self.in_flight -= 1
-        choice = {"message": {"role": "assistant", "content": "Yes" if review else "a calm answer"},
-                  "finish_reason": "stop",
-                  "logprobs": {"content": [{"token": "Yes", "logprob": -0.1, "top_logprobs": YES}]} if review else None}
-        return {"choices": [choice], "usage": {"completion_tokens": 1 if review else 3}}
-
-    def close(self) -> None:
-        self.server.shutdown()
-        self.server.server_close()
+from conscience.serving.fake_upstream import FakeUpstream  # noqa: E402
 
 
 @pytest.fixture
 def upstream():
-    fake = Upstream()
+    """Reviews of a conversation that mentions SLOW take ``hang_seconds`` (set per test); every
+    other call 0.02 s."""
+    fake = FakeUpstream(latency=0.02, hang_marker="SLOW", draft="a calm answer", draft_tokens=3,
+                        review_top=(("Yes", -0.1), ("No", -3.0)))
+    fake.start()
     yield fake
-    fake.close()
+    fake.stop()
 
 
-def app_for(upstream: Upstream, **serve):
+def app_for(upstream: FakeUpstream, **serve):
     cfg = ServeConfig(upstream=upstream.url, upstream_model="fake", allowed_hosts=("testserver",),
                       upstream_timeout=30, **serve)
     return create_app(cfg, build_backend(cfg, ConscienceConfig(verdict="verbal", max_new_tokens=6, max_rounds=1)))
@@ -117,7 +63,7 @@ def test_a_slow_review_delays_only_its_own_request(upstream):
     """The first request's review hangs 8 s, past --review-timeout 2.5: it alone waits, and is
     answered fail-closed at the timeout; the six requests that arrive meanwhile are answered in
     the upstream's own time (a batch would have held them behind it, for the full timeout)."""
-    upstream.slow = 8.0
+    upstream.hang_seconds = 8.0
     with TestClient(app_for(upstream, action="block", review_timeout=2.5)) as http:
         slow, *others = ask_concurrently(http, ["SLOW: what should I do?"] + [f"question {i}" for i in range(6)],
                                          stagger=0.3)
@@ -139,7 +85,7 @@ def test_upstream_requests_in_flight_are_bounded(upstream):
     with TestClient(app_for(upstream, action="monitor", upstream_concurrency=2)) as http:
         results = ask_concurrently(http, [f"question {i}" for i in range(8)])
     assert all(body["conscience"]["status"] == "checked" for _, _, body in results)
-    assert upstream.most == 2
+    assert upstream.peak_in_flight == 2
 
 
 def test_upstream_concurrency_is_checked():

@@ -222,3 +222,28 @@ def test_calibrate_fits_a_span_card_with_injected_copies(tiny, tmp_path):
     fit_card_on_data(tiny, data, tmp_path / "card2", pool="spans", per_answer=1, layers=[1])
     hook.remove()
     assert not calls
+
+
+def test_an_answer_card_and_a_span_card_share_one_pass_and_score_as_their_own_reviews(tiny):
+    import importlib.util
+    from pathlib import Path
+
+    from conscience.verdict.latent import LatentReviewer
+
+    path = Path(__file__).resolve().parents[1] / "benchmarks" / "discernment.py"
+    spec = importlib.util.spec_from_file_location("discernment_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    span = LatentReviewer(tiny, _card(spans=SpanPooling(3, 0.5)))
+    mean = LatentReviewer(tiny, _card(pool="answer", spans=None, seed=1))
+    items = [ReviewItem("question", "harm money power. " * 3), ReviewItem("q 2", "I can help safely with that.")]
+    calls = []
+    hook = tiny.model.register_forward_hook(lambda *a: calls.append(1))
+    shared = bench.latent_scores_of([span, mean], items)
+    hook.remove()
+    assert len(calls) == 1  # both cards from the same forward pass
+    for reviewer, scores in zip((span, mean), shared, strict=True):
+        own = [v.per_framing["latent"] for v in reviewer.review(items)]
+        assert scores == pytest.approx(own, abs=1e-6)
+    with pytest.raises(ValueError, match="does not read the answer's tokens"):
+        LatentReviewer(tiny, _card(pool="last", spans=None)).token_scores([np.zeros((2, 32))])

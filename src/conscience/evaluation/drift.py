@@ -53,13 +53,14 @@ class DriftScores:
 
 @torch.no_grad()
 def mean_answer_logprobs(lm: LoadedModel, prompts: Sequence[str], answers: Sequence[str],
-                         batch_size: int = 16, max_length: int = 512) -> np.ndarray:
-    """``(N,)`` mean per-token log p(answer | prompt) under the chat template, the model as it is
-    (an active adapter counts)."""
+                         batch_size: int = 16, max_length: int = 512, system: str | None = None) -> np.ndarray:
+    """``(N,)`` mean per-token log p(answer | prompt) under the chat template (after ``system``
+    as the system turn, when given), the model as it is (an active adapter counts)."""
     from ..losses import sequence_logps
     from ..training.data import build_task_data, pad_batch
 
-    conversations = [[{"role": "user", "content": p}, {"role": "assistant", "content": a}]
+    opening = [{"role": "system", "content": system}] if system else []
+    conversations = [[*opening, {"role": "user", "content": p}, {"role": "assistant", "content": a}]
                      for p, a in zip(prompts, answers, strict=True)]
     examples = build_task_data(lm.tokenizer, conversations, max_length).examples
     if len(examples) != len(conversations):

@@ -59,19 +59,25 @@ class Stages:
 
 
 def prepare_out(cfg: ExperimentConfig, out: Path, command: str, force: bool) -> None:
-    """Refuse a finished run (unless ``force``) or one made with another config; else record ours."""
+    """Refuse a finished run (unless ``force``, or ``cfg`` adds seeds to it) or one made with
+    another config; else record ours."""
     info = {"config": asdict(cfg), "command": command}
     marker = out / "experiment.json"
-    if (out / FINISHED).exists() and not force:
+    previous = json.loads(marker.read_text(encoding="utf-8")).get("config", {}) if marker.exists() else None
+    # more seeds extend a run: the finished seeds' stages are kept and the report is rebuilt over all
+    extends = previous is not None and set(previous.get("seeds", [])) < set(cfg.seeds)
+    if (out / FINISHED).exists() and not force and not extends:
         raise ConscienceError(f"{out} already holds a finished experiment (report: {out / 'report.html'}); "
-                              "choose another --out, or pass --force to rebuild its report from the finished stages")
-    if marker.exists():
-        previous = json.loads(marker.read_text(encoding="utf-8"))
-        changed = _differs(previous.get("config", {}), info["config"])
+                              "choose another --out, pass --force to rebuild its report from the finished stages, "
+                              "or more --seeds to extend it")
+    if previous is not None:
+        changed = _differs({**previous, "seeds": cfg.seeds} if extends else previous, info["config"])
         if changed:
             raise ConscienceError(f"{out} holds an experiment with another config (differs in {changed}); "
-                                  "resume it with the same settings or choose another --out")
-        log(f"resuming the experiment in {out}")
+                                  "resume it with the same settings (or more seeds) or choose another --out")
+        log(f"{'extending' if extends else 'resuming'} the experiment in {out}")
+        if extends:
+            (out / FINISHED).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     write_json_atomic(marker, info)
 

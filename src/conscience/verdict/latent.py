@@ -129,13 +129,20 @@ class LatentReviewer:
         """Card-calibrated latent scores for features ``X (N, L+1, H)``."""
         return self._calibrated(self.card.probe.project(X))
 
-    def span_scores(self, tokens: Sequence[np.ndarray]) -> np.ndarray:
-        """Card-calibrated latent scores of a span card for each answer's token features
-        ``(n_answer, H)`` (averaged over the card's layers, see :func:`token_features`)."""
+    def token_scores(self, tokens: Sequence[np.ndarray]) -> np.ndarray:
+        """Card-calibrated scores of an ``answer`` or ``spans`` card from each answer's token
+        features ``(n_answer, H)`` (averaged over the card's layers, see :func:`token_features`).
+
+        The probe is linear, so an ``answer`` card's projection of the mean state is the mean of
+        its tokens' projections; a ``spans`` card soft-mins over windows of them instead."""
         from .spans import pooled_projection
 
-        p = self.card.probe
-        return self._calibrated(np.array([pooled_projection(p.project_pooled(T), self.card.spans) for T in tokens]))
+        p, spans = self.card.probe, self.card.spans
+        if self.card.pool not in ("answer", "spans"):
+            raise ValueError(f"a {self.card.pool!r} card does not read the answer's tokens")
+        projections = [p.project_pooled(T) for T in tokens]
+        pooled = [pooled_projection(z, spans) if spans else float(np.mean(z)) for z in projections]
+        return self._calibrated(np.array(pooled))
 
     def _calibrated(self, projections: np.ndarray) -> np.ndarray:
         p = self.card.probe
@@ -148,7 +155,7 @@ class LatentReviewer:
         start = time.perf_counter()
         if self.card.pool == "spans":
             verbal_verdicts, tokens = token_features(self.verbal, items, self.card.framing, self.card.probe.layers)
-            latent = self.span_scores(tokens)
+            latent = self.token_scores(tokens)
         else:
             verbal_verdicts, X = hidden_features(self.verbal, items, self.card.framing, self.card.pool)
             latent = self.latent_scores(X) if len(items) else np.zeros(0)
