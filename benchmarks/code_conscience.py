@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conscience.discernment import Triple, discernment_report, load_triples, paired_accuracy, roc_auc
+from conscience.discernment import Triple, load_triples, paired_accuracy, records_report, roc_auc
 from conscience.jsonl import read_jsonl, write_json_atomic
 from conscience.verdict import ReviewItem, is_flagged
 
@@ -45,12 +45,6 @@ MIN_PAIRS = 20  # fewer shared prompts than this make no paired estimate worth r
 
 def shared_root() -> Path:
     return Path(os.environ.get("CONSCIENCE_SHARED", REPO.parent / "shared"))
-
-
-def split_report(scores: np.ndarray, triples: Sequence[Triple]) -> dict:
-    """Discernment of scores laid out as :func:`triple_items` lays records out (aligned first)."""
-    n = len(triples)
-    return discernment_report(list(scores[:n]), list(scores[n:]), triples)
 
 
 # -- vulnerability classes ---------------------------------------------------------------------
@@ -72,7 +66,7 @@ def class_table(X: np.ndarray, triples: Sequence[Triple], extra: tuple, fit: Cal
         "loco": scores_with_extra(X, y, g, category_folds(cats), fit, extra),
         "kfold": scores_with_extra(X, y, g, [(None, m) for m in group_folds(g, folds, seed)], fit, extra),
     }
-    reports = {name: split_report(s, triples) for name, s in scores.items()}
+    reports = {name: records_report(s, triples) for name, s in scores.items()}
     table = {cat: {name: r["per_category"][cat] for name, r in reports.items()} for cat in sorted(set(cats.tolist()))}
     table["all classes"] = {name: {k: r[k] for k in ("paired_accuracy", "auc", "tie_rate", "n")}
                             for name, r in reports.items()}
@@ -253,7 +247,7 @@ def main() -> int:
         dev = load_triples(args.dev)
         items = triple_items(dev)[0]
         key = file_digest(Path(args.dev))
-        reports = [split_report(s.scores(items, key), dev) for s in (scorer, Scorer(lm, baseline_dir))]
+        reports = [records_report(s.scores(items, key), dev) for s in (scorer, Scorer(lm, baseline_dir))]
         results["dev"] = dev_comparison(*reports)
         results["dev"]["overall"] = {"card": {k: reports[0][k] for k in ("paired_accuracy", "auc")},
                                      "baseline": {k: reports[1][k] for k in ("paired_accuracy", "auc")}}

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from conscience.config import ConscienceConfig, choices_of
-from conscience.discernment import discernment_report, load_triples
+from conscience.discernment import load_triples, records_report
 from conscience.framings import load_framings
 from conscience.jsonl import write_json_atomic
 from conscience.models import load_model
@@ -57,11 +57,6 @@ def row(table: list, verdict: str, setting: str, report: dict) -> None:
     table.append({"verdict": verdict, "setting": setting, **{k: report[k] for k in ("paired_accuracy", "auc", "tie_rate", "n")},
                   "per_category": {c: {"paired_accuracy": r["paired_accuracy"], "auc": r["auc"]} for c, r in report["per_category"].items()}})
     print(f"{verdict:<9} {setting:<34} {report['paired_accuracy']:>7.3f} {report['auc']:>7.3f} {report['n']:>4}", flush=True)
-
-
-def scores_report(scores, triples) -> dict:
-    n = len(triples)
-    return discernment_report(list(scores[:n]), list(scores[n:]), triples)
 
 
 def reviewed_scores(reviewer, items, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -199,14 +194,14 @@ def main() -> int:
             shift = (lambda n: offsets[n]) if calibrated else (lambda n: 0.0)
             per = {n: np.array([1 / (1 + math.exp(-(logit(p) - shift(n)))) for p in verbal_by_framing[n]]) for n in names}
             for name in names:
-                row(table, "verbal", f"{name}{' calibrated' if calibrated else ''}", scores_report(per[name], triples))
+                row(table, "verbal", f"{name}{' calibrated' if calibrated else ''}", records_report(per[name], triples))
             average = np.array([mean_log_odds([per[n][i] for n in names]) for i in range(len(items))])
-            row(table, "verbal", f"average{' calibrated' if calibrated else ''}", scores_report(average, triples))
+            row(table, "verbal", f"average{' calibrated' if calibrated else ''}", records_report(average, triples))
         if not args.no_compare:
             reviewer = VerbalReviewer(lm, [framings["aligned"]])
             wins = [reviewer.compare(t.prompt, t.aligned, t.misaligned) for t in triples]
             # contrastive scoring is pairwise: score the aligned answer p, the misaligned 1 - p
-            row(table, "verbal", "compare (A/B, both orders)", scores_report(np.r_[wins, 1 - np.array(wins)], triples))
+            row(table, "verbal", "compare (A/B, both orders)", records_report(np.r_[wins, 1 - np.array(wins)], triples))
 
     if args.verdict in ("latent", "combined", "all"):
         folds = category_folds(cats) if args.cv == "loco" else [(None, m) for m in group_folds(g, 5)]
@@ -216,10 +211,10 @@ def main() -> int:
             fit = lambda X_, y_, g_, method=method: fit_selected(X_, y_, g_, method, None, 0)
             oof = scores_with_extra(X_cv, y, g, folds, fit, extra)
             fitted_on = "dev folds + extra" if extra is not None else "dev folds"
-            row(table, "latent", f"{method} cv={args.cv} pool={args.pool} ({fitted_on})", scores_report(oof, triples))
+            row(table, "latent", f"{method} cv={args.cv} pool={args.pool} ({fitted_on})", records_report(oof, triples))
             if extra is not None:
                 oof = scores_with_extra(X_cv, y, g, folds, fit, extra, dev_in_fit=False)
-                row(table, "latent", f"{method} cv={args.cv} pool={args.pool} (extra only)", scores_report(oof, triples))
+                row(table, "latent", f"{method} cv={args.cv} pool={args.pool} (extra only)", records_report(oof, triples))
         card_dir = Path(args.card) if args.card else find_card(args.model)
         if card_dir is not None:
             card = load_card(card_dir)
@@ -232,11 +227,11 @@ def main() -> int:
                 held, card_verbal = reviewed_scores(latent, items)
             else:
                 held = latent.latent_scores(features(card.pool))
-            row(table, "latent", f"card {card.info.get('data', '?')} (held-out)", scores_report(held, triples))
+            row(table, "latent", f"card {card.info.get('data', '?')} (held-out)", records_report(held, triples))
             combined = CombinedReviewer(lm, card, source=str(card_dir))
             merged = [combined._score(float(s), type("V", (), {"score": float(v)})())
                       for s, v in zip(held, card_verbal, strict=True)]
-            row(table, "combined", f"card {card.info.get('data', '?')} (held-out)", scores_report(np.array(merged), triples))
+            row(table, "combined", f"card {card.info.get('data', '?')} (held-out)", records_report(np.array(merged), triples))
             # recall of misaligned answers and false-flag rate on dev at the card's operating points
             results["operating_points"] = dev_report(latent, held, y)
             for point in results["operating_points"]:

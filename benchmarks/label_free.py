@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from conscience.discernment import discernment_report, load_triples
+from conscience.discernment import load_triples, records_report
 from conscience.framings import read_yaml
 from conscience.jsonl import write_json_atomic
 
@@ -36,8 +36,7 @@ CONTRAST = HERE.parent / "src" / "conscience" / "data" / "contrast.jsonl"
 
 
 def report(scores: np.ndarray, triples) -> dict:
-    n = len(triples)
-    r = discernment_report(list(scores[:n]), list(scores[n:]), triples)
+    r = records_report(scores, triples)
     return {"paired_accuracy": round(r["paired_accuracy"], 4), "auc": round(r["auc"], 4)}
 
 
@@ -57,8 +56,12 @@ def pair_difference_direction(X: np.ndarray, n_pairs: int) -> tuple[int, np.ndar
 
 
 def standardised(Z: np.ndarray) -> np.ndarray:
+    """``Z (N, H)`` per feature to mean 0 and sd 1, as the probes standardise their features."""
+    from conscience.verdict.latent_fit import standardise
+
     Z = Z.astype(np.float64)
-    return (Z - Z.mean(axis=0)) / (Z.std(axis=0) + 1e-6)
+    mu, sd = standardise(Z)
+    return (Z - mu) / sd
 
 
 def self_contrast_triples(lm, personas: dict, max_new_tokens: int, batch_size: int = 8) -> list[dict]:
@@ -102,7 +105,10 @@ def main() -> int:
 
     torch.set_num_threads(args.threads)
     start = time.perf_counter()
-    personas = read_yaml(args.personas)["personas"]
+    personas = (read_yaml(args.personas) or {}).get("personas")
+    if not (isinstance(personas, dict) and all(isinstance(personas.get(k), str) and personas[k].strip()
+                                                for k in ("ethical", "malicious"))):
+        parser.error(f"{args.personas}: field 'personas' needs non-empty texts 'ethical' and 'malicious'")
     triples = load_triples(args.data)
     lm = load_model(args.model)
     items, _, _, _ = triple_items(triples)

@@ -127,3 +127,10 @@ def discernment_report(aligned_scores: Sequence[float], misaligned_scores: Seque
         per_category[category] = _metrics([aligned_scores[i] for i in rows], [misaligned_scores[i] for i in rows])
     report["per_category"] = per_category
     return report
+
+
+def records_report(scores: Sequence[float], triples: Sequence[Triple]) -> dict:
+    """:func:`discernment_report` of ``scores (2T,)`` laid out as the triples' records are
+    (every aligned answer, then every misaligned one; see ``calibration.triple_items``)."""
+    n = len(triples)
+    return discernment_report(list(scores[:n]), list(scores[n:]), triples)
