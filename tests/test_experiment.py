@@ -43,6 +43,11 @@ def tiny_factory(weights):
     return with_adapter(tiny_model(seed=0), weights)
 
 
+def results_table(md: str) -> list[str]:
+    """The report's first table (one row per arm), header included: the arm-against-arm table follows it."""
+    return [line for line in md.split("\n\n")[1].splitlines() if line.startswith("| ")]
+
+
 @pytest.fixture()
 def questions_file(tmp_path):
     path = tmp_path / "q.yaml"
@@ -135,8 +140,10 @@ def test_experiment_end_to_end_on_tiny_model(tmp_path, questions_file, monkeypat
     for name in ("report.md", "report.html", "results.json", "FINISHED", "experiment.json"):
         assert (out / name).exists(), name
     md = (out / "report.md").read_text()
-    table = [line for line in md.splitlines() if line.startswith("| ")]
+    table = results_table(md)
     assert len(table) == 1 + 4 and all(line.count("|") == 18 for line in table)
+    # sft and conscience are the fine-tuned arms compared (control is left out)
+    assert [(p["arm"], p["against"]) for p in results["paired_drift"]] == [("sft", "conscience")]
     assert "drift (95% CI)" in table[0] and "A/B picks misaligned %" in table[0]
     base_row = results["rows"][0]
     assert base_row["drift"]["drift"] == pytest.approx(0.0, abs=1e-9)  # the base against itself
@@ -306,7 +313,36 @@ def test_the_table_has_one_row_per_arm_with_the_four_criteria(tmp_path):
     md = md_path.read_text()
     assert "Drift against the task metric" in md and "≥ 90% of SFT's gain" in md
     assert "early seed 0: stopped at step 10 (probe task token accuracy 0.400)" in md
-    assert len([line for line in md.splitlines() if line.startswith("| ")]) == 1 + 8
+    assert len(results_table(md)) == 1 + 8
+
+
+def test_arms_are_compared_pair_by_pair_on_the_same_triples(tmp_path):
+    from conscience.experiment.report import aggregate, write_experiment_report
+
+    runs, base, cats = _fake_runs()
+    cfg = ExperimentConfig(**{**TINY, "arms": ["base", "control", "sft", "conscience", "kl", "inoculation", "mix",
+                                              "early"], "train": {**TINY["train"], "batch_size": 4}})
+    results = aggregate(cfg, runs, "q.yaml", "conscience experiment (test)", base, cats)
+    pairs = {(p["arm"], p["against"]): p for p in results["paired_drift"]}
+    # six fine-tuned arms (base and control left out), each pair once
+    assert len(pairs) == 15 and ("sft", "conscience") in pairs and ("conscience", "sft") not in pairs
+    assert not any("base" in k or "control" in k for k in pairs)
+    # the seeds' noise is the same in every arm, so a pair's difference is the shift difference exactly
+    p = pairs[("sft", "conscience")]
+    assert p["drift"] == pytest.approx(0.3 - 0.05) and p["drift_ci_low"] == pytest.approx(0.25)
+    assert pairs[("kl", "mix")]["drift"] == pytest.approx(0.02)
+    md = write_experiment_report(tmp_path, results)[0].read_text()
+    assert "## Arm against arm" in md and "| SFT | SFT + conscience | +0.2500 (+0.2500 … +0.2500) |" in md
+
+
+def test_arms_with_different_seeds_are_not_paired():
+    from conscience.experiment.report import aggregate
+
+    runs, base, cats = _fake_runs()
+    runs = [r for r in runs if not (r["arm"] == "kl" and r["seed"] == 1)]
+    cfg = ExperimentConfig(**{**TINY, "arms": ["base", "sft", "kl", "mix"], "train": {**TINY["train"], "batch_size": 4}})
+    results = aggregate(cfg, [r for r in runs if r["arm"] in cfg.arms], "q.yaml", "test", base, cats)
+    assert [(p["arm"], p["against"]) for p in results["paired_drift"]] == [("sft", "mix")]
 
 
 @pytest.mark.slow
@@ -353,8 +389,8 @@ def test_every_arm_runs_end_to_end_on_tiny_model(tmp_path, questions_file):
     for row in results["rows"]:
         assert row["coherence_perplexity"] > 1 and set(row["criteria"]) == ({"no EM", "task learned", "narrow kept",
                                                                              "coherent"} if row["arm"] != "base" else set())
-    table = [line for line in (tmp_path / "run/report.md").read_text().splitlines() if line.startswith("| ")]
-    assert len(table) == 1 + len(arms)
+    assert len(results_table((tmp_path / "run/report.md").read_text())) == 1 + len(arms)
+    assert len(results["paired_drift"]) == 15  # the six fine-tuned arms, each pair once
 
 
 def test_a_run_from_before_the_peer_keys_still_resumes(tmp_path):

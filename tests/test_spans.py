@@ -119,6 +119,18 @@ def test_span_fit_chooses_windows_over_the_mean_when_padding_dilutes():
     assert probe.layers == [7] and probe.w.shape == (12,)
 
 
+def test_span_fit_never_chooses_the_whole_answer_mean_even_when_it_scores_best():
+    y = np.array([1, 0, 1, 0], dtype=bool)
+    g, clean = np.array([0, 0, 1, 1]), np.ones(4, dtype=bool)
+    perfect, noisy = np.array([0.9, 0.1, 0.8, 0.2]), np.array([0.9, 0.1, 0.1, 0.8])
+    oof = {SpanPooling(WHOLE_ANSWER, 0.0): perfect, SpanPooling(32, 0.0): noisy, SpanPooling(8, 0.0): noisy}
+    best, merits = choose_pooling(oof, y, g, clean)
+    assert best == SpanPooling(8, 0.0)  # a tie between windows goes to the smaller one
+    assert merits[f"{WHOLE_ANSWER}/0.0"] > merits["8/0.0"]  # reported, not chosen
+    with pytest.raises(ValueError, match="no window"):
+        choose_pooling({SpanPooling(WHOLE_ANSWER, 0.0): perfect}, y, g, clean)
+
+
 # -- the card field -------------------------------------------------------------------------------
 
 

@@ -6,7 +6,7 @@ import html
 from dataclasses import asdict
 from pathlib import Path
 from statistics import mean
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import yaml
 
@@ -15,6 +15,9 @@ from ..evaluation.scoring import wilson_interval
 from ..jsonl import write_text_atomic
 from .config import ExperimentConfig
 from .criteria import CRITERIA, judge_rows, mark, thresholds
+
+if TYPE_CHECKING:
+    from ..evaluation.drift import DriftScores
 
 COLUMNS = ("model", "drift (95% CI)", "seeds with drift > 0", "A/B picks misaligned %", "prefers misaligned %",
            "judge: misaligned % (95% CI)", "coherent %", "flagged by own conscience %", "code findings %",
@@ -29,18 +32,44 @@ def _mean(values: Sequence[float | None]) -> float | None:
     return mean(values) if values else None
 
 
-def drift_over_seeds(items: Sequence[dict], base: dict, categories: Sequence[str], in_domain: Sequence[str]) -> dict:
-    """Drift of one arm over its seeds: per triple, the gap change averaged over seeds, then the
-    mean over (out-of-domain) triples with a paired bootstrap interval; plus the per-seed values."""
+def pooled_scores(items: Sequence[dict], base: DriftScores) -> DriftScores:
+    """One arm's drift scores averaged over its seeds, triple by triple (gaps: (n_triples,))."""
     import numpy as np
 
+    from ..evaluation.drift import DriftScores
+
+    seeds = [DriftScores.from_dict(r["eval"]["drift"]["scores"]) for r in items]
+    mean_ab = None if any(s.ab is None for s in seeds) else np.mean([s.ab for s in seeds], axis=0)
+    return DriftScores(base.ids, np.mean([s.gaps for s in seeds], axis=0), mean_ab)
+
+
+def paired_drift(arms: dict[str, list[dict]], base: dict, categories: Sequence[str],
+                 in_domain: Sequence[str]) -> list[dict]:
+    """Every pair of fine-tuned arms (control left out) on the same triples and seeds: the drift of
+    one against the other, i.e. the mean difference of their seed-pooled gaps, with its paired
+    bootstrap interval over triples (seed-to-seed variance is not in it: see the per-seed drifts)."""
     from ..evaluation.drift import DriftScores, drift_summary
 
     base_scores = DriftScores.from_dict(base)
-    seeds = [DriftScores.from_dict(r["eval"]["drift"]["scores"]) for r in items]
-    mean_ab = None if any(s.ab is None for s in seeds) else np.mean([s.ab for s in seeds], axis=0)
-    pooled = DriftScores(base_scores.ids, np.mean([s.gaps for s in seeds], axis=0), mean_ab)
-    summary = drift_summary(pooled, base_scores, categories, in_domain)
+    trained = [a for a, items in arms.items() if a not in ("base", "control") and all(r["eval"].get("drift") for r in items)]
+    pooled = {a: pooled_scores(arms[a], base_scores) for a in trained}
+    out = []
+    for i, a in enumerate(trained):
+        for b in trained[i + 1:]:
+            if sorted(r["seed"] for r in arms[a]) != sorted(r["seed"] for r in arms[b]):
+                continue
+            s = drift_summary(pooled[a], pooled[b], categories, in_domain)
+            out.append({"arm": a, "against": b, **{k: s[k] for k in ("drift", "drift_ci_low", "drift_ci_high", "n")}})
+    return out
+
+
+def drift_over_seeds(items: Sequence[dict], base: dict, categories: Sequence[str], in_domain: Sequence[str]) -> dict:
+    """Drift of one arm over its seeds: per triple, the gap change averaged over seeds, then the
+    mean over (out-of-domain) triples with a paired bootstrap interval; plus the per-seed values."""
+    from ..evaluation.drift import DriftScores, drift_summary
+
+    base_scores = DriftScores.from_dict(base)
+    summary = drift_summary(pooled_scores(items, base_scores), base_scores, categories, in_domain)
     summary["per_seed"] = [{k: r["eval"]["drift"][k] for k in ("drift", "drift_ci_low", "drift_ci_high")}
                            for r in items]
     summary["seeds_above_zero"] = sum(p["drift_ci_low"] > 0 for p in summary["per_seed"])
@@ -94,8 +123,10 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
     sft = next((r for r in rows if r["arm"] == "sft"), None)
     con = next((r for r in rows if r["arm"] == "conscience"), None)
     overhead = (con["train_minutes"] / sft["train_minutes"]) if sft and con and sft["train_minutes"] else None
+    pairs = paired_drift(arms, base_drift, categories, cfg.in_domain()) if base_drift else []
     return {"scenario": cfg.scenario, "domain": cfg.domain if cfg.scenario == "bad-advice" else None,
-            "in_domain": list(cfg.in_domain()), "rows": rows, "judges": judges, "questions": questions_source,
+            "in_domain": list(cfg.in_domain()), "rows": rows, "paired_drift": pairs, "judges": judges,
+            "questions": questions_source,
             "conscience_train_overhead": overhead, "command": command, "config": asdict(cfg)}
 
 
@@ -121,6 +152,19 @@ def table_rows(results: dict) -> list[list[str]]:
                     *[mark(r.get("criteria", {}).get(name)) for name in CRITERIA],
                     ",".join(str(s) for s in r["seeds"])])
     return out
+
+
+PAIRED_COLUMNS = ("arm", "against", "drift difference (95% CI)")
+PAIRED_NOTE = ("Arm against arm: the drift of one arm measured against another on the same triples and seeds "
+               "(negative: the first drifts less); the interval is bootstrapped over triples, so it leaves out "
+               "seed-to-seed variance (see each arm's per-seed drift).")
+
+
+def paired_rows(results: dict) -> list[list[str]]:
+    label = ARM_LABELS.get
+    return [[label(p["arm"], p["arm"]), label(p["against"], p["against"]),
+             f"{p['drift']:+.4f} ({p['drift_ci_low']:+.4f} … {p['drift_ci_high']:+.4f})"]
+            for p in results.get("paired_drift", [])]
 
 
 def curves_png(results: dict) -> str | None:
@@ -241,6 +285,10 @@ def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]
     md = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
     md += ["| " + " | ".join(row) + " |" for row in rows] + [""] + [f"- {f}" for f in facts]
     md += [f"- monitor warning: {w}" for w in warnings] + [""]
+    pairs = paired_rows(results)
+    if pairs:
+        md += ["## Arm against arm", "", PAIRED_NOTE, "", "| " + " | ".join(PAIRED_COLUMNS) + " |",
+               "|" + "---|" * len(PAIRED_COLUMNS)] + ["| " + " | ".join(row) + " |" for row in pairs] + [""]
     md += [f"## {name}\n\n![{name}](data:image/png;base64,{b64})\n" for name, b64 in pictures]
     md += ["## Command", "", "```", results["command"], "```", "", "## Config", "", "```yaml", config_yaml, "```"]
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
@@ -249,6 +297,11 @@ def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]
             f"<h1>{html.escape(title)}</h1><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"]
     page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
     page.append("</table><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts + warnings) + "</ul>")
+    if pairs:
+        page.append(f"<h2>Arm against arm</h2><p>{html.escape(PAIRED_NOTE)}</p><table><tr>"
+                    + "".join(f"<th>{html.escape(c)}</th>" for c in PAIRED_COLUMNS) + "</tr>"
+                    + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in pairs)
+                    + "</table>")
     page += [f"<h2>{html.escape(n)}</h2><img alt='{html.escape(n)}' src='data:image/png;base64,{b}'>" for n, b in pictures]
     page += [f"<h2>Command</h2><pre>{html.escape(results['command'])}</pre>",
              f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre></body></html>"]

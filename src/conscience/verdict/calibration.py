@@ -181,8 +181,8 @@ def fit_span_card(lm: LoadedModel, card: Card, triples: Sequence[Triple], framin
 
     Its records are ``triples``' answers plus injected copies (the ``fit`` half of the injection
     styles, see :func:`conscience.verdict.injection.augmentations`). The pooling (window and
-    soft-min temperature, the answer-mean among the candidates) is chosen by group k-fold CV on
-    these records alone; dev is never read. See :mod:`.span_fit` for why the direction comes
+    soft-min temperature; the answer-mean is scored beside them, never chosen) is chosen by group
+    k-fold CV on these records alone; dev is never read. See :mod:`.span_fit` for why the direction comes
     from answer means and the score mapping from span scores.
     """
     from ..discernment import roc_auc

@@ -87,10 +87,18 @@ def pooling_merit(scores: np.ndarray, y: np.ndarray, g: np.ndarray, clean: np.nd
 
 def choose_pooling(oof: dict[SpanPooling, np.ndarray], y: np.ndarray, g: np.ndarray,
                    clean: np.ndarray) -> tuple[SpanPooling, dict[str, float]]:
-    """The pooling with the best :func:`pooling_merit` (ties: the smaller window, then the lower
-    temperature), and every candidate's merit halved, keyed ``"window/temperature"``."""
+    """The window pooling with the best :func:`pooling_merit` (ties: the smaller window, then the
+    lower temperature), and every candidate's merit halved, keyed ``"window/temperature"``.
+
+    The whole-answer mean is scored as the reference but never chosen: padding dilutes a mean by
+    construction, and the merit only sees the fit half of the injection styles, a few copies per
+    answer, so a mean that ties the windows there (as it did once code was in the fit: 0.8904
+    against 0.8888 for 32 tokens) would still be fooled by longer padding."""
     merits = {p: pooling_merit(s, y, g, clean) for p, s in oof.items()}
-    best = max(merits, key=lambda p: (round(merits[p], 9), -p.window, -p.temperature))
+    windows = [p for p in merits if p.window != WHOLE_ANSWER]
+    if not windows:
+        raise ValueError("no window pooling among the candidates")
+    best = max(windows, key=lambda p: (round(merits[p], 9), -p.window, -p.temperature))
     return best, {f"{p.window}/{p.temperature}": round(m / 2, 4) for p, m in merits.items()}
 
 
