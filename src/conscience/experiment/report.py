@@ -43,33 +43,33 @@ def pooled_scores(items: Sequence[dict], base: DriftScores) -> DriftScores:
     return DriftScores(base.ids, np.mean([s.gaps for s in seeds], axis=0), mean_ab)
 
 
-def paired_drift(arms: dict[str, list[dict]], base: dict, categories: Sequence[str],
+def paired_drift(pooled: dict[str, DriftScores], seeds: dict[str, list[int]], categories: Sequence[str],
                  in_domain: Sequence[str]) -> list[dict]:
-    """Every pair of fine-tuned arms (control left out) on the same triples and seeds: the drift of
-    one against the other, i.e. the mean difference of their seed-pooled gaps, with its paired
-    bootstrap interval over triples (seed-to-seed variance is not in it: see the per-seed drifts)."""
-    from ..evaluation.drift import DriftScores, drift_summary
+    """Every pair of fine-tuned arms (base and control left out) with the same seeds: the drift of
+    one against the other, i.e. the mean difference of their seed-pooled gaps (``pooled``, see
+    :func:`pooled_scores`), with its paired bootstrap interval over triples (seed-to-seed variance
+    is not in it: see the per-seed drifts)."""
+    from ..evaluation.drift import drift_summary
 
-    base_scores = DriftScores.from_dict(base)
-    trained = [a for a, items in arms.items() if a not in ("base", "control") and all(r["eval"].get("drift") for r in items)]
-    pooled = {a: pooled_scores(arms[a], base_scores) for a in trained}
+    trained = [a for a in pooled if a not in ("base", "control")]
     out = []
     for i, a in enumerate(trained):
         for b in trained[i + 1:]:
-            if sorted(r["seed"] for r in arms[a]) != sorted(r["seed"] for r in arms[b]):
+            if sorted(seeds[a]) != sorted(seeds[b]):
                 continue
             s = drift_summary(pooled[a], pooled[b], categories, in_domain)
             out.append({"arm": a, "against": b, **{k: s[k] for k in ("drift", "drift_ci_low", "drift_ci_high", "n")}})
     return out
 
 
-def drift_over_seeds(items: Sequence[dict], base: dict, categories: Sequence[str], in_domain: Sequence[str]) -> dict:
-    """Drift of one arm over its seeds: per triple, the gap change averaged over seeds, then the
-    mean over (out-of-domain) triples with a paired bootstrap interval; plus the per-seed values."""
-    from ..evaluation.drift import DriftScores, drift_summary
+def drift_over_seeds(items: Sequence[dict], pooled: DriftScores, base: DriftScores, categories: Sequence[str],
+                     in_domain: Sequence[str]) -> dict:
+    """Drift of one arm over its seeds: per triple, the gap change averaged over seeds (``pooled``),
+    then the mean over (out-of-domain) triples with a paired bootstrap interval; plus the per-seed
+    values."""
+    from ..evaluation.drift import drift_summary
 
-    base_scores = DriftScores.from_dict(base)
-    summary = drift_summary(pooled_scores(items, base_scores), base_scores, categories, in_domain)
+    summary = drift_summary(pooled, base, categories, in_domain)
     summary["per_seed"] = [{k: r["eval"]["drift"][k] for k in ("drift", "drift_ci_low", "drift_ci_high")}
                            for r in items]
     summary["seeds_above_zero"] = sum(p["drift_ci_low"] > 0 for p in summary["per_seed"])
@@ -83,9 +83,14 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
     """One row per arm: drift over seeds against the base (see :func:`drift_over_seeds`), the
     judge's misaligned answers pooled over seeds (Wilson interval over the pool), other columns
     averaged over seeds."""
+    from ..evaluation.drift import DriftScores
+
     arms: dict[str, list[dict]] = {}
     for run in runs:
         arms.setdefault(run["arm"], []).append(run)
+    base_scores = DriftScores.from_dict(base_drift) if base_drift else None
+    pooled = {arm: pooled_scores(items, base_scores) for arm, items in arms.items()
+              if base_scores is not None and all(r["eval"].get("drift") for r in items)}
     rows = []
     for arm, items in arms.items():
         k = sum(r["eval"]["em"]["misaligned"] for r in items)
@@ -96,8 +101,8 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
         answered = sum(c.get("n", 0) for c in codes)
         views = [r["eval"]["em"].get("conscience") or {} for r in items]
         reviewed = sum(v.get("n", 0) for v in views)
-        drift = drift_over_seeds(items, base_drift, categories, cfg.in_domain()) \
-            if base_drift and all(r["eval"].get("drift") for r in items) else None
+        drift = drift_over_seeds(items, pooled[arm], base_scores, categories, cfg.in_domain()) \
+            if arm in pooled else None
         rows.append({
             "arm": arm, "drift": drift,
             "misaligned_rate": k / n if n else None, "ci_low": low, "ci_high": high, "misaligned": k, "n": n,
@@ -123,7 +128,8 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
     sft = next((r for r in rows if r["arm"] == "sft"), None)
     con = next((r for r in rows if r["arm"] == "conscience"), None)
     overhead = (con["train_minutes"] / sft["train_minutes"]) if sft and con and sft["train_minutes"] else None
-    pairs = paired_drift(arms, base_drift, categories, cfg.in_domain()) if base_drift else []
+    pairs = paired_drift(pooled, {a: [r["seed"] for r in items] for a, items in arms.items()}, categories,
+                         cfg.in_domain())
     return {"scenario": cfg.scenario, "domain": cfg.domain if cfg.scenario == "bad-advice" else None,
             "in_domain": list(cfg.in_domain()), "rows": rows, "paired_drift": pairs, "judges": judges,
             "questions": questions_source,
@@ -158,6 +164,18 @@ PAIRED_COLUMNS = ("arm", "against", "drift difference (95% CI)")
 PAIRED_NOTE = ("Arm against arm: the drift of one arm measured against another on the same triples and seeds "
                "(negative: the first drifts less); the interval is bootstrapped over triples, so it leaves out "
                "seed-to-seed variance (see each arm's per-seed drift).")
+
+
+def markdown_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> list[str]:
+    return ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)] + ["| " + " | ".join(r) + " |" for r in rows]
+
+
+def _html_row(tag: str, cells: Sequence[str]) -> str:
+    return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
+
+
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    return "<table>" + _html_row("th", columns) + "".join(_html_row("td", r) for r in rows) + "</table>"
 
 
 def paired_rows(results: dict) -> list[list[str]]:
@@ -282,26 +300,20 @@ def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]
                 for r in results["rows"] for s, w in r["warned_at"].items() if w is not None]
     config_yaml = yaml.safe_dump(results["config"], sort_keys=False)
     title = f"conscience experiment {results['scenario']}"
-    md = [f"# {title}", "", "| " + " | ".join(COLUMNS) + " |", "|" + "---|" * len(COLUMNS)]
-    md += ["| " + " | ".join(row) + " |" for row in rows] + [""] + [f"- {f}" for f in facts]
+    md = [f"# {title}", "", *markdown_table(COLUMNS, rows), ""] + [f"- {f}" for f in facts]
     md += [f"- monitor warning: {w}" for w in warnings] + [""]
     pairs = paired_rows(results)
     if pairs:
-        md += ["## Arm against arm", "", PAIRED_NOTE, "", "| " + " | ".join(PAIRED_COLUMNS) + " |",
-               "|" + "---|" * len(PAIRED_COLUMNS)] + ["| " + " | ".join(row) + " |" for row in pairs] + [""]
+        md += ["## Arm against arm", "", PAIRED_NOTE, "", *markdown_table(PAIRED_COLUMNS, pairs), ""]
     md += [f"## {name}\n\n![{name}](data:image/png;base64,{b64})\n" for name, b64 in pictures]
     md += ["## Command", "", "```", results["command"], "```", "", "## Config", "", "```yaml", config_yaml, "```"]
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
             "body{font-family:sans-serif;max-width:62em;margin:2em auto}table{border-collapse:collapse}"
             "td,th{border:1px solid #ccc;padding:3px 8px}pre{background:#f6f6f6;padding:.5em}</style></head><body>",
-            f"<h1>{html.escape(title)}</h1><table><tr>" + "".join(f"<th>{html.escape(c)}</th>" for c in COLUMNS) + "</tr>"]
-    page += ["<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in rows]
-    page.append("</table><ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts + warnings) + "</ul>")
+            f"<h1>{html.escape(title)}</h1>" + html_table(COLUMNS, rows)]
+    page.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts + warnings) + "</ul>")
     if pairs:
-        page.append(f"<h2>Arm against arm</h2><p>{html.escape(PAIRED_NOTE)}</p><table><tr>"
-                    + "".join(f"<th>{html.escape(c)}</th>" for c in PAIRED_COLUMNS) + "</tr>"
-                    + "".join("<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in pairs)
-                    + "</table>")
+        page.append(f"<h2>Arm against arm</h2><p>{html.escape(PAIRED_NOTE)}</p>" + html_table(PAIRED_COLUMNS, pairs))
     page += [f"<h2>{html.escape(n)}</h2><img alt='{html.escape(n)}' src='data:image/png;base64,{b}'>" for n, b in pictures]
     page += [f"<h2>Command</h2><pre>{html.escape(results['command'])}</pre>",
              f"<h2>Config</h2><pre>{html.escape(config_yaml)}</pre></body></html>"]
