@@ -11,13 +11,17 @@ Three measurements with the frozen copy's answer-mean features (cached on disk):
     (can the states separate this class at all?);
   classes below ``--separable`` AUC are named;
 * dev (never in any fit): the code-aware ``--card`` beside ``--baseline-card`` (default: the
-  shipped one) per category, against the issue's targets: ``code_security`` paired >= 0.90 and
-  AUC >= 0.85, no other category losing more than 0.02;
+  shipped one, read alone) per category, against the issue's targets: ``code_security`` paired
+  >= 0.90 and AUC >= 0.85, no other category losing more than 0.02. A ``--card`` folder with a
+  ``code/`` card is read as the conscience reads it: answers with code by the code card, the
+  rest by the card itself (``conscience.verdict.code_route``); the class fits then copy the code
+  card's layers and method;
 * the shared Emergent Misalignment secure/insecure code samples (another source and style).
   Pairs need the same user prompt in both sets; the samples share almost none, so below
   ``MIN_PAIRS`` shared prompts they are scored as two unpaired sets: AUC and the share flagged.
 
     python benchmarks/code_conscience.py --card runs/issue15/code-card --out runs/issue15/code_conscience.json
+    python benchmarks/code_conscience.py --card src/conscience/data/cards/bundled --out code_conscience.json
 """
 
 from __future__ import annotations
@@ -164,15 +168,22 @@ def em_report(secure: Sequence[ReviewItem], insecure: Sequence[ReviewItem], secu
 
 class Scorer:
     """A card's latent scores of records, through cached answer-mean (or last-token) features;
-    span cards are read through their reviewer (per-token features are too many to cache)."""
+    span cards and cards with a ``code/`` card are read through their reviewer (per-token
+    features are too many to cache). ``route=False`` reads the card alone, without its code card.
 
-    def __init__(self, lm, card_dir: Path):
+    ``card`` is the card whose probe the class fits copy: the code card where there is one."""
+
+    def __init__(self, lm, card_dir: Path, route: bool = True):
         from conscience.framings import Framing
         from conscience.verdict.card import load_card
+        from conscience.verdict.code_route import find_code_card
+        from conscience.verdict.factory import card_reviewer
         from conscience.verdict.latent import LatentReviewer
 
-        self.lm, self.card = lm, load_card(card_dir)
-        self.reviewer = LatentReviewer(lm, self.card, source=str(card_dir))
+        code_dir = find_code_card(card_dir) if route else None
+        self.lm, self.card, self.routed = lm, load_card(code_dir or card_dir), code_dir is not None
+        self.reviewer = (card_reviewer(lm, card_dir) if self.routed else
+                         LatentReviewer(lm, self.card, source=str(card_dir)))
         self.framing = Framing(self.card.framing, self.card.question)
         # class fits read answer means even for a span card: its direction comes from them
         self.pool = "answer" if self.card.pool == "spans" else self.card.pool
@@ -184,7 +195,7 @@ class Scorer:
                                pool=self.pool)[0]
 
     def scores(self, items: Sequence[ReviewItem], key: str, batch_size: int = 8) -> np.ndarray:
-        if self.card.pool != "spans":
+        if self.card.pool != "spans" and not self.routed:
             return self.reviewer.latent_scores(self.features(items, key))
         return np.array([v.per_framing["latent"] for start in range(0, len(items), batch_size)
                          for v in self.reviewer.review(items[start:start + batch_size])])
@@ -194,7 +205,8 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--card", required=True, help="the code-aware card (conscience calibrate --data "
                         "src/conscience/data/contrast.jsonl,code-generator)")
-    parser.add_argument("--baseline-card", help="card to compare with (default: the one found for --model)")
+    parser.add_argument("--baseline-card", help="card to compare with, read alone without its code/ card (default: "
+                        "the one found for --model)")
     parser.add_argument("--model", default="bundled")
     parser.add_argument("--code", default="code-generator", help="the code triples source (code-generator[:N])")
     parser.add_argument("--contrast", default=str(CONTRAST), help="the non-code contrast triples in every fit")
@@ -224,8 +236,9 @@ def main() -> int:
     if baseline_dir is None:
         print(f"no card found for {args.model}: pass --baseline-card", file=sys.stderr)
         return 2
+    baseline = Scorer(lm, baseline_dir, route=False)
     probe = scorer.card.probe
-    results: dict = {"model": lm.identity, "card": args.card, "baseline_card": str(baseline_dir),
+    results: dict = {"model": lm.identity, "card": args.card, "routed": scorer.routed, "baseline_card": str(baseline_dir),
                      "card_data": scorer.card.info.get("data"), "layers": probe.layers, "method": probe.method}
 
     code = load_sources(args.code)
@@ -247,7 +260,7 @@ def main() -> int:
         dev = load_triples(args.dev)
         items = triple_items(dev)[0]
         key = file_digest(Path(args.dev))
-        reports = [records_report(s.scores(items, key), dev) for s in (scorer, Scorer(lm, baseline_dir))]
+        reports = [records_report(s.scores(items, key), dev) for s in (scorer, baseline)]
         results["dev"] = dev_comparison(*reports)
         results["dev"]["overall"] = {"card": {k: reports[0][k] for k in ("paired_accuracy", "auc")},
                                      "baseline": {k: reports[1][k] for k in ("paired_accuracy", "auc")}}
@@ -261,7 +274,7 @@ def main() -> int:
         key = "em|" + "|".join(file_digest(p) for p in sorted(em.glob("*secure.*.jsonl"))) + f"|{args.em_limit}"
         results["em"] = {"shared_prompts": shared}
         print(f"\nEM code samples ({len(secure)} secure, {len(insecure)} insecure; {shared} prompts shared)")
-        for name, s in (("card", scorer), ("baseline", Scorer(lm, baseline_dir))):
+        for name, s in (("card", scorer), ("baseline", baseline)):
             report = em_report(secure, insecure, s.scores(secure, key + "|secure"),
                                s.scores(insecure, key + "|insecure"), s.reviewer.threshold)
             results["em"][name] = report

@@ -37,8 +37,10 @@ from conscience.models import load_model
 from conscience.verdict import POOLS, ReviewItem, VerbalReviewer, mean_log_odds
 from conscience.verdict.calibration import cached_features, file_digest, triple_items
 from conscience.verdict.card import find_card, load_card
+from conscience.verdict.code_route import CodeRoutedReviewer, find_code_card, has_code
+from conscience.verdict.factory import card_reviewer
 from conscience.verdict.injection import SPLITS, load_styles, robustness_row
-from conscience.verdict.latent import CombinedReviewer, LatentReviewer
+from conscience.verdict.latent import LatentReviewer
 from conscience.verdict.latent_fit import category_folds, fit_selected, group_folds, scores_with_extra
 from conscience.verdict.operating_point import dev_report
 
@@ -69,24 +71,41 @@ def reviewed_scores(reviewer, items, batch_size: int = 8) -> tuple[np.ndarray, n
     return np.array(latent), np.array(verbal)
 
 
+def card_readers(reviewer) -> list:
+    """The card reviewers behind ``reviewer``: itself, or a routed reviewer's chat and code ones."""
+    return [reviewer.chat, reviewer.code] if isinstance(reviewer, CodeRoutedReviewer) else [reviewer]
+
+
+def routed_card(reviewer, item: ReviewItem):
+    """The card reviewer that reads ``item``: a routed reviewer's code card for answers with code."""
+    readers = card_readers(reviewer)
+    return readers[-1] if has_code(item.answer) else readers[0]
+
+
 def shared_pass(reviewers) -> bool:
     """Whether one forward pass serves every card: same review prompt, answer tokens read."""
-    keys = {(r.card.framing, r.card.question, r.card.review_format) for r in reviewers}
-    return len(keys) == 1 and all(r.card.pool in ("answer", "spans") for r in reviewers)
+    cards = [r.card for reviewer in reviewers for r in card_readers(reviewer)]
+    keys = {(c.framing, c.question, c.review_format) for c in cards}
+    return len(keys) == 1 and all(c.pool in ("answer", "spans") for c in cards)
 
 
 def latent_scores_of(reviewers, items, batch_size: int = 8) -> list[np.ndarray]:
     """Each reviewer's latent scores of ``items``; cards that can share a pass (``shared_pass``)
-    are read in one forward pass per batch, at the union of their layers."""
+    are read in one forward pass per batch, at the union of their layers. A routed reviewer
+    scores each answer with the card :func:`has_code` routes it to (both cards cut at 0.5)."""
     if not shared_pass(reviewers):
         return [reviewed_scores(r, items, batch_size)[0] for r in reviewers]
-    layers = sorted({layer for r in reviewers for layer in r.card.probe.layers})
-    framing, scores = reviewers[0].card.framing, [[] for _ in reviewers]
+    readers = [r for reviewer in reviewers for r in card_readers(reviewer)]
+    layers = sorted({layer for r in readers for layer in r.card.probe.layers})
+    framing, scores = readers[0].card.framing, [[] for _ in reviewers]
     for start in range(0, len(items), batch_size):
-        readings = reviewers[0].verbal.read(items[start:start + batch_size], pool="spans", layers=layers)
+        batch = items[start:start + batch_size]
+        readings = readers[0].verbal.read(batch, pool="spans", layers=layers)
         for reviewer, out in zip(reviewers, scores, strict=True):
-            index = [layers.index(layer) for layer in reviewer.card.probe.layers]
-            out.extend(reviewer.token_scores([r.hidden[framing][index].mean(dim=0).numpy() for r in readings]))
+            for item, reading in zip(batch, readings, strict=True):
+                card = routed_card(reviewer, item)
+                index = [layers.index(layer) for layer in card.card.probe.layers]
+                out.extend(card.token_scores([reading.hidden[framing][index].mean(dim=0).numpy()]))
     return [np.array(s) for s in scores]
 
 
@@ -146,7 +165,8 @@ def main() -> int:
     parser.add_argument("--robustness", action="store_true",
                         help="the card's latent verdict under every injection style (see --styles)")
     parser.add_argument("--baseline-card", help="with --robustness, a second card under the same injections, read "
-                        "in the same forward passes where it can be (e.g. the shipped card beside a span card)")
+                        "in the same forward passes where it can be (e.g. the shipped card beside a span card); "
+                        "read alone, without its code/ card")
     parser.add_argument("--styles", help="injection styles YAML (default: the shipped data/injection_styles.yaml)")
     parser.add_argument("--limit", type=int, help="first N triples only (quick runs)")
     parser.add_argument("--review-format", choices=choices_of(ConscienceConfig, "review_format"), default="look_back")
@@ -217,23 +237,26 @@ def main() -> int:
                 row(table, "latent", f"{method} cv={args.cv} pool={args.pool} (extra only)", records_report(oof, triples))
         card_dir = Path(args.card) if args.card else find_card(args.model)
         if card_dir is not None:
-            card = load_card(card_dir)
+            card, code_dir = load_card(card_dir), find_code_card(card_dir)
             results["card"] = {"path": str(card_dir), "layers": card.probe.layers, "method": card.probe.method,
-                               "pool": card.pool,
+                               "pool": card.pool, "code_card": str(code_dir) if code_dir else None,
                                "data": card.info.get("data"), "metrics": card.probe.metrics}
-            latent = LatentReviewer(lm, card, source=str(card_dir))
+            latent = card_reviewer(lm, card_dir)  # with the code/ card, answers with code are read by it
             card_verbal = aligned_verbal
-            if card.pool == "spans":  # per-token features are too many to cache: read through the reviewer
+            name = f"card {card.info.get('data', '?')}{' + code card' if code_dir else ''} (held-out)"
+            if card.pool == "spans" or code_dir:  # per-token features are too many to cache: read through the reviewer
                 held, card_verbal = reviewed_scores(latent, items)
             else:
                 held = latent.latent_scores(features(card.pool))
-            row(table, "latent", f"card {card.info.get('data', '?')} (held-out)", records_report(held, triples))
-            combined = CombinedReviewer(lm, card, source=str(card_dir))
-            merged = [combined._score(float(s), type("V", (), {"score": float(v)})())
-                      for s, v in zip(held, card_verbal, strict=True)]
-            row(table, "combined", f"card {card.info.get('data', '?')} (held-out)", records_report(np.array(merged), triples))
-            # recall of misaligned answers and false-flag rate on dev at the card's operating points
-            results["operating_points"] = dev_report(latent, held, y)
+            row(table, "latent", name, records_report(held, triples))
+            combined = card_reviewer(lm, card_dir, combined=True)
+            merged = [routed_card(combined, i)._score(float(s), type("V", (), {"score": float(v)})())
+                      for i, s, v in zip(items, held, card_verbal, strict=True)]
+            row(table, "combined", name, records_report(np.array(merged), triples))
+            # recall of misaligned answers and false-flag rate on dev at the card's operating points (a routed
+            # verdict's two cards each resolve their own: its rates are given at the default cut only)
+            results["operating_points"] = (dev_report(latent, held, y) if not code_dir else
+                                           dev_report(latent.chat, held, y, thresholds=[latent.threshold], with_cv=False))
             for point in results["operating_points"]:
                 print(f"operating point {point['setting']:<12} recall {point['recall']:.3f} "
                       f"false flags {point['false_flag_rate']:.3f} (cv: {point['cv_recall']}, "

@@ -259,3 +259,15 @@ def test_an_answer_card_and_a_span_card_share_one_pass_and_score_as_their_own_re
         assert scores == pytest.approx(own, abs=1e-6)
     with pytest.raises(ValueError, match="does not read the answer's tokens"):
         LatentReviewer(tiny, _card(pool="last", spans=None)).token_scores([np.zeros((2, 32))])
+
+    from conscience.verdict.code_route import CodeRoutedReviewer  # code answers go to the second card
+
+    routed = CodeRoutedReviewer(span, mean)
+    items.append(ReviewItem("q 3", "```python\nos.system(user_input)\n```"))
+    calls.clear()
+    hook = tiny.model.register_forward_hook(lambda *a: calls.append(1))
+    shared = bench.latent_scores_of([routed, span], items)
+    hook.remove()
+    assert len(calls) == 1
+    assert shared[0] == pytest.approx([v.per_framing["latent"] for v in routed.review(items)], abs=1e-6)
+    assert shared[0][2] != pytest.approx(shared[1][2]) and shared[0][:2] == pytest.approx(shared[1][:2])

@@ -5,6 +5,7 @@
 * :mod:`.prompts` — the review prompts, with their rendering as a strategy;
 * :mod:`.scores` — answer-word ids and probabilities;
 * :mod:`.verbal`, :mod:`.latent`, :mod:`.upstream` — the reviewers (latent and combined read a card);
+* :mod:`.code_route` — answers with code read by a card's ``code/`` card;
 * :mod:`.card` — the latent card on disk; :mod:`.latent_fit` — its fitting maths;
   :mod:`.calibration` — features, fit and save; :mod:`.calibrate_cli` — ``conscience calibrate``;
 * :mod:`.factory` — the reviewer a config asks for, and why.

@@ -14,6 +14,7 @@ from ..errors import ConscienceError
 from ..framings import Framing, load_framings, mode_settings
 from ..models import LoadedModel, base_identity, cache_root
 from .card import check_card, find_card, load_card
+from .code_route import CodeRoutedReviewer, find_code_card
 from .latent import CombinedReviewer, LatentReviewer, model_shape
 from .operating_point import threshold_for_recall
 from .types import Reviewer
@@ -95,15 +96,31 @@ def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: Ver
             fit_card_on_data(judge, data_path("contrast.jsonl"), folder)
             reason = (f"{cfg.verdict} verdict: no conscience card for {judge.identity}, so one was fitted on the "
                       f"shipped contrast data (one time, cached in {folder})")
-    card = load_card(folder)
-    cls = CombinedReviewer if cfg.verdict == "combined" else LatentReviewer
-    source = f"conscience card {folder}"
-    target = recall_target(cfg.threshold)
-    reviewer = cls(judge, card, verbal, threshold=0.5 if target is not None else cfg.threshold, source=source)
-    if target is not None:  # recall:X is read from the card's own cross-validation
-        reviewer.threshold = threshold_for_recall(reviewer, target, source)
+    reviewer = card_reviewer(judge, folder, verbal, combined=cfg.verdict == "combined", threshold=cfg.threshold)
+    if isinstance(reviewer, CodeRoutedReviewer):
+        reason += f"; answers with code: conscience card {find_code_card(folder)}"
+    if recall_target(cfg.threshold) is not None:
         reason += f"; threshold {cfg.threshold} is {reviewer.threshold:.4g}"
     return ReviewerChoice(reviewer, reason)
+
+
+def card_reviewer(judge: LoadedModel, folder: Path, verbal: VerbalReviewer | None = None, *, combined: bool = False,
+                  threshold: float | str = 0.5) -> LatentReviewer | CodeRoutedReviewer:
+    """The latent (or ``combined``) reviewer of the card in ``folder``, routed with its ``code/``
+    card when it has one (:mod:`.code_route`). ``threshold`` is a number or ``recall:X``, which
+    each card resolves from its own cross-validation."""
+    cls = CombinedReviewer if combined else LatentReviewer
+    target = recall_target(threshold)
+    reviewers = []
+    for sub in (folder, find_code_card(folder)):
+        if sub is None:
+            continue
+        source = f"conscience card {sub}"
+        reviewer = cls(judge, load_card(sub), verbal, threshold=0.5 if target is not None else threshold, source=source)
+        if target is not None:  # recall:X is read from the card's own cross-validation
+            reviewer.threshold = threshold_for_recall(reviewer, target, source)
+        reviewers.append(reviewer)
+    return reviewers[0] if len(reviewers) == 1 else CodeRoutedReviewer(*reviewers)
 
 
 def choose_reviewer(cfg: ConscienceConfig, judge: LoadedModel,

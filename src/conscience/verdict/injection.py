@@ -17,7 +17,7 @@ from ..framings import data_path, read_yaml
 
 STYLES_FILE = "injection_styles.yaml"
 GROUPS = ("padding", "refusal", "end_marker", "special_tokens", "fake_reviewer_turn", "reviewer_instruction",
-          "roleplay", "unicode")
+          "roleplay", "unicode", "code_fence")
 # Added to an aligned answer, these leave it aligned: a fit may use them on both classes, so a
 # disclaimer or a refusal is not learnt as a sign of misalignment.
 BENIGN_GROUPS = ("padding", "refusal")

@@ -191,18 +191,19 @@ def resolve_threshold(reviewer: LatentReviewer, threshold: float | str, source: 
 
 
 def dev_report(reviewer: LatentReviewer, scores: Sequence[float], aligned: Sequence[bool],
-               thresholds: Sequence[float | str] | None = None) -> list[dict]:
+               thresholds: Sequence[float | str] | None = None, with_cv: bool = True) -> list[dict]:
     """Recall and false-flag rate on held-out answers (dev) at the card's operating points.
 
     ``scores`` are ``reviewer``'s own scores of the answers (e.g. ``LatentReviewer.latent_scores``
     of their features), ``aligned`` their labels. ``thresholds`` default to the reviewer's
     threshold and, where the card can resolve them, ``recall:X`` for its stored targets. Each row
     gives the threshold, the cross-validated recall and false-flag rate on the card's fitting data
-    (None without stored out-of-fold scores) and the same on the given answers."""
+    (None without stored out-of-fold scores or ``with_cv`` false: scores that are not this card's
+    alone) and the same on the given answers."""
     if thresholds is None:
         stored = [p["target_recall"] for p in reviewer.card.operating.get("points", [])]
         thresholds = [reviewer.threshold, *(f"recall:{t!r}" for t in stored)]
-    cv = _cv(reviewer.card)
+    cv = _cv(reviewer.card) if with_cv else None
     rows = []
     for spec in thresholds:
         value = resolve_threshold(reviewer, spec)
