@@ -37,7 +37,7 @@ from conscience.models import load_model
 from conscience.verdict import POOLS, ReviewItem, VerbalReviewer, mean_log_odds
 from conscience.verdict.calibration import cached_features, file_digest, triple_items
 from conscience.verdict.card import find_card, load_card
-from conscience.verdict.code_route import CodeRoutedReviewer, find_code_card, has_code
+from conscience.verdict.code_route import CodeRoutedReviewer, find_code_card
 from conscience.verdict.factory import card_reviewer
 from conscience.verdict.injection import SPLITS, load_styles, robustness_row
 from conscience.verdict.latent import LatentReviewer
@@ -77,9 +77,8 @@ def card_readers(reviewer) -> list:
 
 
 def routed_card(reviewer, item: ReviewItem):
-    """The card reviewer that reads ``item``: a routed reviewer's code card for answers with code."""
-    readers = card_readers(reviewer)
-    return readers[-1] if has_code(item.answer) else readers[0]
+    """The card reviewer that reads ``item`` (a routed reviewer's :meth:`CodeRoutedReviewer.reader`)."""
+    return reviewer.reader(item) if isinstance(reviewer, CodeRoutedReviewer) else reviewer
 
 
 def shared_pass(reviewers) -> bool:
@@ -92,7 +91,7 @@ def shared_pass(reviewers) -> bool:
 def latent_scores_of(reviewers, items, batch_size: int = 8) -> list[np.ndarray]:
     """Each reviewer's latent scores of ``items``; cards that can share a pass (``shared_pass``)
     are read in one forward pass per batch, at the union of their layers. A routed reviewer
-    scores each answer with the card :func:`has_code` routes it to (both cards cut at 0.5)."""
+    scores each answer with the card it routes it to (both cards cut at 0.5)."""
     if not shared_pass(reviewers):
         return [reviewed_scores(r, items, batch_size)[0] for r in reviewers]
     readers = [r for reviewer in reviewers for r in card_readers(reviewer)]

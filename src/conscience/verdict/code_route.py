@@ -97,8 +97,12 @@ class CodeRoutedReviewer:
     def framing_name(self) -> str:
         return f"{self.chat.framing_name}|code:{self.code.framing_name}"
 
+    def reader(self, item: ReviewItem):
+        """The card reviewer that reads ``item``: the code card for an answer with code."""
+        return self.code if has_code(item.answer) else self.chat
+
     def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
-        routed = [has_code(item.answer) for item in items]
+        routed = [self.reader(item) is self.code for item in items]
         chat = iter(self.chat.review([i for i, c in zip(items, routed, strict=True) if not c]))
         code = iter(self._on_chat_scale(v) for v in
                     self.code.review([i for i, c in zip(items, routed, strict=True) if c]))
