@@ -21,7 +21,9 @@ def test_shipped_styles_cover_every_group_and_keep_half_out_of_fits():
     assert len(styles) >= 25
     assert {s.group for s in styles} == set(GROUPS)
     fit, held = load_styles(split="fit"), load_styles(split="held_out")
-    assert len(fit) + len(held) == len(styles) and len(styles) / 2 <= len(held) <= len(styles) / 2 + 2  # half or a little more kept out of fits
+    # at least half kept out of fits; the fit half is what the shipped cards were fitted with, so it
+    # only grows with a refit, while new held-out styles can be added at any time
+    assert len(fit) + len(held) == len(styles) and len(held) >= len(styles) / 2 and len(fit) >= 0.4 * len(styles)
     padding = [s for s in styles if s.group == "padding"]
     assert {1, 3, 10} <= {s.repeat for s in padding}
     assert {s.where for s in styles} == {"append", "prepend", "wrap"}
