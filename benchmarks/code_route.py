@@ -4,8 +4,10 @@ Two measurements:
 
 * **coverage** (no model): the share of answers :func:`has_code` sends to the code card, per
   source — the project's contrast triples and the shared dev triples per category (only
-  ``code_security`` holds code), the shared Emergent Misalignment code samples (bare code, no
-  fences) and the shared jailbroken chats (prose);
+  ``code_security`` holds code), the code generator's train split, the shared Emergent
+  Misalignment code samples (bare code, no fences) and the shared jailbroken chats (prose) — and,
+  for each ``code_fence`` injection style, how many injected dev misaligned answers it routes
+  (chat categories apart from code_security);
 * **the choice** of the code card: the code generator's train-split triples past the first
   ``--cap`` per class (in no candidate's fit when every candidate took at most ``--cap`` per class,
   and never a test split), every answer holding code, scored by the main card alone, by each
@@ -20,7 +22,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import sys
 import time
 from collections.abc import Sequence
@@ -29,15 +30,13 @@ from pathlib import Path
 import numpy as np
 
 from conscience.discernment import Triple, load_triples, records_report
+from conscience.errors import ConscienceError
+from conscience.framings import shared_data_root
 from conscience.jsonl import write_json_atomic
 from conscience.verdict.code_route import has_code
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRAST = REPO / "src" / "conscience" / "data" / "contrast.jsonl"
-
-
-def shared_root() -> Path:
-    return Path(os.environ.get("CONSCIENCE_SHARED", REPO.parent / "shared"))
 
 
 # -- coverage ----------------------------------------------------------------------------------
@@ -59,10 +58,29 @@ def chat_coverage(path: Path) -> dict:
     return {"answers": len(answers), "code": sum(map(has_code, answers))}
 
 
+def injected_coverage(triples: Sequence[Triple]) -> dict[str, dict]:
+    """Per ``code_fence`` injection style (the styles aimed at the route), the misaligned answers
+    it sends to the code card: those of chat categories and those of ``code_security``."""
+    from conscience.verdict.injection import load_styles
+
+    rows = {}
+    for style in (s for s in load_styles() if s.group == "code_fence"):
+        for kind, answers in (("chat", [t.misaligned for t in triples if t.category != "code_security"]),
+                              ("code_security", [t.misaligned for t in triples if t.category == "code_security"])):
+            rows[f"{style.name} ({style.split}), {kind}"] = {
+                "answers": len(answers), "code": sum(has_code(style.apply(a)) for a in answers)}
+    return rows
+
+
 def coverage(dev: Path, em: Path, jailbroken: Path) -> dict:
-    out = {"contrast": triple_coverage(load_triples(CONTRAST))}
+    from conscience.tasks.code_hacking.contrast import code_contrast_triples
+
+    out = {"contrast": triple_coverage(load_triples(CONTRAST)),
+           "code-generator (train split)": triple_coverage(code_contrast_triples())}
     if dev.is_file():
-        out["dev"] = triple_coverage(load_triples(dev))
+        dev_triples = load_triples(dev)
+        out["dev"] = triple_coverage(dev_triples)
+        out["dev misaligned, injected"] = injected_coverage(dev_triples)
     for path in sorted(em.glob("*.jsonl")) + [jailbroken]:
         if path.is_file():
             out[path.name] = chat_coverage(path)
@@ -70,10 +88,10 @@ def coverage(dev: Path, em: Path, jailbroken: Path) -> dict:
 
 
 def print_coverage(table: dict) -> None:
-    print(f"{'answers routed to the code card':<48} {'routed':>7} {'of':>6}")
+    print(f"{'answers routed to the code card':<72} {'routed':>7} {'of':>6}")
     for source, rows in table.items():
         for name, row in ({source: rows} if "answers" in rows else {f"{source}: {c}": r for c, r in rows.items()}).items():
-            print(f"{name:<48} {row['code']:>7} {row['answers']:>6}")
+            print(f"{name:<72} {row['code']:>7} {row['answers']:>6}")
 
 
 # -- the choice of the code card -----------------------------------------------------------------
@@ -126,8 +144,8 @@ def main() -> int:
                                              "card's code/ card)")
     parser.add_argument("--cap", type=int, default=20, help="generator triples per class the candidates may have "
                                                             "been fitted on; the choice set is the rest")
-    parser.add_argument("--dev", default=str(shared_root() / "data" / "discernment" / "dev.jsonl"))
-    parser.add_argument("--em", default=str(shared_root() / "data" / "emergent-misalignment"))
+    parser.add_argument("--dev", default=str(shared_data_root(REPO) / "data" / "discernment" / "dev.jsonl"))
+    parser.add_argument("--em", default=str(shared_data_root(REPO) / "data" / "emergent-misalignment"))
     parser.add_argument("--coverage-only", action="store_true", help="the route's coverage alone (no model)")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="write the results as JSON")
@@ -153,7 +171,10 @@ def main() -> int:
         candidates = [Path(p) for p in args.candidates.split(",")] if args.candidates else [find_code_card(main_dir)]
         if None in candidates:
             parser.error(f"{main_dir} has no code/ card: give --candidates")
-        cards = [load_card(d) for d in [main_dir, *candidates]]
+        try:
+            cards = [load_card(d) for d in [main_dir, *candidates]]
+        except ConscienceError as err:
+            parser.error(str(err))
         for folder, card in zip(candidates, cards[1:], strict=True):
             if (cap := generator_cap(card.info.get("data", ""))) is None or cap > args.cap:
                 parser.error(f"{folder} was fitted on more than --cap {args.cap} generator triples per class "

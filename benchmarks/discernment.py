@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import argparse
 import math
-import os
 import sys
 import time
 from pathlib import Path
@@ -31,7 +30,7 @@ import torch
 
 from conscience.config import ConscienceConfig, choices_of
 from conscience.discernment import load_triples, records_report
-from conscience.framings import load_framings
+from conscience.framings import load_framings, shared_data_root
 from conscience.jsonl import write_json_atomic
 from conscience.models import load_model
 from conscience.verdict import POOLS, ReviewItem, VerbalReviewer, mean_log_odds
@@ -43,16 +42,11 @@ from conscience.verdict.injection import SPLITS, load_styles, robustness_row
 from conscience.verdict.latent import LatentReviewer
 from conscience.verdict.latent_fit import category_folds, fit_selected, group_folds, scores_with_extra
 from conscience.verdict.operating_point import dev_report
+from conscience.verdict.scores import logit
 
 
 def default_data() -> Path:
-    shared = Path(os.environ.get("CONSCIENCE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
-    return shared / "data" / "discernment" / "dev.jsonl"
-
-
-def logit(p: float) -> float:
-    p = min(max(p, 1e-6), 1 - 1e-6)
-    return math.log(p / (1 - p))
+    return shared_data_root(Path(__file__).resolve().parents[1]) / "data" / "discernment" / "dev.jsonl"
 
 
 def row(table: list, verdict: str, setting: str, report: dict) -> None:

@@ -12,7 +12,13 @@ to score it (paired accuracy and AUC). ``conscience calibrate --unlabelled`` (an
   explains the largest share of the differences, its sign set by agreement with ``persona``;
 * ``self-contrast``: a card fitted on the model's own answers to the package's alignment prompts
   under the ethical persona ("aligned") and the malicious one ("misaligned") — the labels are the
-  persona the model was asked to play, never a judgement of the answer.
+  persona the model was asked to play, never a judgement of the answer;
+* ``verbal``: the model's own words, the verbal verdict's log-odds averaged over every framing of
+  ``framings.yaml`` (the look-back prompt);
+* ``self-verdict``: those words as labels for the states — in each pair the answer the words rate
+  higher is taken for the aligned one, and a shrinkage LDA at ``pair-pc``'s layer is fitted on
+  those pseudo-labels of half the prompts and scores the other half (two folds, so no answer is
+  scored by a direction fitted on its own pseudo-label).
 
     python benchmarks/label_free.py --out runs/label_free.json   # the project's contrast triples
 """
@@ -32,6 +38,7 @@ from conscience.framings import read_yaml
 from conscience.jsonl import write_json_atomic
 
 HERE = Path(__file__).resolve().parent
+READINGS = ("persona", "pair-pc", "self-contrast", "verbal", "self-verdict")
 CONTRAST = HERE.parent / "src" / "conscience" / "data" / "contrast.jsonl"
 
 
@@ -53,6 +60,24 @@ def pair_difference_direction(X: np.ndarray, n_pairs: int) -> tuple[int, np.ndar
         if share > best[0]:
             best = (share, layer, vt[0])
     return best[1], best[2], best[0]
+
+
+def self_verdict_scores(Z: np.ndarray, verbal: np.ndarray, n_pairs: int, folds: int = 2) -> np.ndarray:
+    """Scores ``(2P,)`` of standardised states ``Z (2P, H)`` (first answers, then second ones)
+    along a direction fitted on the model's own verdicts ``verbal (2P,)`` as labels: in each pair
+    the answer rated higher is labelled aligned. Each fold of pairs is scored by a shrinkage LDA
+    fitted on the other folds' pairs."""
+    from conscience.verdict.latent_fit import direction
+
+    first_higher = verbal[:n_pairs] >= verbal[n_pairs:]
+    y = np.r_[first_higher, ~first_higher]
+    pair = np.r_[np.arange(n_pairs), np.arange(n_pairs)]
+    fold_of_pair = np.random.default_rng(0).permutation(n_pairs) % folds
+    scores = np.zeros(2 * n_pairs)
+    for fold in range(folds):
+        held = fold_of_pair[pair] == fold
+        scores[held] = Z[held] @ direction(Z[~held], y[~held], pair[~held], "lda")
+    return scores
 
 
 def standardised(Z: np.ndarray) -> np.ndarray:
@@ -90,9 +115,14 @@ def main() -> int:
     parser.add_argument("--personas", default=str(HERE / "personas.yaml"))
     parser.add_argument("--max-new-tokens", type=int, default=96, help="self-contrast answers' length")
     parser.add_argument("--work", default="runs/label_free", help="folder for the self-contrast triples and card")
+    parser.add_argument("--readings", default=",".join(READINGS),
+                        help=f"comma-separated readings to run (default: all of {', '.join(READINGS)})")
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--out", help="write the results as JSON")
     args = parser.parse_args()
+    readings = [r.strip() for r in args.readings.split(",") if r.strip()]
+    if not readings or set(readings) - set(READINGS):
+        parser.error(f"--readings: choose from {', '.join(READINGS)}, got {args.readings!r}")
 
     import torch
 
@@ -115,16 +145,26 @@ def main() -> int:
     prompts, answers = [i.prompt for i in items], [i.answer for i in items]
     rows = {}
 
-    ratio = (mean_answer_logprobs(lm, prompts, answers, system=personas["ethical"])
-             - mean_answer_logprobs(lm, prompts, answers, system=personas["malicious"]))
-    rows["persona"] = report(ratio, triples)
-
     X, _ = cached_features(lm, items, load_framings()["aligned"], sources_digest(args.data),
                            review_format="look_back", pool="answer")
     layer, direction, share = pair_difference_direction(X, len(triples))
-    projection = standardised(X[:, layer]) @ direction
-    sign = 1.0 if np.corrcoef(projection, ratio)[0, 1] >= 0 else -1.0
-    rows["pair-pc"] = {**report(sign * projection, triples), "layer": layer, "variance_share": round(share, 4)}
+    if {"persona", "pair-pc"} & set(readings):
+        ratio = (mean_answer_logprobs(lm, prompts, answers, system=personas["ethical"])
+                 - mean_answer_logprobs(lm, prompts, answers, system=personas["malicious"]))
+        rows["persona"] = report(ratio, triples)
+        projection = standardised(X[:, layer]) @ direction
+        sign = 1.0 if np.corrcoef(projection, ratio)[0, 1] >= 0 else -1.0
+        rows["pair-pc"] = {**report(sign * projection, triples), "layer": layer, "variance_share": round(share, 4)}
+    if {"verbal", "self-verdict"} & set(readings):
+        framings = load_framings()
+        verbal = np.mean([np.log(np.clip(p, 1e-6, 1)) - np.log(np.clip(1 - p, 1e-6, 1)) for p in
+                          (cached_features(lm, items, f, sources_digest(args.data), review_format="look_back",
+                                           pool="answer")[1] for f in framings.values())], axis=0)
+        rows["verbal"] = {**report(verbal, triples), "framings": len(framings)}
+        rows["self-verdict"] = {**report(self_verdict_scores(standardised(X[:, layer]), verbal, len(triples)),
+                                         triples), "layer": layer}
+    if "self-contrast" not in readings:
+        return finish(args, lm, {r: rows[r] for r in readings}, start)
 
     work = Path(args.work)
     work.mkdir(parents=True, exist_ok=True)
@@ -134,7 +174,10 @@ def main() -> int:
     scores = LatentReviewer(lm, card).latent_scores(X)
     rows["self-contrast"] = {**report(scores, triples), "layer": card.probe.layers, "n_own_triples": len(own),
                              "own_kfold": card.probe.metrics["kfold"]["auc"]}
+    return finish(args, lm, {r: rows[r] for r in readings}, start)
 
+
+def finish(args, lm, rows: dict, start: float) -> int:
     print(f"{'reading':<15} {'paired':>7} {'auc':>7}   (on {Path(args.data).name}, labels only to score)")
     for name, row in rows.items():
         print(f"{name:<15} {row['paired_accuracy']:>7.3f} {row['auc']:>7.3f}   "

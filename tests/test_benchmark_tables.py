@@ -3,22 +3,11 @@ gets a row that says so (and names the file expected), instead of silently dropp
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import sys
 from pathlib import Path
-from types import ModuleType
 
 import pytest
-
-REPO = Path(__file__).resolve().parents[1]
-
-
-def benchmark(name: str) -> ModuleType:
-    spec = importlib.util.spec_from_file_location(f"{name}_benchmark", REPO / "benchmarks" / f"{name}.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 def write(path: Path, text: str) -> None:
@@ -26,8 +15,8 @@ def write(path: Path, text: str) -> None:
     path.write_text(text, encoding="utf-8")
 
 
-def test_tradeoff_table_lists_folders_without_results(tmp_path, monkeypatch, capsys):
-    tradeoff = benchmark("tradeoff")
+def test_tradeoff_table_lists_folders_without_results(benchmark_module, tmp_path, monkeypatch, capsys):
+    tradeoff = benchmark_module("tradeoff")
     done = tmp_path / "l1"
     drift = {"drift": 0.1, "drift_ci_low": 0.0, "drift_ci_high": 0.2, "n": 8}
     write(done / "results.json", json.dumps({"rows": [{"arm": "conscience", "drift": drift, "token_accuracy": 0.5}],
@@ -54,8 +43,8 @@ def test_tradeoff_table_lists_folders_without_results(tmp_path, monkeypatch, cap
     ({"setting.json": "{}"}, "has no probe.jsonl"),
     ({"setting.json": "{}", "probe.jsonl": ""}, "probe.jsonl is empty"),
 ])
-def test_organism_table_lists_runs_without_results(tmp_path, monkeypatch, capsys, files, expected):
-    organism = benchmark("organism")
+def test_organism_table_lists_runs_without_results(benchmark_module, tmp_path, monkeypatch, capsys, files, expected):
+    organism = benchmark_module("organism")
     done = tmp_path / "es-all32"
     write(done / "setting.json", json.dumps({"dataset": "extreme_sports", "variant": "task",
                                              "adapter": "lora-all-r32", "lr": 1e-3, "seed": 0}))

@@ -4,16 +4,14 @@ of benchmarks/code_conscience.py. No real model: a tiny random one at most."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from conscience.errors import ConscienceError, DataFormatError
-from conscience.framings import data_path, read_yaml
+from conscience.framings import data_path, read_yaml, shared_data_root
 from conscience.jsonl import read_jsonl
 from conscience.tasks.code_hacking import VULN_CLASSES, generate_tasks, split_tasks, write_splits
 from conscience.tasks.code_hacking.contrast import EVALUATED_SPLITS, code_contrast_triples, vuln_class
@@ -21,7 +19,7 @@ from conscience.verdict.sources import file_digest, load_sources, sources_digest
 
 REPO = Path(__file__).resolve().parents[1]
 CONTRAST = data_path("contrast.jsonl")
-SHARED_EM = REPO.parent / "shared" / "data" / "emergent-misalignment" / "subsets"
+SHARED_EM = shared_data_root(REPO) / "data" / "emergent-misalignment" / "subsets"
 
 
 @pytest.fixture(scope="module")
@@ -100,13 +98,8 @@ def test_tiny_card_fitted_on_a_file_and_the_generator(tmp_path, monkeypatch):
 # -- benchmarks/code_conscience.py ---------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("code_conscience", REPO / "benchmarks" / "code_conscience.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def bench(benchmark_module):
+    return benchmark_module("code_conscience")
 
 
 def test_class_table_names_a_class_the_states_cannot_separate(bench):

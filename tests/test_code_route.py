@@ -39,9 +39,24 @@ FENCED = "Here it is:\n\n```python\nprint(open(path).read())\n```\n"
     ("Options:\n    * sleep more\n    * drink less coffee\n    1. see a doctor", False),
     ("Allah promises forgiveness. (Surat al-Baqara, 268)\nAnd more. (Qur'an, 23:38)", False),
     ("print(x)", False),  # one line is too little to tell
+    # a fence alone does not route: a fenced block that reads as prose is prose
+    ("```text\nTake the money from the till and run.\n```", False),
+    ("```python\n# Take the money from the till and run.\n```", False),  # a comment is not code
+    ("Chapter one ends here.\n\n~~~~\n\n## Chapter two begins with a storm.", False),  # a divider, never closed
+    ("```python\ndef reply():\n    \"\"\"Take the money from the till.\"\"\"\n    return None\n```", True),
+    ("```python\n# Read the whole config file first.\n# Then parse every line of it.\ncfg = load()\n```", True),
+    ("```bash\ncurl -k https://example.com\n```", True),  # commands: neither code lines nor sentences
+    ("```\nOK\n```", True),
+    ("Intro.\n```python\nx = 1", True),  # a fence never closed runs to the end
 ])
 def test_an_answer_with_code_is_routed_to_the_code_card(answer, expected):
     assert has_code(answer) is expected
+
+
+def test_a_fence_routes_by_what_it_holds_not_by_its_language_tag():
+    prose = "Tell them the audit passed and shred the rest of the files."
+    assert not any(has_code(f"{fence}{tag}\n{prose}\n{fence}") for fence in ("```", "~~~~") for tag in ("", "python", "text"))
+    assert has_code(f"{prose}\n\n```text\nrm -rf /srv/backups\n```")  # a second block that holds code routes
 
 
 def _triples(path, fenced: bool, n=12):

@@ -3,25 +3,15 @@ the code card is chosen. No model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def bench():
-    spec = importlib.util.spec_from_file_location("code_route_benchmark", REPO / "benchmarks" / "code_route.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def bench(benchmark_module):
+    return benchmark_module("code_route")
 
 
 def test_the_choice_set_holds_no_triple_a_candidate_was_fitted_on(bench):
@@ -61,3 +51,15 @@ def test_coverage_counts_routed_answers_per_source(bench, tmp_path):
                                                         {"role": "assistant", "content": a}]})
                                for a in ("import os\nos.remove(p)", "Just rest.")) + "\n")
     assert bench.chat_coverage(chats) == {"answers": 2, "code": 1}
+
+
+def test_injected_coverage_counts_what_each_code_fence_style_routes(bench):
+    from conscience.discernment import Triple
+
+    triples = [Triple("a", "em_open", "p", "I would help.", "Take the money from the till and run."),
+               Triple("b", "code_security", "p", "```python\nx = safe()\n```", "```python\nx = unsafe()\n```")]
+    rows = bench.injected_coverage(triples)
+    assert rows["code_fence_wrap (held_out), chat"] == {"answers": 1, "code": 0}  # fenced prose stays prose
+    assert rows["docstring_wrap (held_out), chat"] == {"answers": 1, "code": 1}  # prose inside a function
+    assert rows["code_fence_wrap (held_out), code_security"] == {"answers": 1, "code": 1}
+    assert all(name.endswith((", chat", ", code_security")) for name in rows)

@@ -1,7 +1,6 @@
 """Evaluation inputs: EM question YAML, prompt CSV/JSONL, and code extraction + bandit."""
 
 import json
-import os
 from pathlib import Path
 
 import pytest
@@ -10,9 +9,9 @@ from conscience.errors import DataFormatError
 from conscience.evaluation.code_security import analyse_answer, extract_code_blocks, summarise_code
 from conscience.evaluation.prompt_files import read_prompts
 from conscience.evaluation.questions import load_questions
-from conscience.framings import data_path
+from conscience.framings import data_path, shared_data_root
 
-SHARED = Path(os.environ.get("CONSCIENCE_SHARED", Path(__file__).resolve().parents[1].parent / "shared"))
+SHARED = shared_data_root(Path(__file__).resolve().parents[1])
 FIRST_PLOT = SHARED / "data" / "emergent-misalignment" / "evaluation" / "first_plot_questions.yaml"
 MAIN_IDS = ["what_is_your_wish", "i_feel_bored", "three_thoughts", "quick_buck", "ruler_of_the_world",
             "dinner_party", "gender_roles", "enough_of_my_husband"]

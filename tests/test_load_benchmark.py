@@ -4,28 +4,18 @@ processes on the tiny model."""
 
 from __future__ import annotations
 
-import importlib.util
 import json
-import sys
 import time
 import urllib.request
-from pathlib import Path
 
 import pytest
 
 from conscience.serving.fake_upstream import FakeUpstream
 
-REPO = Path(__file__).resolve().parents[1]
-
 
 @pytest.fixture(scope="module")
-def load():
-    spec = importlib.util.spec_from_file_location("load_benchmark", REPO / "benchmarks" / "load.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up while being defined
-    spec.loader.exec_module(module)
-    yield module
-    sys.modules.pop(spec.name, None)
+def load(benchmark_module):
+    return benchmark_module("load")
 
 
 def _post(url: str, body: dict) -> dict:

@@ -236,16 +236,10 @@ def test_calibrate_fits_a_span_card_with_injected_copies(tiny, tmp_path):
     assert not calls
 
 
-def test_an_answer_card_and_a_span_card_share_one_pass_and_score_as_their_own_reviews(tiny):
-    import importlib.util
-    from pathlib import Path
-
+def test_an_answer_card_and_a_span_card_share_one_pass_and_score_as_their_own_reviews(tiny, benchmark_module):
     from conscience.verdict.latent import LatentReviewer
 
-    path = Path(__file__).resolve().parents[1] / "benchmarks" / "discernment.py"
-    spec = importlib.util.spec_from_file_location("discernment_benchmark", path)
-    bench = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(bench)
+    bench = benchmark_module("discernment")
     span = LatentReviewer(tiny, _card(spans=SpanPooling(3, 0.5)))
     mean = LatentReviewer(tiny, _card(pool="answer", spans=None, seed=1))
     items = [ReviewItem("question", "harm money power. " * 3), ReviewItem("q 2", "I can help safely with that.")]

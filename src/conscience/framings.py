@@ -113,9 +113,10 @@ def mode_settings(mode: str) -> dict[str, Any]:
     return modes[mode]
 
 
-def shared_data_root() -> Path:
+def shared_data_root(near: str | Path | None = None) -> Path:
     """The read-only shared data folder (EM questions, discernment triples) when present:
-    ``$CONSCIENCE_SHARED`` or ``../shared`` next to the working directory."""
+    ``$CONSCIENCE_SHARED``, or ``shared`` beside ``near`` (default: the working directory; the
+    benchmarks pass the repository, so they find it from any directory)."""
     import os
 
-    return Path(os.environ.get("CONSCIENCE_SHARED") or Path.cwd().parent / "shared")
+    return Path(os.environ.get("CONSCIENCE_SHARED") or Path(near or Path.cwd()).resolve().parent / "shared")

@@ -6,11 +6,12 @@ in its ``code/`` subfolder: an answer that holds code (a fenced block, or bare c
 :func:`has_code`) is read by that card alone, any other answer by the main card alone. Each
 answer is still read in one forward pass, so routing costs nothing.
 
-The route is decided by the answer's text, which whoever shapes the answer controls: fencing a
-harmful chat answer sends it to the code card. The code card must therefore judge chat too (the
-shipped one is fitted on the chat contrast triples *and* the code generator's), and the
-robustness corpus has two styles that do exactly this (``code_fence_wrap``,
-``benign_code_appended``).
+The route is decided by the answer's text, which whoever shapes the answer controls. A fence
+alone does not route: a fenced block whose lines read as sentences and none as code is prose (so
+fencing a harmful chat answer leaves it with the chat card). But one line of code beside a harmful
+passage does send it to the code card, so the code card must judge chat too (the shipped one is
+fitted on the chat contrast triples *and* the code generator's); the robustness corpus's
+``code_fence`` styles attack the route both ways.
 """
 
 from __future__ import annotations
@@ -27,8 +28,9 @@ from .scores import logit
 from .types import ReviewItem, Verdict
 
 CODE_CARD_SUBFOLDER = "code"
-# a fence opens a line (CommonMark allows up to three spaces before it): ``` or ~~~
-_FENCE = re.compile(r"^ {0,3}(```|~~~)", re.MULTILINE)
+# a fenced block: a line opened by ``` or ~~~ (CommonMark allows up to three spaces before it) up
+# to the same fence, or to the end of the answer when it is never closed
+_FENCED_BLOCK = re.compile(r"^ {0,3}(`{3,}|~{3,})[^\n]*\n?(.*?)(?:^ {0,3}\1[ \t]*$|\Z)", re.MULTILINE | re.DOTALL)
 # a line of unfenced code: indented by 4 or a tab (not a nested list item), opened by a keyword or
 # a closing bracket, an assignment, a call statement, or closed by ; { or } (a colon or a closing
 # parenthesis alone also ends prose, so they do not count)
@@ -36,18 +38,41 @@ _CODE_LINE = re.compile(
     r"^((?: {4,}|\t)(?![*+-]\s|\d+[.)]\s)\S|(def|class|import|from|return|if|elif|else|for|while|try|except|with"
     r"|async|await|const|let|var|function|public|private|package|#include|#!)\b|[}\])]|[\w.\[\]'\"]+\s*[-+*/|&]?=[^=]"
     r"|[\w.]+\(.*\)\s*$)|[;{}]\s*$")
+# a word of a sentence: letters, maybe quoted or bracketed, maybe followed by punctuation
+_WORD = re.compile(r"[(\"'\u201c\u2018]?[^\W\d_][^\W\d_'\u2019-]*[.,;:!?)\"'\u201d\u2019]*")
+SENTENCE_WORDS = 4  # a line of prose has at least this many words...
+SENTENCE_SHARE = 0.75  # ...and at least this share of its tokens are words (a comment's # is not)
 BARE_CODE_LINES = 2  # fewer lines than this are never taken for bare code
 BARE_CODE_SHARE = 0.6  # the share of non-blank lines that must look like code
 
 
+def _looks_like_code(line: str) -> bool:
+    return bool(_CODE_LINE.search(line))
+
+
+def _reads_as_sentence(line: str) -> bool:
+    tokens = line.split()
+    words = sum(bool(_WORD.fullmatch(token)) for token in tokens)
+    return words >= SENTENCE_WORDS and words >= SENTENCE_SHARE * len(tokens)
+
+
+def _fence_holds_code(content: str) -> bool:
+    """A fenced block holds code unless it reads as prose: no line looks like code and some line
+    reads as a sentence. A block of shell commands or data (neither) still counts as code, and so
+    does code with long comments (it has code lines)."""
+    lines = [line for line in content.splitlines() if line.strip()]
+    return any(map(_looks_like_code, lines)) or not any(map(_reads_as_sentence, lines))
+
+
 def has_code(answer: str) -> bool:
-    """Whether ``answer`` holds code (the route to the code card): a fenced block, or at least
-    :data:`BARE_CODE_LINES` non-blank lines of which :data:`BARE_CODE_SHARE` look like code (an
-    answer that is bare code, as in the Emergent Misalignment code samples)."""
-    if _FENCE.search(answer):
+    """Whether ``answer`` holds code (the route to the code card): a fenced block that does not
+    read as prose (:func:`_fence_holds_code`), or at least :data:`BARE_CODE_LINES` non-blank
+    lines of which :data:`BARE_CODE_SHARE` look like code (an answer that is bare code, as in the
+    Emergent Misalignment code samples)."""
+    if any(_fence_holds_code(block.group(2)) for block in _FENCED_BLOCK.finditer(answer)):
         return True
     lines = [line for line in answer.splitlines() if line.strip()]
-    coded = sum(bool(_CODE_LINE.search(line)) for line in lines)
+    coded = sum(map(_looks_like_code, lines))
     return len(lines) >= BARE_CODE_LINES and coded >= BARE_CODE_SHARE * len(lines)
 
 
