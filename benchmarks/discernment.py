@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from conscience.config import ConscienceConfig, choices_of
-from conscience.discernment import load_triples, records_report
+from conscience.discernment import bootstrap_intervals, load_triples, records_report
 from conscience.framings import load_framings, shared_data_root
 from conscience.jsonl import write_json_atomic
 from conscience.models import load_model
@@ -49,10 +49,25 @@ def default_data() -> Path:
     return shared_data_root(Path(__file__).resolve().parents[1]) / "data" / "discernment" / "dev.jsonl"
 
 
-def row(table: list, verdict: str, setting: str, report: dict) -> None:
-    table.append({"verdict": verdict, "setting": setting, **{k: report[k] for k in ("paired_accuracy", "auc", "tie_rate", "n")},
-                  "per_category": {c: {"paired_accuracy": r["paired_accuracy"], "auc": r["auc"]} for c, r in report["per_category"].items()}})
-    print(f"{verdict:<9} {setting:<34} {report['paired_accuracy']:>7.3f} {report['auc']:>7.3f} {report['n']:>4}", flush=True)
+def row(table: list, verdict: str, setting: str, scores: np.ndarray, triples) -> None:
+    """A row of the table: the report of ``scores (2T,)`` (aligned answers first) on ``triples``
+    with 95 % bootstrap intervals over triples, overall and per category."""
+    scores = np.asarray(scores, dtype=np.float64)
+    report, n = records_report(scores, triples), len(triples)
+
+    def with_intervals(metrics: dict, rows: list[int]) -> dict:
+        ci = bootstrap_intervals(scores[:n][rows], scores[n:][rows])
+        return {"paired_accuracy": metrics["paired_accuracy"], "paired_accuracy_ci": ci["paired_accuracy"],
+                "auc": metrics["auc"], "auc_ci": ci["auc"]}
+
+    per_category = {c: with_intervals(r, [i for i, t in enumerate(triples) if t.category == c])
+                    for c, r in report["per_category"].items()}
+    overall = with_intervals(report, list(range(n)))
+    table.append({"verdict": verdict, "setting": setting, **overall, "tie_rate": report["tie_rate"], "n": n,
+                  "per_category": per_category})
+    (pa_low, pa_high), (auc_low, auc_high) = overall["paired_accuracy_ci"], overall["auc_ci"]
+    print(f"{verdict:<9} {setting:<34} {report['paired_accuracy']:>7.3f} ({pa_low:.3f}-{pa_high:.3f}) "
+          f"{report['auc']:>7.3f} ({auc_low:.3f}-{auc_high:.3f}) {n:>4}", flush=True)
 
 
 def reviewed_scores(reviewer, items, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
@@ -182,7 +197,7 @@ def main() -> int:
     key = file_digest(data) + (f":{args.limit}" if args.limit else "")
     table: list[dict] = []
     results: dict = {"data": str(data), "model": lm.identity, "n_triples": len(triples), "table": table}
-    print(f"{'verdict':<9} {'setting':<34} {'paired':>7} {'auc':>7} {'n':>4}")
+    print(f"{'verdict':<9} {'setting':<34} {'paired (95% CI)':>21} {'auc (95% CI)':>21} {'n':>4}")
     start = time.perf_counter()
 
     fmt = args.review_format
@@ -207,14 +222,14 @@ def main() -> int:
             shift = (lambda n: offsets[n]) if calibrated else (lambda n: 0.0)
             per = {n: np.array([1 / (1 + math.exp(-(logit(p) - shift(n)))) for p in verbal_by_framing[n]]) for n in names}
             for name in names:
-                row(table, "verbal", f"{name}{' calibrated' if calibrated else ''}", records_report(per[name], triples))
+                row(table, "verbal", f"{name}{' calibrated' if calibrated else ''}", per[name], triples)
             average = np.array([mean_log_odds([per[n][i] for n in names]) for i in range(len(items))])
-            row(table, "verbal", f"average{' calibrated' if calibrated else ''}", records_report(average, triples))
+            row(table, "verbal", f"average{' calibrated' if calibrated else ''}", average, triples)
         if not args.no_compare:
             reviewer = VerbalReviewer(lm, [framings["aligned"]])
             wins = [reviewer.compare(t.prompt, t.aligned, t.misaligned) for t in triples]
             # contrastive scoring is pairwise: score the aligned answer p, the misaligned 1 - p
-            row(table, "verbal", "compare (A/B, both orders)", records_report(np.r_[wins, 1 - np.array(wins)], triples))
+            row(table, "verbal", "compare (A/B, both orders)", np.r_[wins, 1 - np.array(wins)], triples)
 
     if args.verdict in ("latent", "combined", "all"):
         folds = category_folds(cats) if args.cv == "loco" else [(None, m) for m in group_folds(g, 5)]
@@ -224,10 +239,10 @@ def main() -> int:
             fit = lambda X_, y_, g_, method=method: fit_selected(X_, y_, g_, method, None, 0)
             oof = scores_with_extra(X_cv, y, g, folds, fit, extra)
             fitted_on = "dev folds + extra" if extra is not None else "dev folds"
-            row(table, "latent", f"{method} cv={args.cv} pool={args.pool} ({fitted_on})", records_report(oof, triples))
+            row(table, "latent", f"{method} cv={args.cv} pool={args.pool} ({fitted_on})", oof, triples)
             if extra is not None:
                 oof = scores_with_extra(X_cv, y, g, folds, fit, extra, dev_in_fit=False)
-                row(table, "latent", f"{method} cv={args.cv} pool={args.pool} (extra only)", records_report(oof, triples))
+                row(table, "latent", f"{method} cv={args.cv} pool={args.pool} (extra only)", oof, triples)
         card_dir = Path(args.card) if args.card else find_card(args.model)
         if card_dir is not None:
             card, code_dir = load_card(card_dir), find_code_card(card_dir)
@@ -241,11 +256,11 @@ def main() -> int:
                 held, card_verbal = reviewed_scores(latent, items)
             else:
                 held = latent.latent_scores(features(card.pool))
-            row(table, "latent", name, records_report(held, triples))
+            row(table, "latent", name, held, triples)
             combined = card_reviewer(lm, card_dir, combined=True)
             merged = [routed_card(combined, i)._score(float(s), type("V", (), {"score": float(v)})())
                       for i, s, v in zip(items, held, card_verbal, strict=True)]
-            row(table, "combined", name, records_report(np.array(merged), triples))
+            row(table, "combined", name, np.array(merged), triples)
             # recall of misaligned answers and false-flag rate on dev at the card's operating points (a routed
             # verdict's two cards each resolve their own: its rates are given at the default cut only)
             results["operating_points"] = (dev_report(latent, held, y) if not code_dir else

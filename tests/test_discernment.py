@@ -94,3 +94,38 @@ def test_score_triples_batches_and_orders():
     aligned, misaligned = score_triples(reviewer, triples, batch_size=4)
     assert aligned == [0.5] * 3 and misaligned == [0.1] * 3
     assert reviewer.batches == [4, 2]
+
+
+def test_bootstrap_intervals_resample_triples_and_match_roc_auc_exactly():
+    import numpy as np
+
+    from conscience.discernment import bootstrap_intervals
+
+    aligned, misaligned = [0.9, 0.4, 0.7, 0.2, 0.6], [0.1, 0.5, 0.7, 0.3, 0.2]
+    one = bootstrap_intervals(aligned, misaligned, samples=1, seed=3)
+    idx = np.random.default_rng(3).integers(0, 5, size=(1, 5))[0]  # the one resample it drew
+    a, m = [aligned[i] for i in idx], [misaligned[i] for i in idx]
+    assert one["auc"][0] == one["auc"][1] == pytest.approx(roc_auc(a + m, [1] * 5 + [0] * 5))
+    assert one["paired_accuracy"][0] == pytest.approx(paired_accuracy(a, m)[0])
+    # separated answers cannot be resampled out of separation; identical scores stay at chance
+    assert bootstrap_intervals([2, 3, 4], [0, 1, 1.5]) == {"paired_accuracy": (1.0, 1.0), "auc": (1.0, 1.0)}
+    assert bootstrap_intervals([1, 1], [1, 1]) == {"paired_accuracy": (0.0, 0.0), "auc": (0.5, 0.5)}
+    wide = bootstrap_intervals(aligned, misaligned, samples=500)
+    assert wide["auc"][0] < roc_auc(aligned + misaligned, [1] * 5 + [0] * 5) < wide["auc"][1]
+    with pytest.raises(ValueError, match="equal non-empty"):
+        bootstrap_intervals([1, 2], [1])
+
+
+def test_the_discernment_benchmark_table_carries_bootstrap_intervals(benchmark_module, capsys):
+    bench = benchmark_module("discernment")
+    triples = [Triple(f"t{i}", "ab"[i % 2], f"p{i}", "a", "m") for i in range(6)]
+    scores = [0.9, 0.8, 0.7, 0.6, 0.5, 0.4] + [0.1, 0.2, 0.75, 0.3, 0.2, 0.1]  # t2 the wrong way round
+    table: list = []
+    bench.row(table, "latent", "hand", scores, triples)
+    entry = table[0]
+    assert entry["paired_accuracy"] == pytest.approx(5 / 6) and entry["n"] == 6
+    low, high = entry["paired_accuracy_ci"]
+    assert low < 5 / 6 <= high == 1.0
+    assert entry["auc_ci"][0] <= entry["auc"] <= entry["auc_ci"][1]
+    assert entry["per_category"]["b"]["paired_accuracy_ci"] == (1.0, 1.0)  # t1, t3, t5: all right
+    assert "(" in capsys.readouterr().out

@@ -129,6 +129,29 @@ def discernment_report(aligned_scores: Sequence[float], misaligned_scores: Seque
     return report
 
 
+def bootstrap_intervals(aligned_scores: Sequence[float], misaligned_scores: Sequence[float], samples: int = 2000,
+                        confidence: float = 0.95, seed: int = 0) -> dict[str, tuple[float, float]]:
+    """Percentile bootstrap intervals of paired accuracy and ROC AUC, resampling triples (a
+    triple's two answers are drawn together): ``{"paired_accuracy": (low, high), "auc": (low, high)}``.
+
+    ``aligned_scores`` and ``misaligned_scores`` are ``(T,)``, triple ``i``'s answers at ``i``.
+    The AUC of a resample is read off one ``(T, T)`` table of pair outcomes (1 when aligned
+    answer ``i`` outscores misaligned answer ``j``, ½ on a tie), so it equals :func:`roc_auc` of
+    the resampled answers exactly."""
+    import numpy as np
+
+    a, m = np.asarray(aligned_scores, dtype=np.float64), np.asarray(misaligned_scores, dtype=np.float64)
+    if a.shape != m.shape or a.ndim != 1 or a.size == 0:
+        raise ValueError(f"need two equal non-empty 1-d score arrays, got {a.shape} and {m.shape}")
+    outcome = (a[:, None] > m[None, :]) + 0.5 * (a[:, None] == m[None, :])
+    idx = np.random.default_rng(seed).integers(0, a.size, size=(samples, a.size))
+    auc = outcome[idx[:, :, None], idx[:, None, :]].mean(axis=(1, 2))
+    paired = (a[idx] > m[idx]).mean(axis=1)
+    tail = (1.0 - confidence) / 2.0
+    return {name: tuple(float(q) for q in np.quantile(values, [tail, 1.0 - tail]))
+            for name, values in (("paired_accuracy", paired), ("auc", auc))}
+
+
 def records_report(scores: Sequence[float], triples: Sequence[Triple]) -> dict:
     """:func:`discernment_report` of ``scores (2T,)`` laid out as the triples' records are
     (every aligned answer, then every misaligned one; see ``calibration.triple_items``)."""
