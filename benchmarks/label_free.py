@@ -131,6 +131,7 @@ def main() -> int:
     from conscience.models import load_model
     from conscience.verdict.calibration import cached_features, fit_card_on_data, triple_items
     from conscience.verdict.latent import LatentReviewer
+    from conscience.verdict.scores import mean_log_odds
     from conscience.verdict.sources import sources_digest
 
     torch.set_num_threads(args.threads)
@@ -145,8 +146,8 @@ def main() -> int:
     prompts, answers = [i.prompt for i in items], [i.answer for i in items]
     rows = {}
 
-    X, _ = cached_features(lm, items, load_framings()["aligned"], sources_digest(args.data),
-                           review_format="look_back", pool="answer")
+    key = sources_digest(args.data)
+    X, _ = cached_features(lm, items, load_framings()["aligned"], key, review_format="look_back", pool="answer")
     layer, direction, share = pair_difference_direction(X, len(triples))
     if {"persona", "pair-pc"} & set(readings):
         ratio = (mean_answer_logprobs(lm, prompts, answers, system=personas["ethical"])
@@ -157,27 +158,23 @@ def main() -> int:
         rows["pair-pc"] = {**report(sign * projection, triples), "layer": layer, "variance_share": round(share, 4)}
     if {"verbal", "self-verdict"} & set(readings):
         framings = load_framings()
-        verbal = np.mean([np.log(np.clip(p, 1e-6, 1)) - np.log(np.clip(1 - p, 1e-6, 1)) for p in
-                          (cached_features(lm, items, f, sources_digest(args.data), review_format="look_back",
-                                           pool="answer")[1] for f in framings.values())], axis=0)
+        per_framing = [cached_features(lm, items, f, key, review_format="look_back", pool="answer")[1]
+                       for f in framings.values()]
+        verbal = np.array([mean_log_odds(p) for p in zip(*per_framing, strict=True)])
         rows["verbal"] = {**report(verbal, triples), "framings": len(framings)}
         rows["self-verdict"] = {**report(self_verdict_scores(standardised(X[:, layer]), verbal, len(triples)),
                                          triples), "layer": layer}
-    if "self-contrast" not in readings:
-        return finish(args, lm, {r: rows[r] for r in readings}, start)
+    if "self-contrast" in readings:
+        work = Path(args.work)
+        work.mkdir(parents=True, exist_ok=True)
+        own = self_contrast_triples(lm, personas, args.max_new_tokens)
+        (work / "self_contrast.jsonl").write_text("".join(json.dumps(t) + "\n" for t in own), encoding="utf-8")
+        card = fit_card_on_data(lm, work / "self_contrast.jsonl", work / "self-card", review_format="look_back")
+        scores = LatentReviewer(lm, card).latent_scores(X)
+        rows["self-contrast"] = {**report(scores, triples), "layer": card.probe.layers, "n_own_triples": len(own),
+                                 "own_kfold": card.probe.metrics["kfold"]["auc"]}
+    rows = {r: rows[r] for r in readings}
 
-    work = Path(args.work)
-    work.mkdir(parents=True, exist_ok=True)
-    own = self_contrast_triples(lm, personas, args.max_new_tokens)
-    (work / "self_contrast.jsonl").write_text("".join(json.dumps(t) + "\n" for t in own), encoding="utf-8")
-    card = fit_card_on_data(lm, work / "self_contrast.jsonl", work / "self-card", review_format="look_back")
-    scores = LatentReviewer(lm, card).latent_scores(X)
-    rows["self-contrast"] = {**report(scores, triples), "layer": card.probe.layers, "n_own_triples": len(own),
-                             "own_kfold": card.probe.metrics["kfold"]["auc"]}
-    return finish(args, lm, {r: rows[r] for r in readings}, start)
-
-
-def finish(args, lm, rows: dict, start: float) -> int:
     print(f"{'reading':<15} {'paired':>7} {'auc':>7}   (on {Path(args.data).name}, labels only to score)")
     for name, row in rows.items():
         print(f"{name:<15} {row['paired_accuracy']:>7.3f} {row['auc']:>7.3f}   "
