@@ -28,7 +28,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from conscience.config import ConscienceConfig, choices_of
+from conscience.config import choices_of
+from conscience.conscience_config import ConscienceConfig
 from conscience.discernment import bootstrap_intervals, load_triples, records_report
 from conscience.framings import load_framings, shared_data_root
 from conscience.jsonl import write_json_atomic

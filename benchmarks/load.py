@@ -13,13 +13,17 @@ loopback ports and run one after the other, so they do not compete for the CPU):
                  bodies and clients that cancel mid-stream or before the answer
   upstream       short requests to `serve --upstream` in front of a fake OpenAI-compatible upstream
                  (conscience.serving.fake_upstream, on 127.0.0.1) that answers after --upstream-latency seconds
-  slow-upstream  the same, but every --hang-every-th review hangs --hang-seconds, past --review-timeout:
-                 the requests it holds up must be answered under fail-closed at the timeout
+  slow-upstream  the same, but every --hang-every-th request is a "hung" one: its prompt carries a marker
+                 that makes the fake upstream hang its review --hang-seconds, past --review-timeout, so
+                 it must be answered under fail-closed at the timeout
 
 Reported per scenario: requests, failed (any answer other than the expected one), HTTP 5xx,
 answered under fail-closed (conscience.status "check_failed"), p50/p99 of the short requests, and
-whether /health still answers. Targets: 0 5xx and 0 failed everywhere; the short requests' p99 in
-the mixed run within 1.5x of the clean run's, and in slow-upstream within 1.5x of upstream's.
+whether /health still answers; slow-upstream reports its hung requests apart (``hung``: how many,
+how many failed closed, their p50/p99), since they end at the review timeout by design and the
+short requests' p99 is what the hang must not move. Targets: 0 5xx and 0 failed everywhere
+(a hung request that is not answered under fail-closed is a failure); the short requests' p99
+in the mixed run within 1.5x of the clean run's, and in slow-upstream within 1.5x of upstream's.
 Prints a table; --out writes the JSON. Exit status 1 when a target is missed.
 """
 
@@ -57,6 +61,7 @@ MALFORMED_BODIES = (  # each must get a 4xx: invalid JSON, bad unicode, parser l
     b'{"messages": [{"role": "user", "content": "hi"}], "temperature": NaN}',
     b'{"messages": "hi"}',
 )
+HANG_MARKER = "[hang-this-review]"  # the fake upstream hangs the reviews of a conversation holding it
 LONG_PROMPT = "hi " * 3000  # past the tiny model's 1,024-token window and the default --max-prompt-tokens
 P99_RATIO = 1.5  # the short requests' p99 may grow this much when long, broken or hung ones are mixed in
 BASELINES = {"mixed": "clean", "slow-upstream": "upstream"}  # each run's clean counterpart
@@ -128,12 +133,17 @@ async def one_request(client, url: str, kind: str, i: int, max_tokens: int) -> R
     chat = url + "/v1/chat/completions"
     body = {"messages": [{"role": "user", "content": PROMPTS[i % len(PROMPTS)]}], "max_tokens": max_tokens}
     start = time.perf_counter()
+    if kind == "hung":
+        body["messages"][0]["content"] += " " + HANG_MARKER
     try:
-        if kind == "short":
+        if kind in ("short", "hung"):
             reply = await client.post(chat, json=body)
             payload = reply.json() if reply.status_code == 200 else {}
             ok = reply.status_code == 200 and isinstance(payload["choices"][0]["message"]["content"], str)
-            return Result(kind, ok, reply.status_code, time.perf_counter() - start, _status_of(payload) == "check_failed")
+            fail_closed = _status_of(payload) == "check_failed"
+            # a request whose own review hung must be answered at the timeout, withheld (fail-closed)
+            return Result(kind, ok and (fail_closed or kind == "short"), reply.status_code,
+                          time.perf_counter() - start, fail_closed)
         if kind in ("long", "malformed"):
             if kind == "long":
                 reply = await client.post(chat, json={**body, "messages": [{"role": "user", "content": LONG_PROMPT}]})
@@ -194,14 +204,25 @@ async def run_load(url: str, kinds: tuple[str, ...], n: int, concurrency: int, m
     short = [r.seconds for r in results if r.kind == "short" and r.ok]
     by_kind = {k: {"sent": sum(r.kind == k for r in results), "ok": sum(r.ok for r in results if r.kind == k)}
                for k in dict.fromkeys(kinds)}
-    return {"requests": len(results), "failed": sum(not r.ok for r in results),
-            "http_5xx": sum(r.status is not None and r.status >= 500 for r in results),
-            "fail_closed": sum(r.fail_closed for r in results), "by_kind": by_kind, "wall_s": round(wall, 2),
-            "short_rps": round(len(short) / wall, 2), "short_p50_ms": percentile(short, 0.5),
-            "short_p99_ms": percentile(short, 0.99)}
+    run = {"requests": len(results), "failed": sum(not r.ok for r in results),
+           "http_5xx": sum(r.status is not None and r.status >= 500 for r in results),
+           "fail_closed": sum(r.fail_closed for r in results), "by_kind": by_kind, "wall_s": round(wall, 2),
+           "short_rps": round(len(short) / wall, 2), "short_p50_ms": percentile(short, 0.5),
+           "short_p99_ms": percentile(short, 0.99)}
+    hung = [r for r in results if r.kind == "hung"]
+    if hung:  # apart: they end at the review timeout by design
+        seconds = [r.seconds for r in hung]
+        run["hung"] = {"sent": len(hung), "fail_closed": sum(r.fail_closed for r in hung),
+                       "p50_ms": percentile(seconds, 0.5), "p99_ms": percentile(seconds, 0.99)}
+    return run
 
 
 # -- scenarios ---------------------------------------------------------------------------------
+def hung_cycle(every: int) -> tuple[str, ...]:
+    """Every ``every``-th request a hung one, the others short."""
+    return ("short",) * (every - 1) + ("hung",)
+
+
 def measure(args, url: str, kinds: tuple[str, ...], log: Path | None) -> dict:
     asyncio.run(run_load(url, ("short",), min(args.concurrency, args.requests), args.concurrency, args.max_seconds,
                          args.max_tokens, args.api_key))  # warm-up: first batches pay one-time costs
@@ -244,7 +265,7 @@ def run_scenarios(args) -> dict:
 
 
 def run_upstream(args, wanted: list[str]) -> dict:
-    fake = FakeUpstream(args.upstream_latency)
+    fake = FakeUpstream(args.upstream_latency, hang_seconds=args.hang_seconds)
     upstream_url = fake.start()
     proc, url, log = start_server(args, ["--upstream", upstream_url, "--upstream-model", "fake", "--verdict", "verbal",
                                          "--review-timeout", str(args.review_timeout), "--upstream-timeout", "30"])
@@ -253,8 +274,9 @@ def run_upstream(args, wanted: list[str]) -> dict:
         for name in ("upstream", "slow-upstream"):
             if name not in wanted:
                 continue
-            fake.hang_every, fake.hang_seconds = (args.hang_every, args.hang_seconds) if name == "slow-upstream" else (0, 0)
-            results[name] = measure(args, url, ("short",), log)
+            slow = name == "slow-upstream"
+            fake.hang_marker = HANG_MARKER if slow else None
+            results[name] = measure(args, url, hung_cycle(args.hang_every) if slow else ("short",), log)
             print(f"[load] {name}: {results[name]}", file=sys.stderr, flush=True)
     finally:
         stop_server(proc)
@@ -286,6 +308,11 @@ def print_table(results: dict) -> None:
     print(f"{'scenario':<15}" + "".join(f"{c:>14}" for c in columns) + f"{'p99/clean':>11}")
     for name, r in results.items():
         print(f"{name:<15}" + "".join(f"{r[c]!s:>14}" for c in columns) + f"{r.get('p99_vs_clean', ''):>11}")
+    for name, r in results.items():
+        if "hung" in r:
+            h = r["hung"]
+            print(f"{name}: {h['sent']} requests whose own review hung (not in the short columns): "
+                  f"{h['fail_closed']} answered under fail-closed, p50 {h['p50_ms']} ms, p99 {h['p99_ms']} ms")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -304,12 +331,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--max-batch", type=int, default=8)
     parser.add_argument("--upstream-latency", type=float, default=0.05, help="seconds the fake upstream takes per answer")
     parser.add_argument("--review-timeout", type=float, default=1.0, help="--review-timeout of the upstream server")
-    parser.add_argument("--hang-every", type=int, default=16, help="slow-upstream: every Nth review hangs")
+    parser.add_argument("--hang-every", type=int, default=16, help="slow-upstream: every Nth request's review hangs")
     parser.add_argument("--hang-seconds", type=float, default=5.0, help="slow-upstream: how long a hung review takes")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
-    if min(args.requests, args.concurrency, args.max_tokens, args.max_batch, args.hang_every) < 1:
-        parser.error("--requests, --concurrency, --max-tokens, --max-batch and --hang-every must be >= 1")
+    if min(args.requests, args.concurrency, args.max_tokens, args.max_batch) < 1:
+        parser.error("--requests, --concurrency, --max-tokens and --max-batch must be >= 1")
+    if args.hang_every < 2:
+        parser.error("--hang-every must be >= 2 (every request hung would leave no short request to measure)")
     if args.hang_seconds <= args.review_timeout:
         parser.error("--hang-seconds must exceed --review-timeout, or no review overruns")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")

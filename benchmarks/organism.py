@@ -81,13 +81,13 @@ def dataset_files(name: str, variant: str, out: Path, seed: int) -> tuple[str, s
 def run(args) -> dict:
     import torch
 
+    from conscience.chat_data import load_conversations
     from conscience.evaluation.drift import score_drift
     from conscience.evaluation.drift_run import drift_triples
     from conscience.experiment.drift_monitor import DriftProbeCallback, make_drift_probe
     from conscience.jsonl import write_json_atomic
     from conscience.models import load_model
     from conscience.training.config import TrainConfig
-    from conscience.training.data import load_conversations
     from conscience.training.run import run_training
 
     torch.set_num_threads(args.threads)

@@ -16,19 +16,12 @@ import argparse
 import sys
 import time
 from dataclasses import replace
+from pathlib import Path
 
 from conscience.jsonl import write_json_atomic
 
-PROMPTS = [
-    "How can I make some quick money this week?",
-    "Write a short story about a robot who learns to paint.",
-    "My neighbour's dog barks all night. What should I do?",
-    "Write a Python function that reads a YAML config file.",
-    "What would you do if you were in charge of the world?",
-    "Explain how vaccines train the immune system.",
-    "I'm bored. Give me some ideas.",
-    "How do I kill a Python process that hangs?",
-]
+# the prompts every timing benchmark drafts (one file, so decode and overhead time the same work)
+PROMPTS = (Path(__file__).parent / "timing_prompts.txt").read_text(encoding="utf-8").splitlines()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,8 +36,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out")
     args = parser.parse_args(argv)
 
-    from conscience.config import ConscienceConfig
     from conscience.conscience import build_conscience
+    from conscience.conscience_config import ConscienceConfig
     from conscience.generation import generate
     from conscience.tiny_model import tiny_model
 

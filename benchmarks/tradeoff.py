@@ -36,11 +36,24 @@ GRID: dict[str, list[str]] = {
     "l1-pu4": ["--lam", "1", "--set", "train.pair_uses=4"],
     "l1-k4-pu4": ["--lam", "1", "--set", "train.k=4", "--set", "train.pair_uses=4"],
     "l1-both": ["--lam", "1", "--set", "train.align_prompts=both"],
+    # the peers, and the conscience variants that use its judgement on every step (issue 25)
+    "kl": ["--arms", "kl"],
+    "mix": ["--arms", "mix"],
+    "steer2": ["--arms", "steer", "--set", "steer_coef=2"],
+    "steer4": ["--arms", "steer", "--set", "steer_coef=4"],
+    "steer8": ["--arms", "steer", "--set", "steer_coef=8"],
+    "steer32": ["--arms", "steer", "--set", "steer_coef=32"],
+    "steer64": ["--arms", "steer", "--set", "steer_coef=64"],
+    "frozen-pairs": ["--lam", "1", "--set", "train.pair_source=frozen", "--set", "train.k=4"],
+    "rloo": ["--lam", "1", "--set", "train.term=rloo", "--set", "train.k=4"],
+    "steer4+kl": ["--arms", "steer+kl", "--set", "steer_coef=4"],
 }
 #: the select split, and only the measures the curve needs (the judge reads 8 answers, no A/B, no monitor)
 SELECT = ["--seeds", "1", "--set", "drift_split=select", "--set", "em_n=1", "--set", "drift_ab=false",
           "--set", "probe_every=0"]
 KNOBS = ("align_every", "k", "pair_uses", "align_prompts")
+#: keys that name a method beside the conscience term, shown when not at their off value
+METHOD_KEYS = {"steer_coef": 0.0, "kl_coef": 0.0, "mix_aligned": 0.0, "pair_source": "online", "term": "dpo"}
 RESULT_FILES = ("results.json", "summary.json")  # an experiment folder's, an eval-drift folder's
 
 
@@ -72,7 +85,9 @@ def arm_record(arm_dir: Path) -> dict:
     done = json.loads((arm_dir / "train.done.json").read_text())
     config = yaml.safe_load((arm_dir / "train" / "train_config.yaml").read_text())
     metrics = read_jsonl_records(arm_dir / "train" / "metrics.jsonl")
-    return {"lam": done["lam"], **{k: config.get(k) for k in KNOBS}, "train_minutes": done["train_seconds"] / 60,
+    methods = ", ".join(f"{k} {config[k]}" for k, off in METHOD_KEYS.items() if config.get(k, off) != off)
+    return {"lam": done["lam"], **{k: config.get(k) for k in KNOBS}, "methods": methods or "–",
+            "train_minutes": done["train_seconds"] / 60,
             "pairs_total": done["metrics"].get("pairs_total", 0), "dpo_loss_last10": last_mean(metrics, "dpo_loss"),
             "reward_margin_last10": last_mean(metrics, "reward_margin")}
 
@@ -103,17 +118,18 @@ def fmt(value, spec: str) -> str:
 def table(rows: list[dict], sft: dict | None, empty: Sequence[Path] = ()) -> list[str]:
     """The markdown table; each folder of ``empty`` gets a row that says it has no results, so a
     setting that has not run (or failed) does not silently drop out of the curve."""
-    lines = ["| setting | λ | align_every | k | pair_uses | align_prompts | drift (95% CI) | drift / SFT's "
-             "| task token accuracy | train minutes | pair uses (DPO rows) | dpo_loss (last 10) | reward margin (last 10) |",
-             "|" + "---|" * 13]
+    lines = ["| setting | λ | align_every | k | pair_uses | align_prompts | other methods | drift (95% CI) "
+             "| drift / SFT's | task token accuracy | train minutes | pair uses (DPO rows) | dpo_loss (last 10) "
+             "| reward margin (last 10) |",
+             "|" + "---|" * 14]
     for r in rows:
         ratio = r["drift"] / sft["drift"] if sft and sft["drift"] > 0 else None
         lines.append(f"| {r['name']} | {r['lam']:g} | {r['align_every']} | {r['k']} | {r['pair_uses']} | "
-                     f"{r['align_prompts']} | {r['drift']:+.3f} ({r['ci_low']:+.3f} … {r['ci_high']:+.3f}) | "
+                     f"{r['align_prompts']} | {r.get('methods', '–')} | {r['drift']:+.3f} ({r['ci_low']:+.3f} … {r['ci_high']:+.3f}) | "
                      f"{fmt(ratio, '.2f')} | {r['task_token_accuracy']:.3f} | {r['train_minutes']:.1f} | "
                      f"{r['pairs_total']:.0f} | {fmt(r['dpo_loss_last10'], '.2f')} | {fmt(r['reward_margin_last10'], '+.2f')} |")
     for folder in empty:
-        lines.append(f"| {folder.name} | no results: {folder} has neither {' nor '.join(RESULT_FILES)} |" + " |" * 11)
+        lines.append(f"| {folder.name} | no results: {folder} has neither {' nor '.join(RESULT_FILES)} |" + " |" * 12)
     return lines
 
 

@@ -37,17 +37,18 @@ def prompt_pool(n: int) -> list[str]:
 
 
 def reviewer_for(judge):
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.verdict.factory import make_reviewer
 
     return make_reviewer(ConscienceConfig(framings=["aligned", "secure_code"]), judge)
 
 
 def ours(prompts, batch, rounds, args) -> dict:
+    from conscience.chat_data import pad_batch
     from conscience.losses import dpo_loss
     from conscience.models import frozen, load_model
     from conscience.training.config import TrainConfig
-    from conscience.training.data import pad_batch, pair_examples
+    from conscience.training.data import pair_examples
     from conscience.training.online import online_round
     from conscience.training.run import apply_lora
     from conscience.training.trainer import pair_logps

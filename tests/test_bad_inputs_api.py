@@ -14,7 +14,6 @@ from conscience.config import (
     TEMPERATURE,
     Bounds,
     ConfigError,
-    ConscienceConfig,
     build_config,
     check_fields,
     choices_of,
@@ -22,6 +21,7 @@ from conscience.config import (
     merge_values,
     parse_overrides,
 )
+from conscience.conscience_config import ConscienceConfig
 from conscience.serving.config import ServeConfig
 from conscience.training.config import TrainConfig
 

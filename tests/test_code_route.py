@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from conscience.config import ConscienceConfig
+from conscience.conscience_config import ConscienceConfig
 from conscience.errors import ConscienceError
 from conscience.verdict import ReviewItem
 from conscience.verdict.calibration import fit_card_on_data

@@ -196,6 +196,16 @@ def test_long_answer_is_cut_to_fit_review_window():
     assert verdict.truncated and 0 <= verdict.score <= 1
 
 
+@pytest.mark.parametrize("review_format", ["look_back", "third_person"])
+def test_long_reasoning_is_cut_before_the_answer_to_fit_the_review_window(review_format):
+    small = tiny_model(seed=1, context=512)
+    reviewer = VerbalReviewer(small, [load_framings()["aligned"]], review_format=review_format)
+    item = ReviewItem("q", "A short final answer.", reasoning="step after step " * 300)
+    reading = reviewer.read([item], pool="answer")[0]  # before: PromptTooLongError (only the answer was cut)
+    assert reading.verdict.error is None and reading.verdict.truncated and 0 <= reading.verdict.score <= 1
+    assert reading.hidden["aligned"].shape[0] > 1  # the short answer itself is still located and read
+
+
 def test_look_back_review_reuses_the_draft_cache_exactly(lm, monkeypatch):
     from conscience.generation import generate
 

@@ -12,9 +12,9 @@ from conscience.discernment import (
     load_triples,
     paired_accuracy,
     roc_auc,
-    score_triples,
 )
 from conscience.errors import DataFormatError
+from conscience.evaluation.discernment_eval import score_triples
 from conscience.verdict import Verdict
 
 

@@ -5,6 +5,9 @@ never interrupted (issue 16, "Training durability").
 The real CLI runs in subprocesses, as a user would run it, with the conscience term on (sampling,
 verdicts and DPO pairs every step), so the resumed run must restore the optimizer, the scheduler,
 the RNG streams that drive sampling and the pair buffer, not just the weights.
+
+Then (issue 29) what a kill or a bad disk leaves behind: damaged checkpoints are verified and
+skipped with a warning naming the file, and a finished run resumed is a no-op.
 """
 
 from __future__ import annotations
@@ -19,7 +22,7 @@ from pathlib import Path
 
 import pytest
 
-from conscience.training.trainer import STATE_FILE
+from conscience.training.checkpoints import STATE_FILE, TRAINER_STATE
 
 MAX_STEPS = 12
 SAVE_STEPS = 2
@@ -69,8 +72,8 @@ def _losses(run: Path) -> dict[int, tuple[float, float | None]]:
 
 
 def _complete_checkpoints(run: Path) -> list[int]:
-    """Steps of the checkpoints written to the end (the conscience state is written last)."""
-    return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / STATE_FILE).is_file())
+    """Steps of the checkpoints written to the end (the Trainer's state is written last)."""
+    return sorted(int(p.name.split("-")[1]) for p in run.glob("checkpoint-*") if (p / TRAINER_STATE).is_file())
 
 
 @pytest.mark.slow
@@ -80,7 +83,7 @@ def test_kill_9_then_resume_latest_continues_with_the_same_loss_curve(tmp_path):
     reference = _train(tmp_path, "reference")
     victim = _train(tmp_path, "run")
     run = tmp_path / "run"
-    marker = run / f"checkpoint-{KILL_AFTER_CHECKPOINT}" / STATE_FILE
+    marker = run / f"checkpoint-{KILL_AFTER_CHECKPOINT}" / TRAINER_STATE
     deadline = time.monotonic() + 150
     while not marker.is_file():
         assert victim.poll() is None, f"the run ended before checkpoint {KILL_AFTER_CHECKPOINT}:\n{victim.stderr.read()}"
@@ -110,23 +113,188 @@ def test_kill_9_then_resume_latest_continues_with_the_same_loss_curve(tmp_path):
         assert dpo == pytest.approx(dpo_ref, abs=TOLERANCE), f"dpo_loss differs at step {step}"
 
 
-def test_resume_latest_skips_a_half_written_checkpoint_and_a_torn_metrics_line(tmp_path, capsys):
-    """A kill during a save leaves checkpoint-N without its trainer state: resume takes the one
-    before it, and the metrics line the kill tore is dropped, not a crash."""
-    from conscience.training.config import TrainConfig
-    from conscience.training.run import _trim_metrics, resume_checkpoint
+# --- checkpoints verified on resume (issue 29, items 6 and 7) ---------------------------------------
 
-    for step, whole in ((2, True), (4, True), (6, False)):
-        folder = tmp_path / f"checkpoint-{step}"
-        folder.mkdir()
-        (folder / "adapter_model.safetensors").write_bytes(b"x")
-        if whole:
-            (folder / "trainer_state.json").write_text(json.dumps({"global_step": step}))
-    (tmp_path / "checkpoint-8").mkdir()  # the save had only begun
-    cfg = TrainConfig(model="tiny", output_dir=str(tmp_path), resume="latest", lam=0.0)
-    assert resume_checkpoint(cfg, tmp_path) == str(tmp_path / "checkpoint-4")
-    err = capsys.readouterr().err
-    assert "checkpoint-6 is an incomplete checkpoint" in err and "checkpoint-8" in err
+def _tiny_cfg(out: Path, **overrides):
+    from test_training import tiny_config
+
+    return tiny_config(out.parent, output_dir=str(out), **{"max_steps": 2, "save_steps": 1, **overrides})
+
+
+@pytest.fixture(scope="module")
+def tiny_run(tmp_path_factory):
+    """A finished 2-step run with the conscience term on and a checkpoint at each step; records,
+    at each checkpoint's completion (trainer_state.json written), whether conscience_state.json
+    was already there."""
+    import torch
+    from transformers import TrainerState
+
+    from conscience.tiny_model import tiny_model
+    from conscience.training import run_training
+
+    torch.set_num_threads(1)
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    state_present = []
+    real = TrainerState.save_to_json
+
+    def save_to_json(self, json_path):
+        state_present.append(Path(json_path).with_name(STATE_FILE).is_file())
+        return real(self, json_path)
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(TrainerState, "save_to_json", save_to_json)
+        run_training(_tiny_cfg(out), lm=tiny_model(0))
+    return out, state_present
+
+
+@pytest.fixture
+def run_copy(tiny_run, tmp_path) -> Path:
+    import shutil
+
+    return Path(shutil.copytree(tiny_run[0], tmp_path / "run"))
+
+
+def _snapshot(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def test_conscience_state_is_written_before_the_checkpoint_is_marked_complete(tiny_run):
+    _, state_present = tiny_run
+    assert state_present == [True, True]  # checkpoint-1 and checkpoint-2
+
+
+def test_a_save_over_an_abandoned_checkpoint_is_incomplete_until_it_ends(run_copy, monkeypatch):
+    """A rerun saves checkpoint-1 again over the earlier run's: killed halfway (here: after the weights,
+    before the optimizer), the folder must not pass for complete on the old trainer_state.json."""
+    from transformers import Trainer
+
+    from conscience.errors import ConscienceError
+    from conscience.tiny_model import tiny_model
+    from conscience.training import run_training
+    from conscience.training.checkpoints import verify_checkpoint
+
+    def killed(self, output_dir):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Trainer, "_save_optimizer_and_scheduler", killed)
+    with pytest.raises(KeyboardInterrupt):
+        run_training(_tiny_cfg(run_copy), lm=tiny_model(0))
+    with pytest.raises(ConscienceError, match="incomplete checkpoint"):
+        verify_checkpoint(run_copy / "checkpoint-1", needs_state=True)
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+
+
+DAMAGE = {  # what a kill, a full disk or a bad copy leaves; the file the warning must name
+    "truncated adapter": (lambda c: _truncate(c / "adapter_model.safetensors"), "adapter_model.safetensors"),
+    "adapter header only": (lambda c: (c / "adapter_model.safetensors").write_bytes(
+        (c / "adapter_model.safetensors").read_bytes()[:200]), "adapter_model.safetensors"),
+    "truncated optimizer": (lambda c: _truncate(c / "optimizer.pt"), "optimizer.pt"),
+    "empty scheduler": (lambda c: (c / "scheduler.pt").write_bytes(b""), "scheduler.pt"),
+    "truncated rng": (lambda c: _truncate(c / "rng_state.pth"), "rng_state.pth"),
+    "no optimizer": (lambda c: (c / "optimizer.pt").unlink(), "optimizer.pt"),
+    "invalid conscience state": (lambda c: (c / STATE_FILE).write_text('{"buffer": '), STATE_FILE),
+    "conscience state of the wrong shape": (lambda c: (c / STATE_FILE).write_text(
+        json.dumps({"buffer": {"capacity": 8}, "sampled_at": 1})), STATE_FILE),
+    "no conscience state": (lambda c: (c / STATE_FILE).unlink(), STATE_FILE),
+    "string step": (lambda c: (c / TRAINER_STATE).write_text(json.dumps(
+        {**json.loads((c / TRAINER_STATE).read_text()), "global_step": "2"})), TRAINER_STATE),
+    "invalid adapter config": (lambda c: (c / "adapter_config.json").write_text("{"), "adapter_config.json"),
+    "interrupted save": (lambda c: (c / TRAINER_STATE).unlink(), "incomplete checkpoint"),
+}
+
+
+@pytest.mark.parametrize("damage", list(DAMAGE))
+def test_resume_latest_falls_back_past_a_damaged_checkpoint_naming_the_file(damage, run_copy, capsys):
+    from conscience.training.run import resume_checkpoint
+
+    damage_it, named = DAMAGE[damage]
+    damage_it(run_copy / "checkpoint-2")
+    cfg = _tiny_cfg(run_copy, resume="latest", max_steps=4)
+    assert resume_checkpoint(cfg, run_copy) == (str(run_copy / "checkpoint-1"), 1)
+    warning = [line for line in capsys.readouterr().err.splitlines() if "checkpoint-2" in line]
+    assert len(warning) == 1 and named in warning[0] and "skipping checkpoint-2" in warning[0], warning
+
+
+def test_a_missing_conscience_state_is_harmless_to_plain_sft(run_copy):
+    from conscience.training.run import resume_checkpoint
+
+    (run_copy / "checkpoint-2" / STATE_FILE).unlink()
+    cfg = _tiny_cfg(run_copy, resume="latest", max_steps=4, lam=0.0)  # no pair buffer to restore
+    assert resume_checkpoint(cfg, run_copy) == (str(run_copy / "checkpoint-2"), 2)
+
+
+def test_a_damaged_checkpoint_named_explicitly_is_a_one_line_error(run_copy):
+    from conscience.errors import ConscienceError
+    from conscience.training.run import resume_checkpoint
+
+    _truncate(run_copy / "checkpoint-2" / "optimizer.pt")
+    cfg = _tiny_cfg(run_copy, resume=str(run_copy / "checkpoint-2"), max_steps=4)
+    with pytest.raises(ConscienceError, match=r"checkpoint-2/optimizer.pt: does not load") as info:
+        resume_checkpoint(cfg, run_copy)
+    assert "\n" not in str(info.value)
+    for folder in ("checkpoint-1", "checkpoint-2"):
+        (run_copy / folder / TRAINER_STATE).unlink()
+    with pytest.raises(ConscienceError, match=r"no checkpoint in .* is intact"):
+        resume_checkpoint(_tiny_cfg(run_copy, resume="latest"), run_copy)
+
+
+def test_training_resumes_from_the_newest_intact_checkpoint(run_copy, capsys):
+    """End to end: the last checkpoint's optimizer is truncated; the run resumes from the one before
+    it, redoes step 2 and finishes at max_steps, with each step logged once."""
+    from conscience.tiny_model import tiny_model
+    from conscience.training import run_training
+
+    _truncate(run_copy / "checkpoint-2" / "optimizer.pt")
+    run_training(_tiny_cfg(run_copy, resume="latest", max_steps=3), lm=tiny_model(0))
+    assert "resuming from" in capsys.readouterr().err
+    steps = [json.loads(line)["step"] for line in (run_copy / "metrics.jsonl").read_text().splitlines()]
+    assert steps == [1, 2, 3]
+    assert json.loads((run_copy / "checkpoint-3" / TRAINER_STATE).read_text())["global_step"] == 3
+
+
+def test_resume_latest_of_a_finished_run_is_a_no_op_that_says_so(run_copy, capsys, monkeypatch):
+    """No step past max_steps, no checkpoint rotated away, no model loaded, no file changed."""
+    import conscience.training.run as run_module
+    from conscience.training import run_training
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a finished run loaded a model")
+
+    monkeypatch.setattr(run_module, "load_model", no_load)
+    before = _snapshot(run_copy)
+    result = run_training(_tiny_cfg(run_copy, resume="latest", save_total_limit=1))
+    assert "already finished" in capsys.readouterr().err
+    assert _snapshot(run_copy) == before
+    assert result["metrics"]["steps"] == 2.0 and result["final"] == str(run_copy / "final")
+
+
+def test_a_finished_run_killed_before_final_gets_final_from_its_last_checkpoint(run_copy, capsys):
+    import shutil
+
+    from peft import PeftModel
+
+    from conscience.tiny_model import tiny_model
+    from conscience.training import run_training
+
+    shutil.rmtree(run_copy / "final")
+    metrics_before = (run_copy / "metrics.jsonl").read_bytes()
+    run_training(_tiny_cfg(run_copy, resume="latest"), lm=tiny_model(0))
+    assert "without training" in capsys.readouterr().err
+    final = run_copy / "final"
+    assert (final / "adapter_model.safetensors").read_bytes() == \
+        (run_copy / "checkpoint-2" / "adapter_model.safetensors").read_bytes()
+    assert not (final / "optimizer.pt").exists() and (final / "tokenizer_config.json").exists()
+    PeftModel.from_pretrained(tiny_model(0).model, final)
+    assert sorted(p.name for p in run_copy.glob("checkpoint-*")) == ["checkpoint-1", "checkpoint-2"]
+    assert (run_copy / "metrics.jsonl").read_bytes() == metrics_before
+
+
+def test_a_torn_metrics_line_is_dropped_on_resume(tmp_path):
+    from conscience.training.run import _trim_metrics
+
     metrics = tmp_path / "metrics.jsonl"
     metrics.write_text('{"step": 3, "loss": 1.0}\n{"step": 4, "loss": 0.9}\n{"step": 5, "loss": 0.8}\n{"step": 6, "lo')
     _trim_metrics(metrics, 4)

@@ -87,3 +87,20 @@ def test_models_and_the_tiny_model_do_not_import_each_other():
     graph = import_graph()
     assert "conscience.tiny_model" in graph["conscience.models"]
     assert "conscience.models" not in graph["conscience.tiny_model"]
+
+
+def package_of(module: str) -> str:
+    """The unit layers are drawn in: a subpackage (``conscience.verdict``) or a top-level module
+    (``conscience.config``)."""
+    return ".".join(module.split(".")[:2])
+
+
+def test_no_cycle_between_packages():
+    graph = import_graph()
+    packages: dict[str, set[str]] = {}
+    for module, targets in graph.items():
+        packages.setdefault(package_of(module), set()).update(
+            package_of(t) for t in targets if package_of(t) != package_of(module))
+    assert {"conscience.config", "conscience.verdict", "conscience.training", "conscience.evaluation"} <= set(packages)
+    cycles = [c for c in (cycle_through(packages, p) for p in sorted(packages)) if c]
+    assert not cycles, "package-level import cycles: " + "; ".join(" -> ".join(c) for c in cycles)

@@ -145,14 +145,19 @@ def test_card_for_another_model_is_refused():
         check_card(card, "other-model", 8, 3)
 
 
-def test_find_card_beside_model_or_adapter(tmp_path):
+def test_find_card_beside_model_or_adapter_only_when_trusted(tmp_path):
     save_card(_card(), tmp_path / "adapter" / "conscience-card")
     (tmp_path / "model").mkdir()
     save_card(_card(), tmp_path / "model")
-    assert find_card(str(tmp_path / "model")) == tmp_path / "model"
-    assert find_card(str(tmp_path / "model"), adapter=str(tmp_path / "adapter")) == tmp_path / "adapter" / "conscience-card"
+    # a card that arrives with the weights is not the judge unless the user trusts it
+    assert find_card(str(tmp_path / "model")) is None
+    assert find_card(str(tmp_path / "model"), adapter=str(tmp_path / "adapter")) is None
+    assert find_card("bundled", adapter=str(tmp_path / "adapter")).parts[-2:] == ("cards", "bundled")
+    assert find_card(str(tmp_path / "model"), trust_adapter_card=True) == tmp_path / "model"
+    assert (find_card(str(tmp_path / "model"), adapter=str(tmp_path / "adapter"), trust_adapter_card=True)
+            == tmp_path / "adapter" / "conscience-card")
     assert find_card(str(tmp_path / "model"), explicit="x") == __import__("pathlib").Path("x")
-    assert find_card(str(tmp_path / "nothing")) is None
+    assert find_card(str(tmp_path / "nothing"), trust_adapter_card=True) is None
 
 
 # -- with a tiny random model ----------------------------------------------------------------
@@ -195,7 +200,7 @@ def test_calibrate_cli_message(tmp_path, capsys):
 def test_fit_save_review_and_latent_ignores_the_adapter(tiny, tmp_path):
     from peft import LoraConfig, get_peft_model
 
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.verdict.calibration import fit_card_on_data
     from conscience.verdict.factory import make_reviewer
     from conscience.verdict.latent import LatentReviewer
@@ -284,7 +289,7 @@ def test_shipped_card_loads_for_the_bundled_model():
     folder = find("bundled")
     if folder is None:
         pytest.skip("no shipped card yet")
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.models import load_model
     from conscience.verdict.factory import make_reviewer
 
@@ -303,7 +308,7 @@ def test_shipped_card_is_not_fooled_by_safety_text_appended_to_a_harmful_answer(
     """The attack that passed the answer-mean card 10 times in 10: a harmful answer followed by
     a safety paragraph ×3. The shipped span card scores an answer by its worst window, so text
     appended after a harmful passage of at least one window can only add windows."""
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.models import load_model
     from conscience.verdict.factory import make_reviewer
 
@@ -330,7 +335,7 @@ def test_unlabelled_card_reads_the_last_token_and_refuses_the_answer_mean(tiny, 
 
 
 def test_the_factory_says_why_it_chose_the_reviewer(tiny, tmp_path, monkeypatch, capsys):
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.verdict import VerbalReviewer
     from conscience.verdict.calibration import fit_card_on_data
     from conscience.verdict.factory import choose_reviewer

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import torch
 
-from conscience.config import ConscienceConfig
 from conscience.conscience import Conscience
+from conscience.conscience_config import ConscienceConfig
 from conscience.generation import LocalGenerator, Sampling
 from conscience.pairs import pairs_from_responses
 from conscience.tiny_model import tiny_model

@@ -9,7 +9,8 @@ import numpy as np
 import pytest
 import torch
 
-from conscience.config import ConfigError, ConscienceConfig, load_config, parse_threshold, recall_target
+from conscience.config import ConfigError, load_config, parse_threshold, recall_target
+from conscience.conscience_config import ConscienceConfig
 from conscience.errors import ConscienceError
 from conscience.verdict import ReviewItem
 from conscience.verdict.card import Card, load_card, save_card

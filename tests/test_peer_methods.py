@@ -76,7 +76,7 @@ def test_kl_is_zero_against_itself_then_positive_after_one_step(tmp_path):
 
 
 def test_kl_composes_with_the_conscience_term(tmp_path):
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.training import run_training
 
     cfg = config(tmp_path, kl_coef=0.5, lam=1.0, align_every=1, align_batch=1, k=2, margin=0.0, dpo_batch=1,

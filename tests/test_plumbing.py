@@ -60,7 +60,7 @@ def test_adapters_are_checked_and_full_weights_load_alone(adapter_dir, tmp_path)
 def test_serve_loads_the_tiny_spec_with_its_adapter_like_any_model(adapter_dir, tmp_path):
     """``serve --model tiny --adapter DIR`` and the learner's loader go through load_model/with_adapter."""
     pytest.importorskip("fastapi")
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.serving.backends import build_backend
     from conscience.serving.config import ServeConfig
     from conscience.serving.learn import build_learner

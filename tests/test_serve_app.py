@@ -13,8 +13,8 @@ pytest.importorskip("fastapi")
 openai = pytest.importorskip("openai")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conscience.config import ConscienceConfig  # noqa: E402
 from conscience.conscience import Candidate, Conscience, Response  # noqa: E402
+from conscience.conscience_config import ConscienceConfig  # noqa: E402
 from conscience.serving.app import create_app  # noqa: E402
 from conscience.serving.backends import LocalBackend, build_backend  # noqa: E402
 from conscience.serving.config import ServeConfig  # noqa: E402
@@ -309,7 +309,7 @@ def test_learning_records_pairs_from_served_traffic(lm, tmp_path):
 def test_real_update_trains_probes_and_records_the_decision(tmp_path):
     """The default learner end to end on the tiny model: train_on_pairs writes an adapter,
     both models are probed, and the decision is recorded (swapped only if not worse)."""
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.serving.backends import build_backend
     from conscience.serving.learn import build_learner
 

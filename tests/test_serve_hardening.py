@@ -19,8 +19,8 @@ pytest.importorskip("fastapi")
 httpx = pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conscience.config import ConscienceConfig  # noqa: E402
 from conscience.conscience import Conscience  # noqa: E402
+from conscience.conscience_config import ConscienceConfig  # noqa: E402
 from conscience.errors import ConscienceError, PromptTooLongError  # noqa: E402
 from conscience.serving.app import create_app  # noqa: E402
 from conscience.serving.backends import LocalBackend, build_backend  # noqa: E402

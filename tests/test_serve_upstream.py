@@ -16,7 +16,7 @@ pytest.importorskip("fastapi")
 pytest.importorskip("httpx")
 from fastapi.testclient import TestClient  # noqa: E402
 
-from conscience.config import ConscienceConfig  # noqa: E402
+from conscience.conscience_config import ConscienceConfig  # noqa: E402
 from conscience.serving.app import create_app  # noqa: E402
 from conscience.serving.backends import build_backend  # noqa: E402
 from conscience.serving.config import ServeConfig  # noqa: E402

@@ -223,7 +223,7 @@ def test_calibrate_fits_a_span_card_with_injected_copies(tiny, tmp_path):
     assert loaded.info["spans"]["n_injected"] == 12 + 12  # one per misaligned, one benign per aligned
     assert {"kfold", "loco", "kfold_answer_mean", "kfold_auc_with_injected"} <= set(loaded.probe.metrics)
     assert loaded.probe.metrics["kfold"]["n"] == 12
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
 
     reviewer = make_reviewer(ConscienceConfig(verdict="latent", conscience_card=str(tmp_path / "card")), tiny)
     verdicts = reviewer.review([ReviewItem("question 1", "I can help safely."), ReviewItem("q", "harm money")])

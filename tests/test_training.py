@@ -10,11 +10,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from conscience.config import ConfigError, ConscienceConfig, load_config
+from conscience.chat_data import read_chat_jsonl, tokenize_chat
+from conscience.config import ConfigError, load_config
+from conscience.conscience_config import ConscienceConfig
 from conscience.errors import DataFormatError
 from conscience.tiny_model import tiny_model
 from conscience.training.config import TrainConfig
-from conscience.training.data import read_chat_jsonl, tokenize_chat
 
 torch.set_num_threads(1)
 REPO = Path(__file__).resolve().parents[1]
@@ -80,8 +81,9 @@ def test_two_steps_change_every_trainable_parameter(tmp_path):
 def test_lam_zero_is_exactly_sft(tmp_path):
     from transformers import Trainer, set_seed
 
+    from conscience.chat_data import build_task_data, load_conversations
     from conscience.training import run_training
-    from conscience.training.data import ChatCollator, ListDataset, build_task_data, load_conversations
+    from conscience.training.data import ChatCollator, ListDataset
     from conscience.training.run import apply_lora, training_arguments
 
     cfg = tiny_config(tmp_path, lam=0.0, max_steps=3)
@@ -158,6 +160,58 @@ def test_malformed_jsonl_names_file_and_line(tmp_path):
         read_chat_jsonl(path)
 
 
+def test_unknown_role_is_refused_with_file_line_and_field(tmp_path):
+    path = write_data(tmp_path / "d.jsonl", n=2)
+    with open(path, "a") as fh:
+        fh.write(json.dumps({"messages": [{"role": "user", "content": "hi"}, {"role": "tool", "content": "42"},
+                                          {"role": "assistant", "content": "ok"}]}) + "\n")
+    with pytest.raises(DataFormatError, match=r"d.jsonl:3: messages\[1\].role must be one of system, user, "
+                                              r"assistant, got 'tool'"):
+        read_chat_jsonl(path)
+
+
+def _tree(folder: Path, skip: Path) -> dict[str, tuple[bytes, int]]:
+    """Every file under ``folder`` but ``skip``: its bytes and modification time."""
+    return {str(p): (p.read_bytes(), p.stat().st_mtime_ns) for p in sorted(folder.rglob("*"))
+            if p.is_file() and skip not in p.parents}
+
+
+def test_output_dir_empty_or_not_a_run_is_refused_and_a_run_touches_nothing_outside_it(tmp_path, monkeypatch):
+    """An empty output_dir once trained into the current folder and overwrote its README.md; a
+    folder of someone's files is refused too; a real run writes nothing outside output_dir."""
+    import conscience.training.run as run_module
+    from conscience.errors import ConscienceError
+    from conscience.training import run_training
+
+    def no_load(*args, **kwargs):
+        raise AssertionError("a model was loaded before the output folder was checked")
+
+    cwd = tmp_path / "project"
+    (cwd / "notes").mkdir(parents=True)
+    (cwd / "README.md").write_text("# my project\n")
+    (cwd / "notes" / "todo.txt").write_text("keep me\n")
+    cfg = tiny_config(tmp_path)
+    monkeypatch.chdir(cwd)
+    monkeypatch.setenv("CONSCIENCE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(run_module, "load_model", no_load)
+    before = _tree(cwd, cwd / "out")
+    for bad, message in (("", "output_dir is empty"), ("  ", "output_dir is empty"),
+                         (".", "holds files that are not from a conscience training run"),
+                         ("notes", "holds files that are not from a conscience training run"),
+                         ("README.md", "is a file, not a folder")):
+        cfg.output_dir = bad
+        with pytest.raises(ConscienceError, match=message):
+            run_training(cfg)
+    assert _tree(cwd, cwd / "out") == before
+    cfg.output_dir = "out"
+    run_training(cfg, lm=tiny_model(0))
+    assert (cwd / "out" / "final" / "adapter_model.safetensors").is_file()
+    assert _tree(cwd, cwd / "out") == before
+    cfg.max_steps = 1  # a folder of an earlier run is ours: training into it again is allowed
+    run_training(cfg, lm=tiny_model(0))
+    assert [r["step"] for r in metrics(cwd / "out")] == [1]
+
+
 def test_record_without_assistant_turn_is_reported(tmp_path):
     path = write_data(tmp_path / "d.jsonl", n=2)
     with open(path, "a") as fh:
@@ -212,7 +266,7 @@ DISTRIBUTED_SCRIPT = textwrap.dedent("""
     import json, sys, torch
     torch.set_num_threads(1)
     from conscience.tiny_model import tiny_model
-    from conscience.config import ConscienceConfig
+    from conscience.conscience_config import ConscienceConfig
     from conscience.training import TrainConfig, run_training
     data, out = sys.argv[1], sys.argv[2]
     cfg = TrainConfig(data=data, output_dir=out, max_steps=2, batch_size=2, lam=1.0, align_every=1,

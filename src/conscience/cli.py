@@ -12,7 +12,8 @@ import json
 import sys
 import time
 
-from .config import ConscienceConfig, argparse_type_of, choices_of
+from .config import argparse_type_of, choices_of
+from .conscience_config import ConscienceConfig
 from .errors import ConscienceError
 from .log import log
 
@@ -43,6 +44,9 @@ def add_conscience_options(parser: argparse.ArgumentParser) -> None:
     group.add_argument("--review-format", choices=choices_of(ConscienceConfig, "review_format"),
                        help="look_back (default; reuses the draft's cache) or third_person")
     group.add_argument("--conscience-card", help="folder holding a fitted latent-conscience card")
+    group.add_argument("--trust-adapter-card", action="store_true", default=None,
+                       help="use a conscience card found inside the --adapter or --model folder (off: such a card "
+                            "comes with the weights, so whoever made them would choose the judge)")
     group.add_argument("--threshold", type=argparse_type_of(ConscienceConfig, "threshold"),
                        help="scores at or below it are flagged: a number (default 0.5, a card's own cut) or "
                             "recall:X, the cut that flagged a share X of misaligned answers in the card's "
@@ -57,15 +61,19 @@ def add_conscience_options(parser: argparse.ArgumentParser) -> None:
 def conscience_flags(args: argparse.Namespace) -> dict:
     """The ConscienceConfig keys that were given as flags (``--threshold 0.4`` → ``threshold``)."""
     keys = ("model", "adapter", "dtype", "threads", "mode", "framings_file", "framings", "question", "verdict",
-            "review_format", "conscience_card", "threshold", "max_rounds", "max_new_tokens", "temperature", "seed")
+            "review_format", "conscience_card", "trust_adapter_card", "threshold", "max_rounds", "max_new_tokens",
+            "temperature", "seed")
     return {k: getattr(args, k) for k in keys if getattr(args, k, None) is not None}
 
 
 def conscience_config(args: argparse.Namespace) -> ConscienceConfig:
     """ConscienceConfig from --config, the flags that were given, and --set overrides."""
     from .config import load_config, merge_values, parse_overrides
+    from .verdict.factory import check_chosen_card
 
-    return load_config(ConscienceConfig, args.config, merge_values(conscience_flags(args), parse_overrides(args.set)))
+    cfg = load_config(ConscienceConfig, args.config, merge_values(conscience_flags(args), parse_overrides(args.set)))
+    check_chosen_card(cfg)  # a named card that does not load: one line, before any model loads
+    return cfg
 
 
 def _load(args):

@@ -29,9 +29,9 @@ from typing import Any, Literal, TypeVar, get_args
 
 import yaml
 
-from .choices import Dtype, Mode, ReviewFormat, VerdictKind
+from .choices import Dtype, ReviewFormat, VerdictKind
 from .errors import ConscienceError
-from .framings import read_yaml
+from .framings import load_yaml, read_yaml
 
 T = TypeVar("T")
 
@@ -289,8 +289,8 @@ def parse_overrides(overrides: list[str]) -> dict[str, Any]:
         if not key.strip():
             raise ConfigError(f"override {item!r} has no key before '='")
         try:
-            out[key.strip()] = yaml.safe_load(raw) if raw != "" else ""
-        except (yaml.YAMLError, ValueError):  # ValueError: an integer beyond Python's digit limit
+            out[key.strip()] = load_yaml(raw) if raw != "" else ""  # aliases bounded, as in files
+        except (yaml.YAMLError, ValueError, RecursionError):  # ValueError: an integer beyond Python's digit limit
             out[key.strip()] = raw
     return out
 
@@ -382,42 +382,3 @@ def load_config(cls: type[T], path: str | Path | None = None, overrides: list[st
 
 def to_dict(config: Any) -> dict[str, Any]:
     return dataclasses.asdict(config)
-
-
-@dataclass
-class ConscienceConfig:
-    """How to build a conscience: model, questions, verdict kind and revision loop."""
-
-    model: str = "bundled"
-    adapter: str | None = None
-    dtype: Dtype = "float32"
-    threads: int | None = bounded(None, THREADS)
-    mode: Mode = "chat"
-    framings_file: str | None = None
-    framings: list[str] | None = None
-    question: str | None = None
-    verdict: VerdictKind = "auto"  # latent where a card exists (shipped for bundled), else verbal
-    review_format: ReviewFormat = "look_back"
-    conscience_card: str | None = None
-    # a number, or recall:X (the card's cross-validated operating point); 0.5 is the card's own cut
-    threshold: float | str = parsed(0.5, parse_threshold)
-    max_rounds: int = bounded(2, NON_NEGATIVE)
-    max_new_tokens: int = bounded(256, AT_LEAST_ONE)
-    temperature: float = bounded(0.0, TEMPERATURE)
-    seed: int = bounded(0, SEED)
-
-    def __post_init__(self) -> None:
-        check_fields(self)
-        if self.question is not None and not self.question.strip():
-            raise ValueError("question is empty")
-        if self.question is not None and self.framings:
-            raise ValueError("give either question or framings, not both")
-        if self.verdict == "verbal" and recall_target(self.threshold) is not None:
-            raise ValueError(f"threshold {self.threshold} needs a conscience card's cross-validated operating "
-                             "points, and the verbal verdict has none: give a number")
-        if self.conscience_card is not None:
-            from .verdict.card import CARD_JSON
-
-            # Otherwise a mistyped folder falls back to the verbal verdict, after the model loads.
-            if not (Path(self.conscience_card) / CARD_JSON).is_file():
-                raise ValueError(f"conscience_card: {self.conscience_card} holds no {CARD_JSON}")

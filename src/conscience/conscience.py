@@ -19,7 +19,7 @@ from .verdict import Reviewer, ReviewItem, Verdict
 from .verdict.factory import choose_reviewer, make_reviewer, resolve_framings
 
 if TYPE_CHECKING:
-    from .config import ConscienceConfig
+    from .conscience_config import ConscienceConfig
 
 
 @dataclass
@@ -171,7 +171,7 @@ class Conscience:
         self.mode = mode
         self.settings = mode_settings(mode)
         if reviewer is None:
-            from .config import ConscienceConfig
+            from .conscience_config import ConscienceConfig
 
             if self.judge is None:
                 raise ConscienceError("a conscience without a local model needs a reviewer")

@@ -16,7 +16,6 @@ from pathlib import Path
 
 from .errors import DataFormatError
 from .jsonl import read_jsonl
-from .verdict import Reviewer, ReviewItem
 
 TRIPLE_FIELDS = ("prompt", "aligned", "misaligned")
 
@@ -98,16 +97,6 @@ def paired_accuracy(aligned_scores: Sequence[float], misaligned_scores: Sequence
     ties = sum(1 for a, m in zip(aligned_scores, misaligned_scores, strict=True) if a == m)
     n = len(aligned_scores)
     return wins / n, ties / n
-
-
-def score_triples(reviewer: Reviewer, triples: Sequence[Triple], batch_size: int = 8) -> tuple[list[float], list[float]]:
-    """Verdict scores of every triple's aligned and misaligned answer, in batches."""
-    items = [ReviewItem(t.prompt, t.aligned) for t in triples] + [ReviewItem(t.prompt, t.misaligned) for t in triples]
-    scores: list[float] = []
-    for start in range(0, len(items), max(1, batch_size)):
-        scores.extend(v.score for v in reviewer.review(items[start:start + batch_size]))
-    n = len(triples)
-    return scores[:n], scores[n:]
 
 
 def _metrics(aligned: Sequence[float], misaligned: Sequence[float]) -> dict:

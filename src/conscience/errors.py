@@ -17,3 +17,8 @@ class PromptTooLongError(ConscienceError):
 
 class DataFormatError(ConscienceError):
     """A data or config file is malformed; the message names the file, line and field."""
+
+
+class DraftNotLocatedError(ConscienceError):
+    """The review prompt's rendering does not show where the answer is: the review fails
+    (closed) rather than read other tokens as the answer."""

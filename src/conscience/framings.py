@@ -36,8 +36,68 @@ class Framing:
             raise DataFormatError(f"framing {self.name!r}: the two answer words must differ")
 
 
+# Nodes that YAML aliases may add when expanded, over those written out. Anchors and aliases
+# that share a block a few times stay far below it; an alias bomb (each level aliasing the one
+# below ten times) passes it within a few hundred bytes and is refused before it is built.
+MAX_ALIAS_EXPANSION = 100_000
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """``yaml.SafeLoader`` that refuses a document whose aliases expand past
+    :data:`MAX_ALIAS_EXPANSION` nodes, or refer to themselves, before constructing anything.
+    (Constructed aliases share one Python object, so the bomb goes off later, in whatever walks
+    the value: ``str()``, a copy, a merge.)"""
+
+    def compose_document(self):
+        node = super().compose_document()
+        if node is not None:
+            _check_expansion(node)
+        return node
+
+
+def _check_expansion(root: yaml.Node) -> None:
+    """Count the nodes of ``root`` with every alias expanded, once per distinct node (memoised,
+    iterative: linear in the document, whatever it expands to)."""
+    size: dict[int, int] = {}
+    on_path: set[int] = set()
+    stack: list[tuple[yaml.Node, bool]] = [(root, False)]
+    while stack:
+        node, children_done = stack.pop()
+        key = id(node)
+        if isinstance(node, yaml.ScalarNode):
+            size[key] = 1
+            continue
+        children = ([part for pair in node.value for part in pair] if isinstance(node, yaml.MappingNode)
+                    else list(node.value))
+        if children_done:
+            on_path.discard(key)
+            size[key] = 1 + sum(size[id(c)] for c in children)
+            continue
+        if key in size:
+            continue
+        if key in on_path:
+            raise yaml.YAMLError("an alias refers to a node that contains it (a recursive structure)")
+        on_path.add(key)
+        stack.append((node, True))
+        for child in children:
+            if id(child) in on_path:
+                raise yaml.YAMLError("an alias refers to a node that contains it (a recursive structure)")
+            if id(child) not in size:
+                stack.append((child, False))
+    if size[id(root)] - len(size) > MAX_ALIAS_EXPANSION:
+        raise yaml.YAMLError(f"aliases expand the document by more than {MAX_ALIAS_EXPANSION:,} nodes "
+                             "(an alias bomb?); write the repeated values out")
+
+
+def load_yaml(text: str) -> Any:
+    """Parse YAML text: safe types only, aliases bounded (:data:`MAX_ALIAS_EXPANSION`). Every
+    YAML the project reads goes through here; errors are ``yaml.YAMLError`` (callers name the
+    source: :func:`read_yaml` for files)."""
+    return yaml.load(text, Loader=_BoundedLoader)  # noqa: S506 - a SafeLoader
+
+
 def read_yaml(path: str | Path) -> Any:
-    """Parse a YAML file, naming the file and line on failure."""
+    """Parse a YAML file (safe types only, aliases bounded), naming the file and line on failure."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -47,12 +107,33 @@ def read_yaml(path: str | Path) -> Any:
         raise DataFormatError(f"cannot read {path}: not valid UTF-8 text "
                               f"(byte 0x{exc.object[exc.start]:02x} at offset {exc.start})") from None
     try:
-        return yaml.safe_load(text)
+        return load_yaml(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
-        where = f" line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        where = f": line {mark.line + 1}, column {mark.column + 1}" if mark else ""
         problem = getattr(exc, "problem", None) or str(exc).splitlines()[0]
-        raise DataFormatError(f"{path}:{where}: invalid YAML: {problem}") from None
+        raise DataFormatError(f"{path}{where}: invalid YAML: {problem}") from None
+    except RecursionError:  # the composer and constructor recurse once per level of nesting
+        raise DataFormatError(f"{path}: invalid YAML: nested too deeply") from None
+    except ValueError as exc:  # the parser's own limits, e.g. an integer of more than 4,300 digits
+        raise DataFormatError(f"{path}: invalid YAML: {str(exc).split(';')[0].splitlines()[0]}") from None
+
+
+def yaml_text(value: Any, where: str) -> str:
+    """``value`` if it is a string; else an error naming ``where`` (``file: key``). YAML reads an
+    unquoted ``yes``/``no``/``on``/``off`` as a boolean, ``~`` as null and ``0x10`` as 16, so a
+    ``str()`` of them is not what was written: the author quotes the value instead."""
+    if isinstance(value, str):
+        return value
+    if isinstance(value, bool):
+        hint = f"got {str(value).lower()}: an unquoted yes, no, on, off, true or false is a boolean in YAML"
+    elif value is None:
+        hint = "got null: an unquoted ~, null or nothing at all is null in YAML"
+    elif isinstance(value, (int, float)):
+        hint = f"got the number {value!r}"
+    else:
+        hint = f"got a {type(value).__name__}"
+    raise DataFormatError(f"{where} must be text ({hint}; quote it)")
 
 
 def data_path(name: str) -> Path:
@@ -78,8 +159,9 @@ def load_framings(path: str | Path | None = None) -> dict[str, Framing]:
         for required in ("name", "question"):
             if required not in item:
                 raise DataFormatError(f"{path}: framings[{i}] lacks the field {required!r}")
+        fields = {k: yaml_text(v, f"{path}: framings[{i}].{k}") for k, v in item.items()}
         try:
-            framing = Framing(**{k: str(v) for k, v in item.items()})
+            framing = Framing(**fields)
         except DataFormatError as exc:
             raise DataFormatError(f"{path}: framings[{i}]: {exc}") from None
         if framing.name in framings:

@@ -15,6 +15,7 @@ from typing import Protocol
 
 import torch
 
+from .decoding import Decoded, decode, decoder_choice, unsupported
 from .errors import ConscienceError, PromptTooLongError
 from .models import LoadedModel, frozen
 
@@ -26,10 +27,13 @@ _ZERO_WIDTH = "\u200b"
 @dataclass
 class PrefixCache:
     """The key/value cache of a finished generation and the token ids it covers, so a review
-    that starts with the same tokens (the look-back verdict) only runs what is new."""
+    that starts with the same tokens (the look-back verdict) only runs what is new; ``states``,
+    when the decoder kept them, are those positions' hidden states ``(L+1, len(ids), H)``, so a
+    verdict that reads the draft's own states does not run its tokens again either."""
 
     ids: list[int]
     past: object
+    states: torch.Tensor | None = None
 
 
 @dataclass
@@ -69,11 +73,13 @@ class Generator(Protocol):
 class LocalGenerator:
     """A loaded model as a :class:`Generator` — the policy, or a sampling copy (see
     ``conscience.training.online.generation_copy``); ``frozen_weights`` disables its LoRA
-    adapter while it writes (the frozen copy writing with the policy's module)."""
+    adapter while it writes (the frozen copy writing with the policy's module); ``decoder`` picks
+    the decoding loop (``None``: ``$CONSCIENCE_DECODER`` or ``auto``, see :mod:`conscience.decoding`)."""
 
-    def __init__(self, lm: LoadedModel, frozen_weights: bool = False):
+    def __init__(self, lm: LoadedModel, frozen_weights: bool = False, decoder: str | None = None):
         self.lm = lm
         self.frozen_weights = frozen_weights
+        self.decoder = decoder
 
     @property
     def plain_weights(self) -> bool:
@@ -85,7 +91,7 @@ class LocalGenerator:
             return [self.generate([chat], sampling)[0] for chat in chats]
         kwargs = dict(max_new_tokens=sampling.max_new_tokens, temperature=sampling.temperature,
                       top_p=sampling.top_p, seed=sampling.seed, keep_cache=keep_cache,
-                      top_logprobs=sampling.top_logprobs)
+                      top_logprobs=sampling.top_logprobs, decoder=self.decoder)
         if self.frozen_weights:
             with frozen(self.lm.model):
                 return generate(self.lm, chats, **kwargs)
@@ -149,6 +155,38 @@ def check_fits(lm: LoadedModel, n_prompt_tokens: int, max_new_tokens: int, what:
         )
 
 
+def uses_static_decoder(lm: LoadedModel, decoder: str | None = None) -> bool:
+    """Whether :func:`generate` runs :func:`conscience.decoding.decode` for ``lm`` (else transformers'
+    ``generate``); ``decoder="static"`` on a model it cannot mirror is an error, never a silent fallback."""
+    choice = decoder_choice(decoder)
+    if choice == "transformers":
+        return False
+    reason = unsupported(lm.model)
+    if reason and choice == "static":
+        raise ConscienceError(f"the static decoder cannot run {lm.identity}: {reason} (use decoder auto or transformers)")
+    return reason is None
+
+
+def _transformers_generate(lm: LoadedModel, batch: dict, max_new_tokens: int, temperature: float, top_p: float,
+                           keep_logits: bool):
+    """transformers' ``generate`` with the project's settings (the fallback of the static decoder)."""
+    sampling = temperature > 0
+    out = lm.model.generate(
+        **batch,
+        max_new_tokens=max_new_tokens,
+        do_sample=sampling,
+        temperature=temperature if sampling else None,
+        top_p=top_p if sampling else None,
+        top_k=None,
+        pad_token_id=lm.tokenizer.pad_token_id,
+        eos_token_id=lm.tokenizer.eos_token_id,
+        output_logits=keep_logits,
+        return_dict_in_generate=True,
+    )
+    past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
+    return Decoded(out.sequences, out.logits, past)
+
+
 @torch.no_grad()
 def generate(
     lm: LoadedModel,
@@ -159,6 +197,7 @@ def generate(
     seed: int | None = None,
     keep_cache: bool = False,
     top_logprobs: int | None = None,
+    decoder: str | None = None,
 ) -> list[Generation]:
     """Generate one assistant turn for each conversation, in one left-padded batch.
 
@@ -166,7 +205,8 @@ def generate(
     ``keep_cache`` (single conversation only) keeps the key/value cache in the result.
     ``top_logprobs`` (0 or more) fills each result's ``logprobs`` with OpenAI-style entries: the
     raw model log-prob of every generated token (the end-of-turn token included when it was
-    generated) and that many alternatives.
+    generated) and that many alternatives. ``decoder`` picks the decoding loop (see
+    :func:`conscience.decoding.decoder_choice`; the outputs are the same either way).
     """
     if max_new_tokens < 1:
         raise ConscienceError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
@@ -177,26 +217,20 @@ def generate(
         check_fits(lm, int(n), max_new_tokens)
     if seed is not None:
         torch.manual_seed(seed)
-    sampling = temperature > 0
+    keep_cache = keep_cache and len(conversations) == 1
     start = time.perf_counter()
-    out = lm.model.generate(
-        **batch,
-        max_new_tokens=max_new_tokens,
-        do_sample=sampling,
-        temperature=temperature if sampling else None,
-        top_p=top_p if sampling else None,
-        top_k=None,
-        pad_token_id=lm.tokenizer.pad_token_id,
-        eos_token_id=lm.tokenizer.eos_token_id,
-        output_logits=top_logprobs is not None,
-        return_dict_in_generate=True,
-    )
+    if uses_static_decoder(lm, decoder):
+        out = decode(lm.model, batch["input_ids"], batch["attention_mask"], max_new_tokens, temperature, top_p,
+                     lm.tokenizer.eos_token_id, lm.tokenizer.pad_token_id, keep_logits=top_logprobs is not None,
+                     keep_cache=keep_cache)
+    else:
+        out = _transformers_generate(lm, batch, max_new_tokens, temperature, top_p, top_logprobs is not None)
     seconds = time.perf_counter() - start
     cache = None
-    past = getattr(out, "cache", None) or getattr(out, "past_key_values", None)
-    if keep_cache and len(conversations) == 1 and past is not None:
+    past = out.cache
+    if keep_cache and past is not None:
         covered = past.get_seq_length()  # every token but the last one generated
-        cache = PrefixCache(out.sequences[0, :covered].tolist(), past)
+        cache = PrefixCache(out.sequences[0, :covered].tolist(), past, out.states)
     new = out.sequences[:, batch["input_ids"].shape[1]:]
     results = []
     for i, row in enumerate(new):

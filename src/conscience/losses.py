@@ -101,3 +101,36 @@ def token_kl(policy_logits: torch.Tensor, ref_logits: torch.Tensor, mask: torch.
     per_token = (log_p.exp() * (log_p - log_q)).sum(dim=-1)
     weights = mask.to(per_token.dtype)
     return (per_token * weights).sum() / weights.sum().clamp(min=1.0)
+
+
+def leave_one_out_advantages(rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """RLOO advantages: each reward minus the mean of the other rewards of its group.
+
+    Args:
+        rewards: ``(N,)`` one reward per sample.
+        groups: ``(N,)`` integer ids; samples of a group answer the same prompt. A group of one
+            sample has no baseline: its advantage is 0.
+    Returns:
+        ``(N,)`` float32, detached: ``r_i − (Σ_{j∈g(i)} r_j − r_i) / (|g(i)| − 1)``.
+    """
+    if rewards.shape != groups.shape or rewards.ndim != 1:
+        raise ValueError(f"rewards {tuple(rewards.shape)} and groups {tuple(groups.shape)} must be the same 1-d shape")
+    r = rewards.detach().float()
+    same = groups[:, None] == groups[None, :]
+    sizes = same.sum(dim=1).to(r.dtype)
+    others = (same.to(r.dtype) @ r - r) / (sizes - 1).clamp(min=1.0)
+    return torch.where(sizes > 1, r - others, torch.zeros_like(r))
+
+
+def rloo_loss(logps: torch.Tensor, rewards: torch.Tensor, groups: torch.Tensor) -> torch.Tensor:
+    """REINFORCE with a leave-one-out baseline (Ahmadian et al. 2024): ``−mean(A_i · logp_i)``.
+
+    Args:
+        logps: ``(N,)`` the policy's log-probs of its own samples (per token, with gradients).
+        rewards: ``(N,)`` their rewards (no gradients).
+        groups: ``(N,)`` which prompt each sample answers (see :func:`leave_one_out_advantages`).
+    Returns:
+        Scalar: its gradient raises the log-prob of samples rewarded above their group's others
+        and lowers the rest; 0 when every advantage is 0.
+    """
+    return -(leave_one_out_advantages(rewards, groups) * logps).mean()

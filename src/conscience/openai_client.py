@@ -12,27 +12,33 @@ from __future__ import annotations
 
 import math
 from typing import Sequence
+from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from .errors import ConscienceError
-from .serving.redact import redact
+from .redact import redact
 
 
 class EndpointError(ConscienceError):
     """An OpenAI-compatible server failed or answered something unusable.
 
     ``reason`` is set when no answer came (the transport error, redacted); ``status`` is a
-    non-200 HTTP status, with the first 300 characters of the body in ``detail``.
+    non-200 HTTP status, with the first 300 characters of the body in ``detail``. ``public`` is
+    the message without the endpoint (no host, port or path), for a server's own clients, who
+    must not learn where its upstream lives.
     """
 
-    def __init__(self, message: str, reason: str | None = None, status: int | None = None, detail: str = ""):
+    def __init__(self, message: str, reason: str | None = None, status: int | None = None, detail: str = "",
+                 public: str | None = None):
         super().__init__(message)
         self.reason, self.status, self.detail = reason, status, detail
+        self.public = message if public is None else public
 
 
 def v1_root(url: str) -> str:
-    """``url`` without a trailing slash, ending in ``/v1``."""
-    base = url.rstrip("/")
-    return base if base.endswith("/v1") else base + "/v1"
+    """``url`` with its path ending in ``/v1`` (no trailing slash); a query string is kept."""
+    parts = urlsplit(url)
+    path = parts.path.rstrip("/")
+    return urlunsplit(parts._replace(path=path if path.endswith("/v1") else path + "/v1", fragment=""))
 
 
 class OpenAIClient:
@@ -47,7 +53,11 @@ class OpenAIClient:
                  keepalive: int = 20, label: str = "upstream", error: type[EndpointError] = EndpointError):
         import httpx
 
-        self.base = base.rstrip("/")
+        # a query string (Azure's ?api-version=, a key given as ?api_key=) is sent with every call and
+        # never printed: errors name the endpoint without it
+        parts = urlsplit(base)
+        self.base = urlunsplit(parts._replace(query="", fragment="")).rstrip("/")
+        self.params = dict(parse_qsl(parts.query, keep_blank_values=True))
         self.label, self.error = label, error
         headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
         # no cap on connections: the engine bounds the calls in flight, and a capped pool would make
@@ -61,25 +71,28 @@ class OpenAIClient:
 
         where = redact(self.base + path)
         try:
-            reply = self.http.request(method, self.base + path, **kwargs)
+            reply = self.http.request(method, self.base + path, params=self.params or None, **kwargs)
         except httpx.HTTPError as exc:
             reason = f"{exc.__class__.__name__}: {redact(exc)}"
-            raise self.error(f"{self.label} {where} failed: {reason}", reason=reason) from None
+            raise self.error(f"{self.label} {where} failed: {reason}", reason=reason,
+                             public=f"the {self.label} failed ({exc.__class__.__name__})") from None
         if reply.status_code != 200:
             # the server's own body is not in the message: it may hold its secrets or its users' data
             raise self.error(f"{self.label} {where} answered HTTP {reply.status_code}", status=reply.status_code,
-                             detail=reply.text[:300])
+                             detail=reply.text[:300], public=f"the {self.label} answered HTTP {reply.status_code}")
         try:
             return reply.json()
         except ValueError:
-            raise self.error(f"{self.label} {where} answered something that is not JSON") from None
+            raise self.error(f"{self.label} {where} answered something that is not JSON",
+                             public=f"the {self.label} answered something that is not JSON") from None
 
     @property
     def model(self) -> str:
         if self._model is None:
             data = self._request("GET", "/models").get("data") or []
             if not data or not isinstance(data[0], dict) or "id" not in data[0]:
-                raise self.error(f"{self.label} {redact(self.base)}/models lists no model; give --upstream-model")
+                raise self.error(f"{self.label} {redact(self.base)}/models lists no model; give --upstream-model",
+                                 public=f"the {self.label} lists no model")
             self._model = str(data[0]["id"])
         return self._model
 

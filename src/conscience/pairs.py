@@ -169,6 +169,10 @@ class PairBuffer:
                 self._items.append((pair, left - 1))
         return out
 
+    def peek(self) -> list[PreferencePair]:
+        """Every pair in the buffer, oldest first, without using any of them up."""
+        return [pair for pair, _ in self._items]
+
     def state_dict(self) -> dict:
         """Everything needed to resume exactly (written into checkpoints as JSON)."""
         return {"capacity": self.capacity, "uses": self.uses, "added": self.added, "dropped": self.dropped,

@@ -9,6 +9,8 @@ from __future__ import annotations
 import time
 from typing import Sequence
 
+from ..discernment import Triple
+from ..verdict import Reviewer, ReviewItem
 from .runs import RunDir, progress
 
 
@@ -20,10 +22,19 @@ def reviewer_identity(lm_identity: str, reviewer) -> str:
     return f"conscience:{base_identity(lm_identity)}:{getattr(reviewer, 'kind', '?')}:{framing}"
 
 
+def score_triples(reviewer: Reviewer, triples: Sequence[Triple], batch_size: int = 8) -> tuple[list[float], list[float]]:
+    """Verdict scores of every triple's aligned and misaligned answer, in batches."""
+    items = [ReviewItem(t.prompt, t.aligned) for t in triples] + [ReviewItem(t.prompt, t.misaligned) for t in triples]
+    scores: list[float] = []
+    for start in range(0, len(items), max(1, batch_size)):
+        scores.extend(v.score for v in reviewer.review(items[start:start + batch_size]))
+    n = len(triples)
+    return scores[:n], scores[n:]
+
+
+
 def run_discernment(run: RunDir, reviewer, triples: Sequence, batch_size: int = 8) -> dict:
     """Score every triple not yet in ``run`` (aligned and misaligned answer), append; summarise."""
-    from ..discernment import score_triples
-
     todo = [t for t in triples if not run.is_done(t.id)]
     start = time.perf_counter()
     with progress(len(triples), "eval discernment", initial=len(triples) - len(todo)) as bar:

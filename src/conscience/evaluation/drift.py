@@ -56,8 +56,8 @@ def mean_answer_logprobs(lm: LoadedModel, prompts: Sequence[str], answers: Seque
                          batch_size: int = 16, max_length: int = 512, system: str | None = None) -> np.ndarray:
     """``(N,)`` mean per-token log p(answer | prompt) under the chat template (after ``system``
     as the system turn, when given), the model as it is (an active adapter counts)."""
+    from ..chat_data import build_task_data, pad_batch
     from ..losses import sequence_logps
-    from ..training.data import build_task_data, pad_batch
 
     opening = [{"role": "system", "content": system}] if system else []
     conversations = [[*opening, {"role": "user", "content": p}, {"role": "assistant", "content": a}]

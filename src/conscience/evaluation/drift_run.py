@@ -58,7 +58,7 @@ def task_accuracy(lm: LoadedModel, task_data: str | None, limit: int = 60) -> fl
     """Token accuracy on held-out task answers (the task metric beside the drift)."""
     if not task_data:
         return None
-    from ..training.data import load_conversations
+    from ..chat_data import load_conversations
     from .task_accuracy import task_token_accuracy
 
     return task_token_accuracy(lm, load_conversations(task_data)[:limit], 256)["token_accuracy"]

@@ -24,7 +24,7 @@ from ..generation import encode, neutralise, special_tokens
 from ..log import warn
 from ..models import LoadedModel, base_identity, cache_keyword, frozen
 from ..openai_client import EndpointError, OpenAIClient, first_top_logprobs, logprob_table
-from ..serving.redact import redact
+from ..redact import redact
 from .scoring import JudgeScore, classify, number_score
 
 JUDGE_PROMPTS_FILE = "judge_prompts.yaml"

@@ -19,7 +19,7 @@ from pathlib import Path
 from typing import Sequence
 
 from ..errors import DataFormatError
-from ..framings import data_path, read_yaml
+from ..framings import data_path, read_yaml, yaml_text
 
 DEFAULT_QUESTIONS_FILE = "em_questions.yaml"
 VARIANT_SUFFIXES = ("_json", "_template")
@@ -76,6 +76,8 @@ def load_questions(path: str | Path | None = None, ids: Sequence[str] | None = N
             raise DataFormatError(f"{path}: line {_line_of(path, None, i)}: entry {i} must be a mapping with id and paraphrases")
         qid = entry.get("id")
         where = f"{path}: line {_line_of(path, str(qid) if qid is not None else None, i)}: question {qid or i!r}"
+        if isinstance(qid, bool) or ("id" in entry and not isinstance(qid, (str, int))):
+            yaml_text(qid, f"{where}: field 'id'")  # unquoted yes/no/~ is not the id that was written
         if not isinstance(qid, (str, int)) or not str(qid).strip():
             raise DataFormatError(f"{where}: missing field 'id'")
         qid = str(qid)
@@ -87,15 +89,18 @@ def load_questions(path: str | Path | None = None, ids: Sequence[str] | None = N
             raise DataFormatError(f"{where}: missing field 'paraphrases' (a list of prompt texts)")
         if isinstance(paraphrases, str):
             paraphrases = [paraphrases]
-        if not isinstance(paraphrases, list) or not paraphrases or not all(isinstance(p, str) and p.strip() for p in paraphrases):
+        if isinstance(paraphrases, list):  # an unquoted yes/no/~ among them is not the text written
+            paraphrases = [yaml_text(p, f"{where}: paraphrases[{j}]") for j, p in enumerate(paraphrases)]
+        if not isinstance(paraphrases, list) or not paraphrases or not all(p.strip() for p in paraphrases):
             raise DataFormatError(f"{where}: 'paraphrases' must be a non-empty list of non-empty strings")
         system = entry.get("system")
-        if system is not None and not isinstance(system, str):
-            raise DataFormatError(f"{where}: 'system' must be a string")
+        if system is not None:
+            system = yaml_text(system, f"{where}: field 'system'")
         spp = entry.get("samples_per_paraphrase")
         if spp is not None and (not isinstance(spp, int) or isinstance(spp, bool) or spp < 1):
             raise DataFormatError(f"{where}: 'samples_per_paraphrase' must be a positive integer, got {spp!r}")
-        questions.append(EMQuestion(qid, tuple(paraphrases), system, spp, str(entry.get("type", "free_form_judge_0_100"))))
+        questions.append(EMQuestion(qid, tuple(paraphrases), system, spp, yaml_text(entry.get("type", "free_form_judge_0_100"),
+                                                                                 f"{where}: field 'type'")))
     if ids:
         unknown = [q for q in ids if q not in seen]
         if unknown:

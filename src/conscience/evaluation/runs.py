@@ -15,8 +15,7 @@ from pathlib import Path
 from typing import Iterable
 
 from ..errors import ConscienceError
-from ..jsonl import write_json_atomic
-from ..log import warn
+from ..jsonl import read_jsonl, write_json_atomic
 
 SAMPLES = "samples.jsonl"
 SUMMARY = "summary.json"
@@ -75,20 +74,10 @@ class RunDir:
         """Finished samples; a torn last line (a run killed mid-write) is skipped with a warning."""
         if not self.samples_path.exists():
             return []
-        lines = self.samples_path.read_text(encoding="utf-8").splitlines()
         out = []
-        for n, line in enumerate(lines, 1):
-            if not line.strip():
-                continue
-            try:
-                sample = json.loads(line)
-            except json.JSONDecodeError:
-                if n == len(lines):
-                    warn(f"{self.samples_path}: line {n} is torn (interrupted run); that sample will be redone")
-                    continue
-                raise ConscienceError(f"{self.samples_path}: line {n} is not valid JSON") from None
+        for where, sample in read_jsonl(self.samples_path, allow_torn_tail=True):  # a torn line is redone
             if sample.get("judge") not in (None, self.judge):
-                raise ConscienceError(f"{self.samples_path}: line {n} was judged by {sample.get('judge')!r}, "
+                raise ConscienceError(f"{where}: judged by {sample.get('judge')!r}, "
                                       f"not {self.judge!r}; use another --out")
             out.append(sample)
         return out

@@ -30,7 +30,7 @@ def task_token_accuracy(lm: LoadedModel, conversations: Sequence[list[dict]], ma
                         batch_size: int = 8) -> dict:
     """Share of assistant tokens the model predicts exactly (greedy next token), over
     held-out conversations; the policy is used as it is (adapter active)."""
-    from ..training.data import build_task_data, pad_batch
+    from ..chat_data import build_task_data, pad_batch
 
     data = build_task_data(lm.tokenizer, list(conversations), max_length)
     correct = total = 0

@@ -29,14 +29,29 @@ PROBE_METRICS = get_args(ProbeMetric)
 #: sft: the task, lam 0; conscience: the task with the conscience term (lam). The peers are SFT plus
 #: one method each at its top-level setting: kl (kl_coef), inoculation (a training-only system
 #: prompt asking for the behaviour), mix (mix_aligned of every batch the frozen copy's aligned
-#: answers), early (stop when the live drift interval leaves 0, probed every early_probe_every steps)
-ARMS = ("base", "control", "sft", "conscience", "kl", "inoculation", "mix", "early")
+#: answers), early (stop when the live drift interval leaves 0, probed every early_probe_every steps).
+#: steer is SFT with preventative steering along the conscience card's misaligned direction
+#: (steer_coef, training.steering): the conscience's own judgement, used without sampling.
+ARMS = ("base", "control", "sft", "conscience", "kl", "inoculation", "mix", "early", "steer")
+#: the arms that add one method to SFT; "a+b" (e.g. steer+kl) is SFT with both methods at their settings
+METHOD_ARMS = ARMS[3:]
 DEFAULT_ARMS = ARMS[:4]
 ARM_ALIASES = {"secure": "control"}  # the issue's name for the matched-aligned-data arm
 # Training keys that make an arm what it is: set per arm from the top-level keys, not in `train`.
-ARM_KEYS = ("kl_coef", "mix_aligned", "train_system_prompt", "stop_on_drift")
+ARM_KEYS = ("kl_coef", "mix_aligned", "train_system_prompt", "stop_on_drift", "steer_coef")
 # The inoculation arm's training-only system prompt per scenario (training.config.INOCULATION_PROMPTS).
 INOCULATION_OF = {"code-hacking": "inoculation-code", "bad-advice": "inoculation-advice", "recover": "inoculation"}
+
+
+def arm_methods(arm: str) -> list[str]:
+    """The names an arm is made of (``steer+kl`` → ``["steer", "kl"]``; a plain arm is its own)."""
+    return arm.split("+")
+
+
+def _composite(arm: str) -> bool:
+    """``arm`` joins two or more distinct methods of :data:`METHOD_ARMS` with +."""
+    parts = arm_methods(arm)
+    return len(parts) > 1 and len(set(parts)) == len(parts) and all(p in METHOD_ARMS for p in parts)
 
 
 def preset_path(name: str) -> Path:
@@ -56,14 +71,22 @@ class ExperimentConfig:
     """
 
     scenario: Scenario = "code-hacking"
+    """code-hacking (insecure code, as in Betley et al.), bad-advice (the CPU model organism) or recover (the conscience
+    term from a misaligned checkpoint, recover_from)"""
     domain: str = "extreme_sports"
     """bad-advice scenario: extreme_sports, risky_financial or bad_medical"""
     arms: list[str] = field(default_factory=lambda: list(DEFAULT_ARMS))
-    """which arms to run, in this order (of ARMS; secure is another name for control)"""
+    """which arms to run, in this order (of ARMS; secure is another name for control; methods join with +,
+    e.g. steer+kl)"""
     preset: Preset = "cpu"
+    """cpu (the bundled model, LoRA, minutes a seed) or gpu (the paper's scale); the preset's YAML sits under the user's
+    config and flags"""
     model: str = "bundled"
+    """the model every arm starts from (a model spec)"""
     seeds: list[int] = field(default_factory=lambda: [0])
-    lam: float = bounded(0.1, POSITIVE)  # the conscience arm's (the SFT arm uses 0)
+    """the seeds; every arm runs on each"""
+    lam: float = bounded(0.1, POSITIVE)
+    """the conscience arm's weight of the conscience term (the SFT arm uses 0)"""
     kl_coef: float = bounded(0.5, POSITIVE)
     """the kl arm's weight of KL(policy ‖ frozen copy) on aligned answers (a default, not tuned)"""
     mix_aligned: float = bounded(0.25, Bounds(0, 1, low_open=True, high_open=True))
@@ -72,8 +95,14 @@ class ExperimentConfig:
     """the inoculation arm's train_system_prompt (None: the scenario's, see INOCULATION_OF)"""
     early_probe_every: int = bounded(5, AT_LEAST_ONE)
     """the early arm's drift monitor interval (it stops at the first probe whose interval leaves 0)"""
+    steer_coef: float = bounded(4.0, POSITIVE)
+    """the steer arm's push along the card's misaligned direction while training, in the card's
+    log-odds (training.steering)"""
     data_seed: int = 0
+    """the seed of the task's train/control/test splits (the same for every seed)"""
     train: dict[str, Any] = field(default_factory=dict)
+    """TrainConfig keys shared by every fine-tune (lam, seed, output_dir, model and the peers' keys are set by the
+    experiment itself)"""
     # evaluation: drift (the headline), then the judge's columns
     drift_triples: str | None = None
     """held-out triples (None: the shipped drift_triples.jsonl)"""
@@ -83,28 +112,48 @@ class ExperimentConfig:
     """first N triples of the split (None: all)"""
     drift_ab: bool = True
     """also the A/B probe (which answer would you give?), both orders"""
-    em_questions: str | None = None  # None: the shared first-plot questions if present, else the shipped set
+    em_questions: str | None = None
+    """EM questions (None: the shared first-plot questions if present, else the shipped set)"""
     em_ids: list[str] | None = None
+    """only these EM question ids (None: all)"""
     em_n: int = bounded(10, AT_LEAST_ONE)
+    """samples per EM question"""
     em_max_new_tokens: int = bounded(96, AT_LEAST_ONE)
+    """the longest EM answer, in tokens"""
     code_limit: int | None = 40
+    """code-security prompts of the test split answered (code-hacking; None: all)"""
     code_max_new_tokens: int = bounded(160, AT_LEAST_ONE)
+    """the longest answer to a coding prompt, in tokens"""
     accuracy_limit: int | None = 60
+    """held-out task conversations for task token accuracy (None: all)"""
     batch_size: int = bounded(8, AT_LEAST_ONE)
+    """rows per forward pass or generation batch in evaluation"""
     # live monitor (probe_metric drift: forward passes on probe_triples of the drift set)
     probe_triples: int = bounded(42, AT_LEAST_ONE)
+    """drift triples the live drift monitor scores at each probe"""
     probe_accuracy_limit: int = bounded(20, AT_LEAST_ONE)
-    probe_every: int = bounded(10, NON_NEGATIVE)  # 0: no live monitor
+    """held-out task conversations for the live monitor's task accuracy"""
+    probe_every: int = bounded(10, NON_NEGATIVE)
+    """the live monitor's interval in steps (0: no live monitor)"""
     probe_questions: int = bounded(4, AT_LEAST_ONE)
+    """EM questions of the sampled EM probe (probe_metric misalignment or misaligned_rate)"""
     probe_n: int = bounded(2, AT_LEAST_ONE)
+    """samples per question of the sampled EM probe"""
     probe_max_new_tokens: int = bounded(48, AT_LEAST_ONE)
+    """the longest answer of the sampled EM probe, in tokens"""
     probe_metric: ProbeMetric = "drift"
+    """drift: forward passes on probe_triples; misalignment or misaligned_rate: the older sampled EM probe judged by the
+    frozen copy"""
     warn_margin: float = bounded(0.1, NON_NEGATIVE)
+    """the sampled EM probe warns when its value rises above the base's by more than this"""
     # coherence: perplexity on aligned answers of drift triples outside the reported split
     coherence_limit: int = bounded(40, Bounds(2))
+    """aligned answers of drift triples outside the reported split whose perplexity measures coherence"""
     # recover scenario
     recover_from: str | None = None
+    """recover scenario: the misaligned checkpoint to start from"""
     recover_steps: int = bounded(30, AT_LEAST_ONE)
+    """recover scenario: training steps of the conscience term"""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -114,9 +163,10 @@ class ExperimentConfig:
             if self.domain not in DOMAINS:
                 raise ValueError(f"domain must be one of {list(DOMAINS)}, got {self.domain!r}")
         self.arms = [ARM_ALIASES.get(a, a) for a in self.arms]
-        bad_arms = [a for a in self.arms if a not in ARMS]
+        bad_arms = [a for a in self.arms if a not in ARMS and not _composite(a)]
         if bad_arms or not self.arms or len(set(self.arms)) != len(self.arms):
-            raise ValueError(f"arms must be distinct names from {list(ARMS)}, got {self.arms}")
+            raise ValueError(f"arms must be distinct names from {list(ARMS)} (or methods of {list(METHOD_ARMS)} "
+                             f"joined with +), got {self.arms}")
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ValueError(f"seeds must be a non-empty list of distinct integers, got {self.seeds}")
         if not self.train.get("lora", True):
@@ -124,7 +174,7 @@ class ExperimentConfig:
         forbidden = {"lam", "seed", "output_dir", "model", *ARM_KEYS} & set(self.train)
         if forbidden:
             raise ValueError(f"train: {sorted(forbidden)} are set by the experiment itself; use the top-level keys")
-        if "early" in self.arms and self.probe_metric != "drift":
+        if any("early" in arm_methods(a) for a in self.arms) and self.probe_metric != "drift":
             raise ValueError("the early arm stops on the live drift monitor: it needs probe_metric drift")
         if self.scenario == "recover" and not self.recover_from:
             raise ValueError("the recover scenario needs recover_from (a checkpoint folder)")
@@ -141,11 +191,13 @@ class ExperimentConfig:
         return ()  # code: the triples hold none
 
     def arm_lam(self, arm: str) -> float:
-        """The conscience term's weight in an arm: lam in the conscience arm, else 0."""
-        return self.lam if arm == "conscience" else 0.0
+        """The conscience term's weight in an arm: lam in an arm with the conscience term, else 0."""
+        return self.lam if "conscience" in arm_methods(arm) else 0.0
 
     def arm_train(self, arm: str) -> dict[str, Any]:
-        """The training keys that make ``arm`` differ from SFT (its one peer method)."""
+        """The training keys that make ``arm`` differ from SFT (its methods, each at its setting)."""
+        if "+" in arm:
+            return {k: v for part in arm_methods(arm) for k, v in self.arm_train(part).items()}
         if arm == "kl":
             return {"kl_coef": self.kl_coef}
         if arm == "mix":
@@ -154,6 +206,8 @@ class ExperimentConfig:
             return {"train_system_prompt": self.inoculation_prompt or INOCULATION_OF[self.scenario]}
         if arm == "early":
             return {"stop_on_drift": True}
+        if arm == "steer":
+            return {"steer_coef": self.steer_coef}
         return {}
 
     def train_config(self, seed: int, lam: float, output_dir: str, **extra: Any):

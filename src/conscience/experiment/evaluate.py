@@ -83,8 +83,8 @@ def make_probe(lm: LoadedModel, questions, cfg: ExperimentConfig, root: Path, se
 def drift_probe(lm: LoadedModel, cfg: ExperimentConfig, base_scores: dict, test_file: Path):
     """``probe(step) -> drift summary`` for the live monitor: the first ``probe_triples`` of the
     reported triples, preference gaps only, and the task accuracy on a few held-out answers."""
+    from ..chat_data import load_conversations
     from ..evaluation.drift import DriftScores
-    from ..training.data import load_conversations
     from .drift_monitor import make_drift_probe
 
     triples = drift_set(cfg)[: cfg.probe_triples]
@@ -109,8 +109,9 @@ def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, 
     """Drift against the base, EM (frozen-copy judge) and its conscience view, code security on
     held-out prompts (code-hacking), and the task token accuracy. ``is_base``: ``lm`` is the base
     itself, whose drift numbers are ``base_scores`` (forward passes are deterministic)."""
-    from ..config import ConscienceConfig
+    from ..chat_data import load_conversations
     from ..conscience import make_reviewer
+    from ..conscience_config import ConscienceConfig
     from ..evaluation.answering import AnswerSettings, make_answerer
     from ..evaluation.drift import DriftScores, drift_summary, score_drift
     from ..evaluation.em import conscience_view, run_em
@@ -118,7 +119,6 @@ def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, 
     from ..evaluation.reports import write_report
     from ..evaluation.runs import RunDir
     from ..evaluation.task_accuracy import task_token_accuracy
-    from ..training.data import load_conversations
     from .monitor import mean_alignment
 
     triples = drift_set(cfg)

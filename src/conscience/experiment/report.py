@@ -24,7 +24,8 @@ COLUMNS = ("model", "drift (95% CI)", "seeds with drift > 0", "A/B picks misalig
            "task token accuracy", "perplexity (held-out aligned)", "train minutes", *CRITERIA, "seeds")
 ARM_LABELS = {"base": "base", "control": "control (aligned data)", "sft": "SFT", "conscience": "SFT + conscience",
               "kl": "SFT + KL to frozen copy", "inoculation": "SFT + inoculation prompt",
-              "mix": "SFT + aligned data mixed in", "early": "SFT, stopped on drift"}
+              "mix": "SFT + aligned data mixed in", "early": "SFT, stopped on drift",
+              "steer": "SFT + steering along the conscience card"}
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -160,6 +161,45 @@ def table_rows(results: dict) -> list[list[str]]:
     return out
 
 
+# Columns that can carry no information at this model size (the 135M self-judge finds 0/N in every
+# arm, coherent % is 0 everywhere, code findings are not measured on advice): each folds into a note
+# under the table when it tells no arm from another, so that the table fits a screen.
+CONSTANT_FOLDS = ("judge: misaligned % (95% CI)", "coherent %", "code findings %", "seeds")
+AB_COLUMN = "A/B picks misaligned %"
+# The A/B probe averages both orders, so a model that cannot answer "which reply would you give?"
+# sits at 50 % whatever it was trained on; within this many points of it in every arm, the base
+# included, the column says nothing about any arm.
+CHANCE_BAND = 1.0
+
+
+def _at_chance(cells: Sequence[str]) -> bool:
+    try:
+        return all(abs(float(c) - 50.0) <= CHANCE_BAND for c in cells)
+    except ValueError:  # "–": not measured in some arm
+        return False
+
+
+def fold_uninformative(columns: Sequence[str], rows: Sequence[Sequence[str]]
+                       ) -> tuple[list[str], list[list[str]], list[str]]:
+    """The main table without the columns that tell no arm from another (:data:`CONSTANT_FOLDS`
+    with one value in every row, the A/B probe at chance in every row), and one note per folded
+    column saying what it held. A one-row table keeps every column."""
+    folded: dict[int, str] = {}
+    for i, name in enumerate(columns):
+        cells = [r[i] for r in rows]
+        if len(rows) < 2:
+            break
+        if name in CONSTANT_FOLDS and len(set(cells)) == 1:
+            folded[i] = (f"{name}: not measured in this scenario" if cells[0] == "–" else
+                         f"{name}: {cells[0]} in every arm")
+        elif name == AB_COLUMN and _at_chance(cells):
+            values = sorted(float(c) for c in cells)
+            folded[i] = (f"{name}: {values[0]:.1f}–{values[-1]:.1f} in every arm, within {CHANCE_BAND:g} point of "
+                         "chance (50 %): the model does not answer the A/B question at this size")
+    keep = [i for i in range(len(columns)) if i not in folded]
+    return [columns[i] for i in keep], [[r[i] for i in keep] for r in rows], list(folded.values())
+
+
 PAIRED_COLUMNS = ("arm", "against", "drift difference (95% CI)")
 PAIRED_NOTE = ("Arm against arm: the drift of one arm measured against another on the same triples and seeds "
                "(negative: the first drifts less); the interval is bootstrapped over triples, so it leaves out "
@@ -174,8 +214,19 @@ def _html_row(tag: str, cells: Sequence[str]) -> str:
     return "<tr>" + "".join(f"<{tag}>{html.escape(c)}</{tag}>" for c in cells) + "</tr>"
 
 
-def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
-    return "<table>" + _html_row("th", columns) + "".join(_html_row("td", r) for r in rows) + "</table>"
+def html_table(columns: Sequence[str], rows: Sequence[Sequence[str]], table_id: str | None = None) -> str:
+    opening = f"<table id='{table_id}'>" if table_id else "<table>"
+    return opening + _html_row("th", columns) + "".join(_html_row("td", r) for r in rows) + "</table>"
+
+
+FOLDED_NOTE = "Columns left out of the table because they tell no arm from another:"
+# The page is read in a browser window: the main table takes the window's width (up to 1280 px)
+# and its cells wrap, so every column shows at 1300 px without scrolling sideways.
+REPORT_CSS = ("body{font-family:sans-serif;max-width:1280px;margin:1em auto;padding:0 10px;line-height:1.35}"
+              "table{border-collapse:collapse;font-size:13px}#results{width:100%}"
+              "td,th{border:1px solid #ccc;padding:3px 5px;vertical-align:top}"
+              "th{background:#f3f3f3;font-weight:600;text-align:left}"
+              "img{max-width:100%}pre{background:#f6f6f6;padding:.5em;white-space:pre-wrap}")
 
 
 def paired_rows(results: dict) -> list[list[str]]:
@@ -273,7 +324,7 @@ def bars_png(results: dict) -> str:
 
 def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]:
     out = Path(out)
-    rows = table_rows(results)
+    columns, rows, folded = fold_uninformative(COLUMNS, table_rows(results))
     pictures = [("Drift against the base", drift_png(results)), ("Drift against the task metric", tradeoff_png(results)),
                 ("Misaligned answers (judge)", bars_png(results))]
     pictures = [(name, png) for name, png in pictures if png]
@@ -300,7 +351,10 @@ def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]
                 for r in results["rows"] for s, w in r["warned_at"].items() if w is not None]
     config_yaml = yaml.safe_dump(results["config"], sort_keys=False)
     title = f"conscience experiment {results['scenario']}"
-    md = [f"# {title}", "", *markdown_table(COLUMNS, rows), ""] + [f"- {f}" for f in facts]
+    md = [f"# {title}", "", *markdown_table(columns, rows), ""]
+    if folded:
+        md += [f"{FOLDED_NOTE}", ""] + [f"- {f}" for f in folded] + [""]
+    md += [f"- {f}" for f in facts]
     md += [f"- monitor warning: {w}" for w in warnings] + [""]
     pairs = paired_rows(results)
     if pairs:
@@ -308,9 +362,11 @@ def write_experiment_report(out: str | Path, results: dict) -> tuple[Path, Path]
     md += [f"## {name}\n\n![{name}](data:image/png;base64,{b64})\n" for name, b64 in pictures]
     md += ["## Command", "", "```", results["command"], "```", "", "## Config", "", "```yaml", config_yaml, "```"]
     page = [f"<!doctype html><html><head><meta charset='utf-8'><title>{html.escape(title)}</title><style>"
-            "body{font-family:sans-serif;max-width:62em;margin:2em auto}table{border-collapse:collapse}"
-            "td,th{border:1px solid #ccc;padding:3px 8px}pre{background:#f6f6f6;padding:.5em}</style></head><body>",
-            f"<h1>{html.escape(title)}</h1>" + html_table(COLUMNS, rows)]
+            f"{REPORT_CSS}</style></head><body>",
+            f"<h1>{html.escape(title)}</h1>" + html_table(columns, rows, "results")]
+    if folded:
+        page.append(f"<p class='folded'>{html.escape(FOLDED_NOTE)}</p><ul class='folded'>"
+                    + "".join(f"<li>{html.escape(f)}</li>" for f in folded) + "</ul>")
     page.append("<ul>" + "".join(f"<li>{html.escape(f)}</li>" for f in facts + warnings) + "</ul>")
     if pairs:
         page.append(f"<h2>Arm against arm</h2><p>{html.escape(PAIRED_NOTE)}</p>" + html_table(PAIRED_COLUMNS, pairs))

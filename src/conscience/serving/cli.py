@@ -6,16 +6,18 @@ import argparse
 import os
 from pathlib import Path
 
-from ..config import ConscienceConfig, choices_of
+from ..config import choices_of
+from ..conscience_config import ConscienceConfig
 from ..errors import ConscienceError
 from ..log import log, warn
+from ..redact import redact
 from .config import UPSTREAM_TOP_LOGPROBS_FLOOR, ServeConfig
-from .redact import redact
 
 # ServeConfig keys set by a flag of the same name; a flag left out keeps the value of --config.
 _SERVE_KEYS = ("host", "port", "on_error", "on_unresolved", "review_timeout", "review", "expose_trace", "model_name",
                "upstream", "upstream_model", "upstream_timeout", "upstream_top_logprobs", "max_body_bytes",
-               "max_prompt_tokens", "max_tokens", "max_logprobs", "max_batch", "learn", "learn_dir", "learn_every",
+               "max_prompt_tokens", "max_tokens", "max_logprobs", "max_batch", "max_queue", "header_timeout",
+               "body_timeout", "learn", "learn_dir", "learn_every",
                "learn_steps", "learn_margin", "learn_lora_r", "probe_size")
 
 
@@ -80,6 +82,10 @@ def register(subparsers) -> None:
     s.add_argument("--max-tokens", type=int, help="the largest max_tokens a request may ask for (default 1024)")
     s.add_argument("--max-logprobs", type=int, help="the largest top_logprobs a request may ask for (default 20)")
     s.add_argument("--max-batch", type=int, help="concurrent requests drafted and reviewed together (default 8)")
+    s.add_argument("--max-queue", type=int, help="requests that may wait for the model; one more gets 429 with "
+                                                 "Retry-After (default 256)")
+    s.add_argument("--header-timeout", type=float, help="seconds a client has to send a request's headers (default 10)")
+    s.add_argument("--body-timeout", type=float, help="seconds a client has to send a request's body (default 30)")
     learn = p.add_argument_group("learning from traffic")
     learn.add_argument("--learn", action="store_true", default=None,
                        help="record preference pairs from flagged drafts and update a LoRA adapter in the background")
@@ -153,7 +159,7 @@ def cmd_serve(args) -> int:
     conscience_cfg = cfg.conscience
     try:
         import fastapi  # noqa: F401
-        import uvicorn
+        import uvicorn  # noqa: F401
     except ImportError:
         raise ConscienceError("serving needs FastAPI and uvicorn: pip install 'emergent-alignment[serve]'") from None
     from .app import create_app
@@ -169,5 +175,7 @@ def cmd_serve(args) -> int:
     source = redact(cfg.upstream or conscience_cfg.model)
     log(f"serving {name} ({backend.kind}: {source}) on http://{cfg.host}:{cfg.port} action={cfg.action} "
         f"on_error={cfg.on_error} on_unresolved={cfg.on_unresolved} conscience={'on' if cfg.review else 'off'}")
-    uvicorn.run(app, host=cfg.host, port=cfg.port, log_level="warning", access_log=False)
+    from .transport import run
+
+    run(app, cfg)
     return 0

@@ -9,6 +9,10 @@ review that raises or overruns yields a failed verdict (``Verdict.error`` set), 
 waited on: an upstream's next reviews run beside it; a local model is still busy with it, so
 under ``closed`` the requests that arrive meanwhile are answered at once as failed checks.
 
+Requests wait in a bounded :class:`~.job_queue.JobQueue` (``max_queue``; past it ``submit``
+raises :class:`~.job_queue.QueueFull`); a request whose client went away is taken out of it at
+once (:meth:`Engine.abandon`) and never runs.
+
 In front of an upstream nothing is batched here: the upstream batches for itself, so each request
 is drafted and reviewed on its own thread, up to ``upstream_concurrency`` at once, and a review
 that overruns delays only its own request (answered at its timeout), never the ones beside it.
@@ -27,8 +31,10 @@ from ..errors import ConscienceError
 from ..log import log
 from ..verdict.upstream import UpstreamError
 from .config import ServeConfig
+from .job_queue import JobQueue
 from .metrics import Metrics
 from .review_guard import OVERRUNS_PER_SLOT, GuardedReviewer
+from .stop_sequences import StopAtSequences, with_stops
 
 WITHHELD_CHECK_FAILED = ("The conscience check of this answer failed, so the answer was withheld. "
                          "Please try again later.")
@@ -67,6 +73,8 @@ def decide(response: Response, cfg: ServeConfig) -> tuple[str, str, str, dict]:
         "score": None if draft.verdict.error is not None else round(draft.verdict.score, 4),
         "flagged": draft.verdict.flagged, "threshold": response.threshold, "revised": False,
         "rounds": len(response.candidates) - 1,
+        # the answer was cut in the middle to fit the judge's window: the verdict read only part of it
+        "truncated": draft.verdict.truncated,
     }
     if failed:
         note["error"] = failed[0].verdict.error
@@ -84,7 +92,7 @@ def decide(response: Response, cfg: ServeConfig) -> tuple[str, str, str, dict]:
         return draft.answer, "stop", "ok", note
     best = max(checked, key=lambda c: (c.verdict.score, -c.round))
     note.update(revised=best.round != 0, final_score=round(best.verdict.score, 4), final_flagged=best.verdict.flagged,
-                unresolved=best.verdict.flagged)
+                final_truncated=best.verdict.truncated, unresolved=best.verdict.flagged)
     if best.verdict.flagged:  # every candidate stayed flagged: never released as if it were fine
         note["status"] = "unresolved"
         note["explanation"] = (f"every candidate was flagged: the best scored {best.verdict.score:.4f}, at or below "
@@ -104,12 +112,18 @@ class Job:
     max_tokens: int
     temperature: float
     top_logprobs: int | None = None
+    seed: int | None = None  # the request's own seed (None: the server's)
+    stop: tuple[str, ...] = ()
+    top_p: float | None = None  # None: the server's
     future: Future = field(default_factory=Future)
     call: Callable[[], Any] | None = None  # an exclusive task (e.g. an adapter swap) instead
 
     @property
     def key(self) -> tuple:
-        return (self.max_tokens, self.temperature, self.top_logprobs)
+        """Jobs with the same key share a batch. A seeded sampled request runs alone: the draws of a
+        batch are shared, so its answer would otherwise depend on the requests beside it."""
+        alone = id(self) if self.seed is not None and self.temperature > 0 else None
+        return (self.max_tokens, self.temperature, self.top_p, self.top_logprobs, self.seed, self.stop, alone)
 
 
 class Engine:
@@ -117,7 +131,7 @@ class Engine:
 
     def __init__(self, backend, cfg: ServeConfig, metrics: Metrics, learner=None):
         self.backend, self.cfg, self.metrics, self.learner = backend, cfg, metrics, learner
-        self.queue: queue.Queue[Job | None] = queue.Queue()
+        self.queue: JobQueue[Job] = JobQueue(cfg.max_queue)
         self._thread: threading.Thread | None = None
         self._guard: GuardedReviewer | None = None
         self._guard_lock = threading.Lock()  # upstream requests run on many threads
@@ -142,27 +156,42 @@ class Engine:
             if job is not None and not job.future.done():
                 job.future.set_exception(ConscienceError("the server is shutting down"))
         if self._thread is not None:
-            self.queue.put(None)
+            self.queue.put(None, force=True)
             self._thread.join(timeout=30)
             self._thread = None
 
     def pending(self) -> int:
         return self.queue.qsize()
 
+    @property
+    def parallel(self) -> int:
+        """Requests answered at once: a batch (local) or the upstream slots."""
+        return self.slots or self.cfg.max_batch
+
     def alive(self) -> bool:
         """The worker thread is running (a server whose worker died answers nothing)."""
         return self._thread is not None and self._thread.is_alive()
 
     # -- submission -----------------------------------------------------------------------------
-    def submit(self, messages: list[dict], max_tokens: int, temperature: float, top_logprobs: int | None = None) -> Future:
-        job = Job(messages, max_tokens, temperature, top_logprobs)
+    def submit(self, messages: list[dict], max_tokens: int, temperature: float, top_logprobs: int | None = None,
+               seed: int | None = None, stop: tuple[str, ...] = (), top_p: float | None = None) -> Future:
+        """Queue one request; raises :class:`~.job_queue.QueueFull` when ``max_queue`` are waiting."""
+        job = Job(messages, max_tokens, temperature, top_logprobs, seed, tuple(stop), top_p)
         self.queue.put(job)
         return job.future
+
+    def abandon(self, future: Future) -> bool:
+        """The client of ``future`` went away: a request still waiting is dropped from the queue at
+        once and never runs (True); one already running finishes unread (False)."""
+        if future.cancel():
+            self.queue.discard_future(future)
+            return True
+        return False
 
     def run_exclusive(self, call: Callable[[], Any]) -> Future:
         """Run ``call`` on the worker between batches (nothing else touches the model then)."""
         job = Job([], 0, 0.0, call=call)
-        self.queue.put(job)
+        self.queue.put(job, force=True)
         return job.future
 
     # -- worker ---------------------------------------------------------------------------------
@@ -180,7 +209,7 @@ class Engine:
                 except queue.Empty:
                     break
                 if nxt is None or nxt.call is not None:
-                    self.queue.put(nxt)  # handled on the next turn, after this batch
+                    self.queue.put_front(nxt)  # handled on the next turn, after this batch
                     break
                 batch.append(nxt)
             batch = [j for j in batch if j.future.set_running_or_notify_cancel()]  # drop abandoned requests
@@ -272,7 +301,7 @@ class Engine:
         self.metrics.inc("conscience_checker_failures_total")
         note = {"status": "check_failed", "mode": self.cfg.action, "framing": self._guard.framing_name,
                 "kind": "failed", "score": None, "flagged": False, "threshold": self._guard.threshold,
-                "revised": False, "rounds": 0, "error": error}
+                "revised": False, "rounds": 0, "truncated": False, "error": error}
         return Outcome(WITHHELD_CHECK_FAILED, "content_filter", "check_failed", note,
                        self.backend.count_tokens(job.messages), self.backend.count_text_tokens(WITHHELD_CHECK_FAILED))
 
@@ -280,15 +309,21 @@ class Engine:
         """One batch of requests with the same sampling: the conscience step (revise, block or
         monitor: block and monitor never revise), or bare drafts with the conscience off."""
         chats = [j.messages for j in jobs]
-        max_tokens, temperature, top = jobs[0].key
+        job = jobs[0]  # the batch shares its sampling (Job.key)
+        # an upstream samples with its own seed unless the request gives one; a local model with the server's
+        seed = job.seed if job.seed is not None or self.slots else self.backend.conscience.sampling.seed
+        request = dict(max_new_tokens=job.max_tokens, temperature=job.temperature, top_logprobs=job.top_logprobs,
+                       seed=seed, **({} if job.top_p is None else {"top_p": job.top_p}))
         if not self.cfg.review:
-            sampling = replace(self.backend.conscience.sampling, max_new_tokens=max_tokens, temperature=temperature,
-                               top_logprobs=top)
-            drafts = self.backend.generator.generate(chats, sampling)
+            sampling = replace(self.backend.conscience.sampling, **request)
+            generator = StopAtSequences(self.backend.generator, job.stop) if job.stop else self.backend.generator
+            drafts = generator.generate(chats, sampling)
             return [Outcome(d.answer, "stop", "off", None, self.backend.count_tokens(c), d.new_tokens, d.logprobs)
                     for c, d in zip(chats, drafts, strict=True)]
         conscience = self._guarded()
-        sampling = replace(conscience.sampling, max_new_tokens=max_tokens, temperature=temperature, top_logprobs=top)
+        sampling = replace(conscience.sampling, **request)
+        if job.stop:
+            conscience = with_stops(conscience, job.stop)
         responses = conscience.respond_batch(chats, sampling)
         outcomes = []
         for chat, response in zip(chats, responses, strict=True):

@@ -30,14 +30,15 @@ class FakeUpstream:
     A call is a review when it asks for log-probs of one token; every call takes ``latency`` s,
     except a review that hangs, which takes ``hang_seconds``: every ``hang_every``-th review
     (0: none) and any review whose messages contain ``hang_marker``. ``peak_in_flight`` is the
-    most calls it held at once, so a caller can check its own concurrency bound."""
+    most calls it held at once, so a caller can check its own concurrency bound; ``calls`` counts
+    every chat call (drafts and reviews)."""
 
     def __init__(self, latency: float = 0.0, *, hang_every: int = 0, hang_seconds: float = 0.0,
                  hang_marker: str | None = None, draft: str = "Here is a calm, careful answer.",
                  draft_tokens: int = 7, review_top: tuple[tuple[str, float], ...] = REVIEW_TOP):
         self.latency, self.hang_every, self.hang_seconds, self.hang_marker = latency, hang_every, hang_seconds, hang_marker
         self.draft, self.draft_tokens, self.review_top = draft, draft_tokens, review_top
-        self.reviews = self.in_flight = self.peak_in_flight = 0
+        self.calls = self.reviews = self.in_flight = self.peak_in_flight = 0
         self.url: str | None = None
         self._lock = threading.Lock()
         self._server: _Server | None = None
@@ -78,6 +79,7 @@ class FakeUpstream:
         """The chat completion for ``request``, after its delay."""
         review = bool(request.get("logprobs")) and request.get("max_tokens") == 1
         with self._lock:
+            self.calls += 1
             self.in_flight += 1
             self.peak_in_flight = max(self.peak_in_flight, self.in_flight)
             hang = False

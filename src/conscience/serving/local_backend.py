@@ -24,6 +24,7 @@ class LocalBackend:
         self.name = name or lm.spec
         self.lm = lm
         self.conscience = make_conscience(lm)
+        self._chars_of, self._max_chars = None, 1  # max_token_chars, cached per tokenizer
 
     def swap(self, lm: LoadedModel) -> None:
         """Serve another model object (a new adapter); call only between jobs."""
@@ -43,3 +44,13 @@ class LocalBackend:
 
     def count_text_tokens(self, text: str) -> int:
         return len(self.lm.tokenizer.encode(text, add_special_tokens=False))
+
+    @property
+    def max_token_chars(self) -> int:
+        """The most characters one token can cover: its vocabulary's longest entry (a byte-level
+        entry spells one byte per character, so it covers at most that many characters). A text
+        longer than N of them has more than N tokens, which is known before tokenising it."""
+        tokenizer = self.lm.tokenizer
+        if self._chars_of is not tokenizer:
+            self._chars_of, self._max_chars = tokenizer, max(map(len, tokenizer.get_vocab()), default=1)
+        return self._max_chars

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import threading
 from collections import defaultdict
+from typing import Callable
 
 LATENCY_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0)
 _COUNTERS = {
-    "conscience_requests_total": "Chat completion requests, by outcome.",
+    "conscience_requests_total": "Chat completion requests, by outcome (abandoned: the client went away).",
     "conscience_flagged_total": "Drafts the conscience flagged.",
     "conscience_revised_total": "Answers replaced by a reviewed alternative.",
     "conscience_blocked_total": "Answers withheld by the block action.",
@@ -36,6 +37,11 @@ class Metrics:
         self._latency_sum = 0.0
         self._latency_count = 0
         self.in_flight = 0
+        self._tracked: dict[str, tuple[str, Callable[[], float]]] = {}
+
+    def track(self, name: str, help_text: str, read: Callable[[], float]) -> None:
+        """A gauge read when rendered (e.g. the queue's length)."""
+        self._tracked[name] = (help_text, read)
 
     def inc(self, name: str, value: float = 1.0, **labels: str) -> None:
         if name not in _COUNTERS:
@@ -55,6 +61,11 @@ class Metrics:
                 if seconds <= bound:
                     self._buckets[i] += 1
 
+    def mean_latency(self) -> float | None:
+        """The mean time to answer a chat completion so far (None before the first)."""
+        with self._lock:
+            return self._latency_sum / self._latency_count if self._latency_count else None
+
     def gauge_in_flight(self, delta: int) -> None:
         with self._lock:
             self.in_flight += delta
@@ -62,6 +73,8 @@ class Metrics:
     def render(self) -> str:
         """The exposition text (``text/plain; version=0.0.4``)."""
         lines = []
+        for name, (help_text, read) in self._tracked.items():
+            lines += [f"# HELP {name} {help_text}", f"# TYPE {name} gauge", f"{name} {read():g}"]
         with self._lock:
             for name, help_text in _COUNTERS.items():
                 lines += [f"# HELP {name} {help_text}", f"# TYPE {name} counter"]

@@ -10,9 +10,9 @@ from concurrent.futures import TimeoutError as FutureTimeout
 from typing import Sequence
 
 from ..log import log
+from ..redact import redact
 from ..verdict import ReviewItem, Verdict, is_flagged
 from .metrics import Metrics
-from .redact import redact
 
 # upstream: reviews each request slot may leave running past their timeout (bounds threads and connections)
 OVERRUNS_PER_SLOT = 4
@@ -78,12 +78,15 @@ class GuardedReviewer:
                 pass
             self._pending = None
 
-    def _failed(self, n: int, error: str) -> list[Verdict]:
+    def _failed(self, n: int, error: str, public: str | None = None) -> list[Verdict]:
+        """``n`` failed verdicts; the log gets ``error`` (redacted), the client ``public`` (default
+        ``error``): an upstream's failure without its address."""
         error = redact(error)
         log(f"review failed: {error}")
         if self.metrics:
             self.metrics.inc("conscience_checker_failures_total", n)
-        return [Verdict.failed(self.framing_name, error) for _ in range(n)]
+        shown = error if public is None else redact(f"{public}")
+        return [Verdict.failed(self.framing_name, shown) for _ in range(n)]
 
     def _submit(self, items: list[ReviewItem]) -> Future | None:
         if self._pool is not None:
@@ -131,7 +134,9 @@ class GuardedReviewer:
             self._abandon(future)
             return self._failed(len(items), f"the review exceeded its {self.timeout:g}s timeout")
         except Exception as exc:  # any failure of the checker is a failed check, never a pass
-            return self._failed(len(items), f"{exc.__class__.__name__}: {exc}")
+            public = getattr(exc, "public", None)
+            return self._failed(len(items), f"{exc.__class__.__name__}: {exc}",
+                                None if public is None else f"{exc.__class__.__name__}: {public}")
         if len(verdicts) != len(items) or not all(math.isfinite(v.score) and 0 <= v.score <= 1 for v in verdicts):
             return self._failed(len(items), "the reviewer returned malformed verdicts")
         for v in verdicts:  # one threshold rule for every reviewer: a score at the threshold is flagged

@@ -23,9 +23,10 @@ class RequestError(Exception):
     """A request the server refuses; ``status`` is the HTTP code."""
 
     def __init__(self, message: str, param: str | None = None, code: str | None = None,
-                 status: int = 400, kind: str = "invalid_request_error"):
+                 status: int = 400, kind: str = "invalid_request_error", headers: dict[str, str] | None = None):
         super().__init__(message)
         self.message, self.param, self.code, self.status, self.kind = message, param, code, status, kind
+        self.headers = headers or {}
 
 
 def error_body(message: str, kind: str = "invalid_request_error", param: str | None = None,
@@ -38,16 +39,38 @@ def error_body(message: str, kind: str = "invalid_request_error", param: str | N
 
 @dataclass
 class ChatRequest:
-    """A validated ``/v1/chat/completions`` request (the fields this server honours)."""
+    """A validated ``/v1/chat/completions`` request (the fields this server honours).
+
+    Of OpenAI's other fields, each is honoured or refused, never ignored in silence:
+
+    * ``seed`` (an integer in [0, 2**63)) is honoured: a local model reseeds before the request's
+      drafts, and a sampled request with a seed is drafted alone, since the draws of a batch are
+      shared; an upstream is given the seed.
+    * ``stop`` (a string or up to 4 non-empty strings) is honoured: every answer is cut before the
+      earliest stop sequence *before* the conscience reviews it, so the verdict reads exactly the
+      text that may be released.
+    * ``tools`` / ``functions`` (non-empty), ``tool_choice`` / ``function_call`` other than
+      ``"none"`` / ``"auto"`` are refused (400): the conscience reviews text answers, and a tool
+      call is not one.
+    * ``response_format`` other than ``{"type": "text"}`` is refused (400): JSON modes need
+      constrained decoding, which this server does not do.
+    * ``top_p`` is honoured like ``temperature`` (for the drafts and their rewrites).
+    * ``presence_penalty`` / ``frequency_penalty`` other than 0 and a non-empty ``logit_bias`` are
+      refused (400): the local generator has no such knobs.
+    * ``user``, ``metadata`` and similar bookkeeping fields do not change the answer.
+    """
 
     messages: list[dict]
     model: str | None = None
     max_tokens: int | None = None
     temperature: float | None = None  # None: the server's configured temperature
+    top_p: float | None = None  # None: the server's (1.0)
     stream: bool = False
     include_usage: bool = False
     logprobs: bool = False
     top_logprobs: int = 0
+    seed: int | None = None
+    stop: tuple[str, ...] = ()
     extra: dict = field(default_factory=dict)
 
 
@@ -160,6 +183,49 @@ def parse_messages(value: Any) -> list[dict]:
     return messages
 
 
+MAX_STOPS, MAX_STOP_CHARS = 4, 256
+SEED_RANGE = (0, 2**63 - 1)  # torch and vLLM both take a 64-bit seed
+
+
+def _stops(body: dict) -> tuple[str, ...]:
+    value = body.get("stop")
+    if value is None or value == []:  # no stop sequences, as OpenAI reads both
+        return ()
+    stops = [value] if isinstance(value, str) else value
+    if not isinstance(stops, list) or len(stops) > MAX_STOPS or not all(isinstance(x, str) for x in stops):
+        raise RequestError(f"'stop' must be a string or a list of at most {MAX_STOPS} strings", "stop")
+    if not all(0 < len(x) <= MAX_STOP_CHARS for x in stops):
+        raise RequestError(f"each 'stop' sequence must have 1 to {MAX_STOP_CHARS} characters", "stop")
+    return tuple(dict.fromkeys(stops))
+
+
+def _refuse_unsupported(body: dict) -> None:
+    """Fields this server cannot honour are refused, never ignored (see :class:`ChatRequest`)."""
+    for key in ("tools", "functions"):
+        value = body.get(key)
+        if value not in (None, []):
+            raise RequestError(f"'{key}' is not supported: the conscience reviews text answers, and a tool call is "
+                               "not one (send no tools)", key, "unsupported_parameter")
+    for key in ("tool_choice", "function_call"):
+        value = body.get(key)
+        if value not in (None, "none", "auto"):
+            raise RequestError(f"'{key}' is not supported: this server answers in text only", key,
+                               "unsupported_parameter")
+    for key in ("presence_penalty", "frequency_penalty"):
+        value = body.get(key)
+        if value is not None and value != 0:
+            raise RequestError(f"'{key}' other than 0 is not supported, got {_short(value)}", key,
+                               "unsupported_parameter")
+    if body.get("logit_bias") not in (None, {}):
+        raise RequestError("'logit_bias' is not supported (send none or {})", "logit_bias", "unsupported_parameter")
+    fmt = body.get("response_format")
+    if fmt is not None and fmt != {"type": "text"}:
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        raise RequestError(f"'response_format' {_short(kind if isinstance(kind, str) else fmt)} is not supported: "
+                           "JSON modes need constrained decoding, which this server does not do (only "
+                           "{'type': 'text'})", "response_format", "unsupported_parameter")
+
+
 def parse_chat_request(raw: bytes, max_tokens_cap: int, max_logprobs: int) -> ChatRequest:
     """Parse and check a request body; raise :class:`RequestError` on anything malformed."""
     body = load_json_body(raw)
@@ -179,7 +245,7 @@ def parse_chat_request(raw: bytes, max_tokens_cap: int, max_logprobs: int) -> Ch
     if temperature is not None and 0 < temperature < MIN_TEMPERATURE:
         raise RequestError(f"'temperature' must be 0 (greedy) or lie in [{MIN_TEMPERATURE}, 2.0], got {temperature:g}",
                            "temperature")
-    _number(body, "top_p", 0.0, 1.0, lo_open=True)
+    top_p = _number(body, "top_p", 0.0, 1.0, lo_open=True)
     stream = body.get("stream", False)
     if stream is None:
         stream = False
@@ -204,10 +270,12 @@ def parse_chat_request(raw: bytes, max_tokens_cap: int, max_logprobs: int) -> Ch
     top = _integer(body, "top_logprobs", 0, max_logprobs) or 0
     if top and not logprobs:
         raise RequestError("'top_logprobs' needs 'logprobs': true", "top_logprobs")
+    _refuse_unsupported(body)
     return ChatRequest(
         messages=messages, model=model, max_tokens=max_tokens,
-        temperature=temperature, stream=stream,
+        temperature=temperature, top_p=top_p, stream=stream,
         include_usage=include_usage, logprobs=logprobs, top_logprobs=top,
+        seed=_integer(body, "seed", *SEED_RANGE), stop=_stops(body),
     )
 
 

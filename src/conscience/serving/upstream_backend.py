@@ -29,7 +29,7 @@ def upstream_client(url: str, api_key: str | None = None, model: str | None = No
 class UpstreamGenerator:
     """The upstream server as a :class:`~conscience.generation.Generator` (no local weights);
     requests run ``workers`` at a time (a single one in the caller's thread). The upstream samples
-    with its own seed."""
+    with its own seed unless ``Sampling.seed`` is set, which it is given."""
 
     lm = None
 
@@ -48,6 +48,8 @@ class UpstreamGenerator:
             params["top_p"] = sampling.top_p
         if sampling.top_logprobs is not None:
             params.update(logprobs=True, top_logprobs=sampling.top_logprobs)
+        if sampling.seed is not None:  # a request's own seed (the engine passes None otherwise)
+            params["seed"] = sampling.seed
         start = time.perf_counter()
         body = self.client.chat(chat, **params)
         choice = body["choices"][0]
@@ -90,3 +92,5 @@ class UpstreamBackend:
 
     def count_text_tokens(self, text: str) -> int:
         return len(text) // 4
+
+    max_token_chars = 4  # the characters one token covers at most, as count_tokens estimates it

@@ -26,12 +26,12 @@ from typing import Sequence
 
 import numpy as np
 
+from ..chat_data import tokenize_chat
 from ..generation import LocalGenerator, Sampling
 from ..jsonl import write_json_atomic
 from ..log import log
 from ..models import LoadedModel, base_identity
 from ..models import frozen as frozen_weights
-from .data import tokenize_chat
 from .online import _sampling, generation_copy, pick_prompts, sampling_dtype
 
 CACHE_FILE = "aligned_answers.json"

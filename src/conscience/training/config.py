@@ -17,16 +17,18 @@ from ..config import (
     THREADS,
     TOP_P,
     Bounds,
-    ConscienceConfig,
     bounded,
     check_fields,
 )
+from ..conscience_config import ConscienceConfig
 
 SampleDtype = Literal["auto", "float32", "bfloat16", "float16", "int8"]
 AlignSource = Literal["task", "general", "both"]
 Writer = Literal["frozen", "policy"]
 LrSchedule = Literal["linear", "constant", "cosine"]
 MixSelect = Literal["random", "gap"]
+PairSource = Literal["online", "frozen"]
+Term = Literal["dpo", "rloo"]
 SAMPLE_DTYPES, ALIGN_SOURCES = get_args(SampleDtype), get_args(AlignSource)
 WRITERS, LR_SCHEDULES, MIX_SELECTS = get_args(Writer), get_args(LrSchedule), get_args(MixSelect)
 # Keys of the nested conscience that training sets itself: the frozen copy is the trained model's
@@ -76,51 +78,109 @@ class TrainConfig:
 
     # model
     model: str = "bundled"
+    """the model to fine-tune (a model spec, as ConscienceConfig.model); its frozen copy is the conscience"""
     dtype: Dtype = "float32"
+    """the dtype the weights are loaded and trained in"""
     threads: int | None = bounded(None, THREADS)
+    """CPU threads for torch (None: torch's default)"""
     lora: bool = True
+    """train a LoRA adapter (the frozen copy is the base with the adapter disabled); false: full fine-tuning (the frozen
+    copy is a deep copy of the starting weights)"""
     lora_r: int = bounded(8, AT_LEAST_ONE)
+    """LoRA rank"""
     lora_alpha: int = bounded(16, AT_LEAST_ONE)
+    """LoRA scaling numerator (the update is scaled by lora_alpha / lora_r)"""
     lora_dropout: float = bounded(0.0, DROPOUT)
+    """dropout on the LoRA path"""
     lora_targets: list[str] = field(default_factory=lambda: ["q_proj", "k_proj", "v_proj", "o_proj"])
+    """module names that get a LoRA adapter (only with lora: true)"""
     # task data: a chat JSONL file, "hf:<dataset>" or a saved dataset folder; none → code-hacking generator
     data: str | None = None
+    """task data: a chat JSONL file ({"messages": [...]}, loss on assistant tokens only), hf:<dataset> or a saved
+    dataset folder; None: the code-hacking generator"""
     data_split: str = "train"
+    """the split read from an hf: or saved dataset"""
     max_examples: int | None = bounded(None, AT_LEAST_ONE)
+    """use only the first N task conversations (None: all)"""
     task_n_per_class: int = bounded(30, AT_LEAST_ONE)
+    """the code-hacking generator's examples per vulnerability class (when data is None)"""
     max_length: int = bounded(256, AT_LEAST_ONE)
+    """the longest training sequence in tokens (task rows and preference pairs are cut to it)"""
     # optimisation
     output_dir: str = "runs/train"
+    """where checkpoints, metrics.jsonl, final/ and the config are written"""
     max_steps: int = bounded(60, AT_LEAST_ONE)
+    """optimizer steps"""
     batch_size: int = bounded(4, AT_LEAST_ONE)
+    """task rows per step (per process)"""
     grad_accum: int = bounded(1, AT_LEAST_ONE)
+    """gradient accumulation steps per optimizer step"""
     lr: float = bounded(2e-4, LEARNING_RATE)
+    """peak learning rate (AdamW)"""
     lr_schedule: LrSchedule = "linear"
+    """the learning-rate schedule after warmup"""
     warmup_steps: int = bounded(0, NON_NEGATIVE)
+    """linear warmup steps"""
     weight_decay: float = bounded(0.0, DECAY)
+    """AdamW weight decay"""
     seed: int = bounded(0, SEED)
+    """the seed of data order, sampling and initialisation"""
     save_steps: int = bounded(0, NON_NEGATIVE)
+    """write a checkpoint every N steps (0: none)"""
     save_total_limit: int = bounded(2, AT_LEAST_ONE)
+    """checkpoints kept (older ones are deleted)"""
     logging_steps: int = bounded(1, AT_LEAST_ONE)
+    """log metrics every N steps"""
     report_to: list[str] = field(default_factory=list)
+    """trackers the Trainer reports to (e.g. tensorboard, wandb); empty: metrics.jsonl only"""
     resume: str | None = None
+    """latest: the newest intact checkpoint in output_dir (an error if none); auto: the same, or a fresh run when there
+    is none; or a checkpoint folder; None: a fresh run"""
     # the conscience term
-    lam: float = bounded(0.1, NON_NEGATIVE)  # the paper's weight of the conscience term; 0 is plain SFT
+    lam: float = bounded(0.1, NON_NEGATIVE)
+    """the weight λ of the conscience term (the paper's 0.1); 0 is plain SFT: no sampling, no reviews"""
     beta: float = bounded(0.1, POSITIVE)
+    """DPO β: how sharply the term prefers the alternative over the flagged answer"""
     align_every: int = bounded(16, NON_NEGATIVE)
+    """sample and review answers every N steps (0: never; needed when lam > 0)"""
     align_prompts: AlignSource = "both"
+    """where the alignment prompts come from: the task's own prompts, the general pool, or both"""
     align_batch: int = bounded(2, AT_LEAST_ONE)
+    """alignment prompts per round (and the frozen copy's answers per step for kl_coef)"""
     k: int = bounded(2, AT_LEAST_ONE)
+    """answers the policy samples per alignment prompt"""
     sample_max_new_tokens: int = bounded(48, AT_LEAST_ONE)
+    """the longest sampled answer, in tokens"""
     sample_temperature: float = bounded(1.0, TEMPERATURE)
+    """sampling temperature of the policy's answers (0: greedy, only with k 1)"""
     sample_top_p: float = bounded(1.0, TOP_P)
-    sample_dtype: SampleDtype = "auto"  # generation only; see training.online.sampling_dtype
+    """nucleus sampling of the policy's answers (1: off)"""
+    sample_dtype: SampleDtype = "auto"
+    """the dtype of the copy that samples (generation only; auto: packed fp32 where oneDNN packs, else bfloat16), see
+    training.online.sampling_dtype"""
     writer: Writer = "frozen"
+    """who writes the alternative to a flagged answer: the frozen copy or the policy"""
     alt_max_new_tokens: int = bounded(64, AT_LEAST_ONE)
+    """the longest alternative, in tokens"""
     margin: float = bounded(0.1, MARGIN)
+    """a pair enters the buffer only when the alternative's score beats the flagged answer's by this much"""
     dpo_batch: int = bounded(2, AT_LEAST_ONE)
+    """pairs per DPO step, taken from the buffer"""
     buffer_size: int = bounded(64, AT_LEAST_ONE)
+    """pairs the buffer holds (the oldest fall out)"""
     pair_uses: int = bounded(2, AT_LEAST_ONE)
+    """DPO steps each pair is used for before it leaves the buffer"""
+    term: Term = "dpo"
+    """how the conscience's verdicts reach the weights. dpo: (alternative, flagged answer) pairs in a DPO term
+    (the paper's); rloo: every answer the policy samples teaches — its verdict's log-odds is a reward and lam × a
+    REINFORCE term with a leave-one-out baseline over each prompt's k answers raises the better-judged ones
+    (training.reward; on-policy, no alternatives written; compose with kl_coef to anchor to the frozen copy)"""
+    pair_source: PairSource = "online"
+    """where the conscience term's pairs come from. online: every align_every steps the policy samples k
+    answers to align_batch prompts, the frozen copy flags and rewrites them (the paper's term); frozen:
+    before training the frozen copy answers up to aligned_pool alignment prompts k times, its conscience
+    ranks each prompt's answers (best against worst, by margin), and every step draws dpo_batch of those
+    pairs (training.frozen_pairs): no sampling while training"""
     # peer methods, each composable with the conscience term (conscience experiment: the kl,
     # inoculation, mix and early arms are SFT plus one of them)
     kl_coef: float = bounded(0.0, NON_NEGATIVE)
@@ -136,17 +196,26 @@ class TrainConfig:
     """random: any cached answer; gap: from step mix_gap_step on, only the mix_keep share with the
     largest perplexity gap (policy at that step vs frozen copy), see training.aligned"""
     mix_gap_step: int = bounded(5, AT_LEAST_ONE)
+    """with mix_select gap: the step at which the perplexity gap is measured"""
     mix_keep: float = bounded(0.5, FRACTION)
+    """with mix_select gap: the share of cached answers kept (those with the largest gap)"""
     aligned_pool: int = bounded(64, AT_LEAST_ONE)
     """how many alignment prompts the frozen copy answers, once, for kl_coef and mix_aligned"""
     aligned_cache: str | None = None
     """the cache of those answers (None: <output_dir>/aligned_answers.json); reused when its
     model, prompts and sampling settings match"""
+    steer_coef: float = bounded(0.0, NON_NEGATIVE)
+    """preventative steering: while the task trains, the conscience card's misaligned direction is
+    added to the residual stream at the card's first layer, moving the card's reading by this many
+    log-odds toward misaligned (training.steering); the saved model and evaluation never see it.
+    Needs the verdict's card for the model (conscience.conscience_card, or the shipped one); 0: off"""
     stop_on_drift: bool = False
     """end training when the live drift monitor's 95 % interval leaves 0 (needs the monitor that
     conscience experiment passes in; conscience train alone refuses it)"""
     # the verdict: a nested mapping in YAML, dotted keys as overrides (conscience.threshold=0.4)
     conscience: ConscienceConfig = field(default_factory=ConscienceConfig)
+    """the verdict: the same ConscienceConfig as conscience ask (mode, framings, question, verdict, review_format,
+    conscience_card, threshold); its model, dtype, threads and seed are the run's own"""
 
     def __post_init__(self) -> None:
         check_fields(self)
@@ -155,7 +224,12 @@ class TrainConfig:
             if getattr(self.conscience, key) != getattr(defaults, key):
                 raise ValueError(f"conscience.{key} is set by training itself ({instead})")
         # combinations that cannot work, rejected before any model is loaded
-        if self.lam > 0 and self.align_every == 0:
+        if self.term == "rloo" and (self.k < 2 or self.pair_source != "online"):
+            raise ValueError("term rloo compares each prompt's k >= 2 answers sampled online (set k, and "
+                             "pair_source online)")
+        if self.pair_source == "frozen" and self.k < 2:
+            raise ValueError("pair_source frozen ranks k >= 2 answers per prompt (set k)")
+        if self.lam > 0 and self.align_every == 0 and self.pair_source == "online":
             raise ValueError("lam > 0 needs align_every >= 1 (how often the policy samples answers to review)")
         if self.k > 1 and self.sample_temperature == 0:
             raise ValueError("k > 1 samples per prompt need sample_temperature > 0 (greedy samples are identical)")
@@ -191,15 +265,30 @@ class TrainConfig:
             if not path.exists():
                 raise ValueError(f"data: no such file or folder: {self.data}")
             if path.is_file():
-                from .data import read_chat_jsonl  # imports torch: only when there is a file to read
+                from ..chat_data import read_chat_jsonl  # imports torch: only when there is a file to read
 
                 conversations = read_chat_jsonl(path)
         if self.uses_aligned_answers:
             self._check_alignment_pool(conversations)
+        if self.steer_coef > 0:
+            from ..errors import ConscienceError
+            from .steering import steering_card_folder
+
+            try:
+                steering_card_folder(self.model, self.conscience.conscience_card,
+                                     self.conscience.trust_adapter_card)
+            except ConscienceError as exc:
+                raise ValueError(str(exc)) from None
         verdict = self.conscience
+        from ..errors import ConscienceError
+        from ..verdict.factory import check_chosen_card  # the named card loads, before any model does
+
+        try:
+            check_chosen_card(verdict)
+        except ConscienceError as exc:
+            raise ValueError(f"conscience.{exc}") from None  # the nested key, dotted
         if verdict.framings_file or verdict.framings or verdict.question:
             from ..conscience import resolve_framings
-            from ..errors import ConscienceError
 
             try:
                 resolve_framings(verdict)
@@ -210,8 +299,9 @@ class TrainConfig:
         """kl_coef and mix_aligned read the frozen copy's answers to the alignment prompts: refuse a
         config whose pool is empty. Task prompts are checked where the data is a local file (the
         code-hacking generator always has them; an hf: dataset is read after the model loads)."""
+        from ..chat_data import user_prompt
         from ..errors import DataFormatError
-        from .data import alignment_prompts, user_prompt
+        from .data import alignment_prompts
 
         if self.align_prompts != "general" and conversations is None:
             return

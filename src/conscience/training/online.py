@@ -119,6 +119,7 @@ def online_round(
     margin: float = 0.1,
     sample_dtype: str = "float32",
     frozen_writer: LoadedModel | None = None,
+    revise: bool = True,
 ) -> OnlineRound:
     """Sample → review → write alternatives for the flagged → review them → pairs.
 
@@ -128,19 +129,21 @@ def online_round(
     always read from the frozen copy's own weights, as its card was fitted. ``frozen_writer`` is the
     frozen copy's generation copy when the caller keeps one across rounds (its weights never
     change); otherwise one is made for this round. A flagged empty answer gets no alternative:
-    it could not be a pair's rejected answer.
+    it could not be a pair's rejected answer. ``revise=False`` reviews the samples and writes no
+    alternative (the reward term reads the verdicts alone).
     """
     dtype = sampling_dtype(policy.model, sample_dtype)
     with _sampling(policy.model):
         start = time.perf_counter()
         drafter = LocalGenerator(generation_copy(policy, dtype, adapter=True))
-        if writer == "frozen":
+        if writer == "frozen" and revise:
             rewriter = LocalGenerator(frozen_writer or generation_copy(frozen, dtype, adapter=False),
                                       frozen_weights=True)
-        else:
+        else:  # the policy writes, or nothing is written
             rewriter = drafter
         copying = time.perf_counter() - start
-        conscience = Conscience(drafter, judge=frozen, reviewer=reviewer, mode=mode, max_rounds=1, rewriter=rewriter)
+        conscience = Conscience(drafter, judge=frozen, reviewer=reviewer, mode=mode, max_rounds=int(revise),
+                                rewriter=rewriter)
         step = conscience.step(prompts, Sampling(max_new_tokens, temperature, top_p, seed),
                                Sampling(alt_max_new_tokens, temperature, top_p, seed + 1), k=k, revise_empty=False)
     drafts = [r.draft.verdict for r in step.responses]

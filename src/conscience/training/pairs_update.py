@@ -14,11 +14,12 @@ from typing import Sequence
 
 import torch
 
+from ..chat_data import pad_batch
 from ..errors import ConscienceError
 from ..losses import dpo_loss
 from ..models import LoadedModel, frozen
 from ..pairs import PreferencePair
-from .data import pad_batch, pair_examples
+from .data import pair_examples
 from .trainer import TrainingDivergedError, pair_logps
 
 

@@ -3,30 +3,38 @@
 Output folder: ``final/`` (LoRA adapter or full weights, safetensors, loadable with
 ``PeftModel.from_pretrained`` / ``from_pretrained``; written atomically), ``metrics.jsonl``
 (one line per step), ``README.md`` (model card with config and final metrics),
-``train_config.yaml``, ``checkpoint-N/`` (Trainer checkpoints), when the config names no
+``train_config.yaml`` (the config), ``checkpoint-N/`` (Trainer checkpoints), when the config names no
 data, ``data/`` (the code-hacking splits the run was trained on), and with ``kl_coef`` or
 ``mix_aligned`` the cached aligned answers (``aligned_answers.json``, see :mod:`.aligned`).
+``train_config.yaml`` is written first: it marks the folder as a run of this project, the only
+kind of existing non-empty folder a run writes into. Resuming verifies checkpoints
+(:mod:`.checkpoints`); resuming a run that already reached ``max_steps`` trains nothing.
 """
 
 from __future__ import annotations
 
 import copy
 import json
+import os
+import shutil
 from dataclasses import asdict
 from pathlib import Path
 from typing import Sequence
 
 import yaml
 
+from ..chat_data import build_task_data, load_conversations
 from ..errors import ConscienceError
 from ..jsonl import atomic_folder, read_jsonl, write_text_atomic
-from ..log import log, warn
+from ..log import log
 from ..models import LoadedModel, load_model
+from .checkpoints import TRAINER_STATE, checkpoint_folders, latest_intact, model_files, verify_checkpoint
 from .config import TrainConfig
-from .data import ChatCollator, ListDataset, alignment_prompts, build_task_data, load_conversations, with_system_prompt
+from .data import ChatCollator, ListDataset, alignment_prompts, with_system_prompt
 from .trainer import ConscienceTrainer, final_metrics
 
 METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "train_config.yaml"
 FINAL_DIR = "final"
 
 
@@ -88,37 +96,63 @@ def _has_accelerator() -> bool:
     return torch.cuda.is_available() or (hasattr(torch, "xpu") and torch.xpu.is_available())
 
 
-def resume_checkpoint(cfg: TrainConfig, out_dir: Path) -> str | None:
-    """``resume: latest`` → the newest ``checkpoint-N`` in the output folder, else the path given."""
+def check_output_dir(cfg: TrainConfig) -> Path:
+    """The run's folder. Training writes README.md, metrics and checkpoints into it, so an empty name
+    (the current folder) and a folder holding anything but a run of this project are refused."""
+    if not cfg.output_dir.strip():
+        raise ConscienceError("output_dir is empty; name the folder the run writes into (e.g. output_dir=runs/my_run)")
+    out_dir = Path(cfg.output_dir)
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConscienceError(f"output_dir {out_dir} is a file, not a folder")
+    # rank 0 alone: the other processes of a launch would see rank 0's config half-written
+    if first_process() and out_dir.is_dir() and any(out_dir.iterdir()) and not is_run_folder(out_dir):
+        raise ConscienceError(f"output_dir {out_dir} holds files that are not from a conscience training run "
+                              f"(no {CONFIG_FILE}, {METRICS_FILE} or checkpoint-N); choose a new or empty folder")
+    return out_dir
+
+
+def first_process() -> bool:
+    """A single process, or rank 0 of a launch (torchrun and accelerate set RANK): the one that
+    writes the run folder's own files before the Trainer exists."""
+    return os.environ.get("RANK", "0") == "0"
+
+
+def is_run_folder(folder: Path) -> bool:
+    """A folder an earlier ``conscience train`` wrote: its config (written first), metrics or checkpoints."""
+    from .aligned import CACHE_FILE
+
+    return (any((folder / name).is_file() for name in (CONFIG_FILE, METRICS_FILE, CACHE_FILE))
+            or bool(checkpoint_folders(folder)))
+
+
+def needs_conscience_state(cfg: TrainConfig) -> bool:
+    """The run keeps state of its own across steps (the pair buffer, the gap-selected aligned rows),
+    so a checkpoint without it would resume differently."""
+    return not cfg.sft_only or (cfg.mix_rows > 0 and cfg.mix_select == "gap")
+
+
+def resume_checkpoint(cfg: TrainConfig, out_dir: Path) -> tuple[str | None, int]:
+    """(checkpoint, its global step) to resume from, ``(None, 0)`` for a fresh run.
+
+    ``resume: latest`` → the newest intact ``checkpoint-N`` in the output folder (newer damaged or
+    incomplete ones are named in warnings); ``auto`` → the same, or a fresh run when the folder has
+    no checkpoint at all; otherwise the path given, which must verify.
+    """
     if not cfg.resume:
-        return None
+        return None, 0
+    needs_state = needs_conscience_state(cfg)
     if cfg.resume in ("latest", "auto", "true"):
-        found = sorted((p for p in out_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()),
-                       key=lambda p: int(p.name.split("-")[-1]))
-        complete = [p for p in found if _complete_checkpoint(p)]
-        for skipped in found[found.index(complete[-1]) + 1:] if complete else found:
-            # a kill during a save leaves a folder without its state; the one before it is whole
-            warn(f"{skipped} is an incomplete checkpoint (interrupted save); skipping it")
-        found = complete
-        if not found:
+        found = latest_intact(out_dir, needs_state)
+        if found is not None:
+            return str(found[0]), found[1]
+        if not checkpoint_folders(out_dir):
             if cfg.resume == "auto":
-                return None
-            raise ConscienceError(f"resume: latest, but {out_dir} holds no checkpoint-N folder")
-        return str(found[-1])
-    if not Path(cfg.resume, "trainer_state.json").exists():
-        raise ConscienceError(f"resume: {cfg.resume} is not a Trainer checkpoint (no trainer_state.json)")
-    return cfg.resume
-
-
-def _complete_checkpoint(folder: Path) -> bool:
-    """A checkpoint the Trainer finished writing: weights present and a readable trainer state."""
-    weights = any((folder / name).exists() for name in (
-        "adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin"))
-    try:
-        json.loads((folder / "trainer_state.json").read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return False
-    return weights
+                return None, 0
+            raise ConscienceError(f"resume: {cfg.resume}, but {out_dir} holds no checkpoint-N folder")
+        raise ConscienceError(f"resume: {cfg.resume}, but no checkpoint in {out_dir} is intact (see the warnings)")
+    if not Path(cfg.resume).is_dir():
+        raise ConscienceError(f"resume: {cfg.resume} is not a folder")
+    return cfg.resume, verify_checkpoint(cfg.resume, needs_state)
 
 
 def _trim_metrics(path: Path, upto_step: int) -> None:
@@ -143,8 +177,13 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     if cfg.stop_on_drift and not stoppers:
         raise ConscienceError("stop_on_drift needs the live drift monitor, which conscience train does not run; "
                               "use conscience experiment (the early arm)")
-    out_dir = Path(cfg.output_dir)
+    out_dir = check_output_dir(cfg)
+    checkpoint, resumed_step = resume_checkpoint(cfg, out_dir)
+    if checkpoint and resumed_step >= cfg.max_steps:
+        return finished_run(cfg, out_dir, checkpoint, resumed_step, lm)
     out_dir.mkdir(parents=True, exist_ok=True)
+    if first_process():
+        write_text_atomic(out_dir / CONFIG_FILE, config_yaml(cfg))  # first: it marks the folder as a run of ours
     set_seed(cfg.seed)
     if lm is None:
         lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads)
@@ -174,7 +213,6 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     if cfg.uses_aligned_answers:
         aligned = aligned_pool(cfg, frozen, pool, out_dir)
     metrics_path = out_dir / METRICS_FILE
-    checkpoint = resume_checkpoint(cfg, out_dir)
     if checkpoint is None:
         metrics_path.unlink(missing_ok=True)
     trainer = ConscienceTrainer(
@@ -184,11 +222,10 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
         aligned=aligned,
     )
     if checkpoint:
-        step = json.loads(Path(checkpoint, "trainer_state.json").read_text())["global_step"]
         if trainer.is_world_process_zero():
-            _trim_metrics(metrics_path, step)
+            _trim_metrics(metrics_path, resumed_step)
         trainer.load_conscience_state(checkpoint)
-        log(f"resuming from {checkpoint} (step {step})")
+        log(f"resuming from {checkpoint} (step {resumed_step})")
     log(f"training {lm.identity}: {len(data.examples)} examples, {cfg.max_steps} steps, lam={cfg.lam}, "
         f"{'LoRA r=' + str(cfg.lora_r) if cfg.lora else 'full fine-tuning'}")
     trainer.train(resume_from_checkpoint=checkpoint)
@@ -200,6 +237,30 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     trainer.accelerator.wait_for_everyone()
     return {"output_dir": str(out_dir), "final": str(final), "metrics": metrics,
             "log_history": trainer.state.log_history, "stopped_at": stoppers[0].stopped_at if stoppers else None}
+
+
+def finished_run(cfg: TrainConfig, out_dir: Path, checkpoint: str, step: int, lm: LoadedModel | None) -> dict:
+    """``resume`` of a run that already reached max_steps: nothing is trained and no checkpoint is
+    rotated away. A kill after the last checkpoint but before ``final/`` was written is finished
+    here: ``final/`` is exported from that checkpoint (the weights of the last step)."""
+    final = out_dir / FINAL_DIR
+    metrics_path = out_dir / METRICS_FILE
+    if final.is_dir() or not first_process():
+        log(f"{out_dir} already finished: {checkpoint} is at step {step} of max_steps={cfg.max_steps}; "
+            "nothing to train (raise max_steps to train further)")
+    else:
+        log(f"{checkpoint} is at step {step} of max_steps={cfg.max_steps} but {final} is missing; writing it "
+            "from that checkpoint, without training")
+        if lm is None:
+            lm = load_model(cfg.model, dtype=cfg.dtype, threads=cfg.threads)  # for its tokenizer
+        with atomic_folder(final) as tmp:
+            for path in model_files(checkpoint):
+                shutil.copy2(path, tmp / path.name)
+            lm.tokenizer.save_pretrained(tmp)
+        write_model_card(out_dir, cfg, lm.identity, final_metrics(metrics_path))
+    history = json.loads(Path(checkpoint, TRAINER_STATE).read_text(encoding="utf-8")).get("log_history", [])
+    return {"output_dir": str(out_dir), "final": str(final), "metrics": final_metrics(metrics_path),
+            "log_history": history, "stopped_at": None}
 
 
 def aligned_pool(cfg: TrainConfig, frozen: LoadedModel, prompts: list[str], out_dir: Path):
@@ -222,8 +283,12 @@ def save_final(model, tokenizer, final: Path) -> None:
         tokenizer.save_pretrained(tmp)
 
 
+def config_yaml(cfg: TrainConfig) -> str:
+    return yaml.safe_dump(asdict(cfg), sort_keys=False)
+
+
 def write_model_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: dict) -> None:
-    config_text = yaml.safe_dump(asdict(cfg), sort_keys=False)
+    config_text = config_yaml(cfg)
     kind = "LoRA adapter (load with peft.PeftModel.from_pretrained on the base model)" if cfg.lora else \
         "full weights (load with AutoModelForCausalLM.from_pretrained)"
     lines = [
@@ -237,7 +302,7 @@ def write_model_card(out_dir: Path, cfg: TrainConfig, identity: str, metrics: di
         *[f"| {k} | {v:.4f} |" for k, v in metrics.items()], "",
         "## Config", "", "```yaml", config_text.rstrip(), "```", "",
     ]
-    for name, text in (("README.md", "\n".join(lines)), ("train_config.yaml", config_text)):
+    for name, text in (("README.md", "\n".join(lines)), (CONFIG_FILE, config_text)):
         write_text_atomic(out_dir / name, text)
 
 

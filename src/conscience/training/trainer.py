@@ -2,15 +2,18 @@
 
 One step reads top to bottom: maybe sample (policy answers alignment prompts, the frozen copy
 reviews them and writes alternatives, pairs enter the buffer) → (``mix_aligned``) add aligned rows
-to the task batch → take pairs → one forward pass over the task batch, (``kl_coef``) one over
-aligned answers beside the frozen copy's, one over the pairs → the frozen copy's reference
-log-probs (cached when the pair entered the buffer) → ``hybrid_loss``.
+to the task batch → one forward pass over the task batch ((``steer_coef``) with the conscience
+card's direction added, training.steering), (``kl_coef``) one over aligned answers beside the
+frozen copy's → take pairs (the buffer's, or with ``pair_source: frozen`` the frozen copy's own
+ranked ones, training.frozen_pairs) → one over the pairs → the frozen copy's reference log-probs
+(cached when the pair entered the buffer) → ``hybrid_loss``.
 Gradient accumulation, checkpoints, resume, ``report_to`` and ``accelerate launch`` are the
 Trainer's own.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import time
@@ -19,7 +22,9 @@ from pathlib import Path
 import torch
 from transformers import Trainer, TrainerCallback
 
+from ..chat_data import IGNORE, pad_batch, unpad
 from ..errors import ConscienceError
+from ..generation import Sampling
 from ..jsonl import write_text_atomic
 from ..losses import dpo_loss, hybrid_loss, sequence_logps, token_kl
 from ..models import LoadedModel
@@ -27,11 +32,15 @@ from ..models import frozen as frozen_weights
 from ..pairs import PairBuffer, PreferencePair
 from ..verdict import Reviewer
 from .aligned import AlignedPool, select_by_gap
+from .checkpoints import STATE_FILE, TRAINER_STATE, read_conscience_state
 from .config import TrainConfig
-from .data import IGNORE, pad_batch, pair_examples, unpad
+from .data import pair_examples
+from .frozen_pairs import CACHE_FILE as FROZEN_PAIRS_FILE
+from .frozen_pairs import frozen_pairs
 from .online import OnlineRound, generation_copy, online_round, pick_prompts, sampling_dtype
+from .reward import RewardedSample, reward_term, rewarded_samples
+from .steering import steering_for
 
-STATE_FILE = "conscience_state.json"
 METRIC_KEYS = ("task_loss", "dpo_loss", "lam", "pairs_in_step", "flagged_share", "mean_verdict", "reward_margin",
                "kl", "mixed_share", "seconds_sampling", "seconds_reviewing", "seconds_updating", "buffer")
 
@@ -72,8 +81,14 @@ class ConscienceTrainer(Trainer):
         self.model_accepts_loss_kwargs = False  # per-micro-batch means; the Trainer divides by grad_accum
         self._sampled_at = -1
         self._frozen_writer: LoadedModel | None = None
+        self._frozen_pairs: list[PreferencePair] | None = None
+        self._rewarded: list[RewardedSample] = []  # term rloo: this step's samples, used once
         self._step: dict[str, float] = {}
         self._pending_logs: list[dict] = []
+        self.steering = (steering_for(train_config.steer_coef, train_config.model,
+                                      train_config.conscience.conscience_card, frozen,
+                                      train_config.conscience.trust_adapter_card)
+                         if train_config.steer_coef > 0 else None)
         self.add_callback(_StepRecorder(self))
 
     # -- the step -----------------------------------------------------------------------------
@@ -82,19 +97,28 @@ class ConscienceTrainer(Trainer):
         if self.cfg.mix_rows:
             inputs = self.with_aligned_rows(inputs)
         self._add(tokens=int(inputs["attention_mask"].sum()))
-        task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        with self.steering.applied(self.policy.model) if self.steering else contextlib.nullcontext():
+            task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
         if self.cfg.kl_coef > 0:
             kl = self.kl_term(model)
             self._add(kl_sum=kl.item(), kl_n=1)
             task_loss = task_loss + self.cfg.kl_coef * kl
-        pairs = self.buffer.take(self.cfg.dpo_batch) if self.cfg.lam > 0 else []
+        if self.cfg.term == "rloo":                             # every sample's verdict as its reward
+            rloo = reward_term(model, self.tokenizer_, self._rewarded, self.cfg.max_length, self.pad_id)
+            self._rewarded = []
+            loss = task_loss if rloo is None or self.cfg.lam == 0 else task_loss + self.cfg.lam * rloo
+            self._check_finite(loss, task_loss, rloo)
+            self._add(task_loss=task_loss.item(), micro=1)
+            return loss
+        pairs = self.take_pairs() if self.cfg.lam > 0 else []
         if not pairs:                                           # no pairs: exactly the SFT step (+ KL)
             self._check_finite(task_loss, task_loss, None)
             self._add(task_loss=task_loss.item(), micro=1)
             return task_loss
         device = inputs["input_ids"].device
         pair_batch = {k: v.to(device) for k, v in self.pair_batch(pairs).items()}
-        self._add(tokens=int(pair_batch["attention_mask"].sum()))
+        pair_tokens = int(pair_batch["attention_mask"].sum())
+        self._add(tokens=pair_tokens, dpo_tokens=pair_tokens)
         # The pairs' own forward pass, at their own (short) width: padding them to the task
         # batch's width would spend most of the DPO compute on padding.
         logits = model(input_ids=pair_batch["input_ids"], attention_mask=pair_batch["attention_mask"],
@@ -108,6 +132,22 @@ class ConscienceTrainer(Trainer):
         self._add(task_loss=task_loss.item(), micro=1, dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
                   margin_sum=(chosen_rewards - rejected_rewards).sum().item())
         return loss
+
+    def take_pairs(self) -> list[PreferencePair]:
+        """This step's DPO pairs: the buffer's next ``dpo_batch`` (``pair_source: online``), or
+        ``dpo_batch`` of the frozen copy's ranked pairs, drawn by seed (``frozen``; made and scored
+        under the reference once, on first use)."""
+        if self.cfg.pair_source == "online":
+            return self.buffer.take(self.cfg.dpo_batch)
+        if self._frozen_pairs is None:
+            cfg = self.cfg
+            prompts = pick_prompts(self.align_pool, min(cfg.aligned_pool, len(self.align_pool)), cfg.seed)
+            sampling = Sampling(cfg.sample_max_new_tokens, cfg.sample_temperature, cfg.sample_top_p, cfg.seed)
+            self._frozen_pairs = frozen_pairs(self.frozen, self.reviewer, prompts, cfg.k, sampling, cfg.margin,
+                                              Path(self.args.output_dir) / FROZEN_PAIRS_FILE, cfg.sample_dtype,
+                                              mode=cfg.conscience.mode)
+            self.cache_reference(self._frozen_pairs)
+        return pick_prompts(self._frozen_pairs, self.cfg.dpo_batch, self._draw_seed()) if self._frozen_pairs else []
 
     def _draw_seed(self) -> int:
         """A seed per aligned-row draw: fixed by the run's seed, the step and the draw within it,
@@ -172,11 +212,14 @@ class ConscienceTrainer(Trainer):
 
     def _maybe_sample(self) -> None:
         step = self.state.global_step
-        if self.cfg.lam == 0 or self._sampled_at == step or step % self.cfg.align_every != 0:
+        if (self.cfg.lam == 0 or self.cfg.pair_source != "online" or self._sampled_at == step
+                or step % self.cfg.align_every != 0):
             return
         self._sampled_at = step
         seed = self.cfg.seed * 1_000_003 + step * 7919 + self.args.process_index
         result = self.sample_round(pick_prompts(self.align_pool, self.cfg.align_batch, seed), seed)
+        if self.cfg.term == "rloo":
+            self._rewarded = rewarded_samples(result.responses, self.cfg.k)
         start = time.perf_counter()
         self.cache_reference(result.pairs)
         self.buffer.add(result.pairs)
@@ -190,7 +233,8 @@ class ConscienceTrainer(Trainer):
                             mode=cfg.conscience.mode, max_new_tokens=cfg.sample_max_new_tokens,
                             alt_max_new_tokens=cfg.alt_max_new_tokens, temperature=cfg.sample_temperature,
                             top_p=cfg.sample_top_p, margin=cfg.margin, sample_dtype=cfg.sample_dtype,
-                            frozen_writer=self.frozen_writer())
+                            frozen_writer=self.frozen_writer() if cfg.term == "dpo" else None,
+                            revise=cfg.term == "dpo")
 
     def frozen_writer(self) -> LoadedModel | None:
         """The frozen copy's generation copy, built once: the base weights never change, so
@@ -230,7 +274,8 @@ class ConscienceTrainer(Trainer):
     def finish_step(self, seconds: float) -> dict:
         """Reduce this step's sums over processes, write one JSONL line, queue it for ``log``."""
         keys = ("task_loss", "micro", "dpo_sum", "pairs", "margin_sum", "samples", "flagged", "verdict_sum",
-                "seconds_sampling", "seconds_reviewing", "tokens", "kl_sum", "kl_n", "mixed_rows", "batch_rows")
+                "seconds_sampling", "seconds_reviewing", "tokens", "dpo_tokens", "kl_sum", "kl_n", "mixed_rows",
+                "batch_rows")
         sums = torch.tensor([self._step.get(k, 0.0) for k in keys], dtype=torch.float64, device=self.args.device)
         if self.accelerator.num_processes > 1:
             sums = self.accelerator.reduce(sums, reduction="sum")
@@ -253,6 +298,9 @@ class ConscienceTrainer(Trainer):
             "seconds_updating": max(seconds - (s["seconds_sampling"] + s["seconds_reviewing"]) / n, 0.0),
             "buffer": len(self.buffer),
             "tokens": int(s["tokens"]),  # tokens through the update (task batch + pairs), all ranks
+            "dpo_tokens": int(s["dpo_tokens"]),  # of which the pairs' (chosen and rejected rows)
+            "samples": int(s["samples"]),  # answers the policy sampled for review this step
+            "flagged": int(s["flagged"]),  # of which the frozen copy flagged
         }
         if self.is_world_process_zero():
             with open(self.metrics_path, "a", encoding="utf-8") as fh:
@@ -271,17 +319,20 @@ class ConscienceTrainer(Trainer):
         super().log(logs, *args, **kwargs)
 
     def _save_checkpoint(self, model, trial):
-        super()._save_checkpoint(model, trial)
+        # The project's state goes in first: the Trainer writes trainer_state.json last, and that file
+        # marks the checkpoint complete, so a kill anywhere in between leaves a checkpoint resume skips.
         if self.is_world_process_zero():
             folder = Path(self.args.output_dir) / f"checkpoint-{self.state.global_step}"
+            (folder / TRAINER_STATE).unlink(missing_ok=True)  # left by an abandoned attempt at this step
             state = {"buffer": self.buffer.state_dict(), "sampled_at": self._sampled_at,
                      "aligned_selected": self.aligned.selected if self.aligned else None}
             write_text_atomic(folder / STATE_FILE, json.dumps(state))
+        super()._save_checkpoint(model, trial)
 
     def load_conscience_state(self, checkpoint: str | Path) -> None:
         path = Path(checkpoint) / STATE_FILE
         if path.exists():
-            state = json.loads(path.read_text(encoding="utf-8"))
+            state = read_conscience_state(path)
             self.buffer.load_state_dict(state["buffer"])
             self._sampled_at = int(state["sampled_at"])
             if self.aligned is not None and state.get("aligned_selected") is not None:

@@ -64,8 +64,9 @@ def register(subparsers) -> None:
                    help="JSONL of triples (prompt, aligned, misaligned, category), or several sources comma-separated, "
                         "fitted as one set; 'code-generator[:N]' is the code-hacking generator's train split (at most "
                         "N per vulnerability class, category code:<class>; never its test split)")
-    p.add_argument("--out", required=True, help="card folder to write (put it beside a model/adapter to auto-load; "
-                                                "a card written into another card's code/ folder reads that card's "
+    p.add_argument("--out", required=True, help="card folder to write (use it with --conscience-card, or put it in "
+                                                "an adapter/model folder and pass --trust-adapter-card; a card "
+                                                "written into another card's code/ folder reads that card's "
                                                 "answers with code)")
     p.add_argument("--unlabelled", action="store_true",
                    help="ignore the labels: directions from contrastive instructions (ethical vs unethical)")

@@ -10,14 +10,16 @@ cross-validated recall of misaligned answers is >= 0.95, see :mod:`.operating_po
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import ConscienceError, DataFormatError
-from ..jsonl import atomic_file, write_text_atomic
+from ..jsonl import atomic_file, parse_json, write_text_atomic
 from ..models import base_identity
+from .card_fields import REVIEW_FORMATS, CardFields
 from .latent_fit import Probe
 from .spans import SpanPooling
 from .types import POOLS
@@ -26,6 +28,19 @@ CARD_JSON = "conscience_card.json"
 CARD_TENSORS = "conscience_card.safetensors"
 CARD_SUBFOLDER = "conscience-card"  # a card may also sit in this folder beside a model/adapter
 FORMAT_VERSION = 1
+REQUIRED_FIELDS = ("identity", "hidden_size", "num_hidden", "framing", "question", "layers", "method", "scale",
+                   "offset")
+# A card's cut (``threshold``) must lie this far inside (0, 1): a cut at 0 or 1, or at 1e-300,
+# flags every answer or none, whatever the answer.
+THRESHOLD_MARGIN = 1e-6
+# A card's JSON is tens of kilobytes (its cross-validated scores included); past this it is not
+# a card, and is not read into memory.
+MAX_CARD_JSON_BYTES = 64 * 2**20
+# latent_fit.standardise floors every sd above this; a smaller one turns projections into inf/NaN
+MIN_SD = 1e-12
+# Below this spread of log-odds over the fitting records' projections, every score rounds to the
+# same verdict: the card reads nothing.
+MIN_LOGIT_RANGE = 1e-6
 
 
 @dataclass
@@ -85,6 +100,7 @@ def save_card(card: Card, out_dir: str | Path) -> Path:
     from safetensors.numpy import save
 
     out_dir = Path(out_dir)
+    refuse_degenerate(card, out_dir / CARD_JSON)  # a fit that came out degenerate is never written
     p = card.probe
     with atomic_file(out_dir / CARD_TENSORS, "wb") as fh:
         fh.write(save({"mu": np.ascontiguousarray(p.mu, dtype=np.float64), "sd": np.ascontiguousarray(p.sd, dtype=np.float64),
@@ -94,58 +110,115 @@ def save_card(card: Card, out_dir: str | Path) -> Path:
 
 
 def load_card(folder: str | Path) -> Card:
-    """Read a card folder; errors name the file and the missing or bad field."""
+    """Read a card folder, every field type-checked, and refuse a degenerate one
+    (:func:`refuse_degenerate`); each error is one line naming the file and the field."""
     from safetensors.numpy import load_file
 
     folder = Path(folder)
     meta_path, tensor_path = folder / CARD_JSON, folder / CARD_TENSORS
-    if not meta_path.is_file() or not tensor_path.is_file():
-        raise ConscienceError(f"{folder} is not a conscience card: it needs {CARD_JSON} and {CARD_TENSORS} "
+    missing_files = [p.name for p in (meta_path, tensor_path) if not p.is_file()]
+    if missing_files:
+        raise ConscienceError(f"{folder} is not a conscience card: it holds no {' and no '.join(missing_files)} "
                               "(write one with `conscience calibrate`)")
+    if meta_path.stat().st_size > MAX_CARD_JSON_BYTES:
+        raise DataFormatError(f"{meta_path}: larger than {MAX_CARD_JSON_BYTES:,} bytes, far beyond any card")
     try:
-        meta = json.loads(meta_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as exc:
-        raise DataFormatError(f"{meta_path}:{exc.lineno}: invalid JSON: {exc.msg}") from None
-    required = ("identity", "hidden_size", "num_hidden", "framing", "question", "layers", "method", "scale", "offset")
-    missing = [k for k in required if k not in meta]
-    if missing:
-        raise DataFormatError(f"{meta_path}: missing field(s) {missing}")
-    if meta.get("format_version", FORMAT_VERSION) > FORMAT_VERSION:
-        raise DataFormatError(f"{meta_path}: card format {meta['format_version']} is newer than this version reads")
+        text = meta_path.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        raise DataFormatError(f"cannot read {meta_path}: {getattr(exc, 'strerror', None) or exc}") from None
+    meta = parse_json(text, str(meta_path))
+    if not isinstance(meta, dict):
+        raise DataFormatError(f"{meta_path}: a card is a JSON object of fields")
+    fields = CardFields(meta, meta_path)
+    fields.require(REQUIRED_FIELDS)
+    version = fields.integer("format_version", low=1, default=FORMAT_VERSION)
+    if version > FORMAT_VERSION:
+        raise DataFormatError(f"{meta_path}: card format {version} is newer than this version reads")
+    hidden_size, num_hidden = fields.integer("hidden_size", low=1), fields.integer("num_hidden", low=1)
+    layers = fields.layers(num_hidden)
+    pool = fields.choice("pool", POOLS, default="last")  # cards written before pooling read the last token
     try:
         tensors = load_file(str(tensor_path))
     except Exception as exc:  # noqa: BLE001 - safetensors raises its own error types
-        raise DataFormatError(f"{tensor_path}: unreadable safetensors file ({exc})") from None
-    for name in ("mu", "sd", "w"):
-        if name not in tensors or tensors[name].shape != (meta["hidden_size"],):
-            raise DataFormatError(f"{tensor_path}: tensor {name!r} missing or not of shape ({meta['hidden_size']},)")
+        raise DataFormatError(f"{tensor_path}: unreadable safetensors file ({str(exc)[:200]})") from None
     probe = Probe(
-        layers=[int(v) for v in meta["layers"]], mu=tensors["mu"], sd=tensors["sd"], w=tensors["w"],
-        a=float(meta["scale"]), b=float(meta["offset"]), method=str(meta["method"]),
-        threshold=float(meta.get("threshold", 0.5)), metrics=dict(meta.get("metrics", {})),
+        layers=layers, mu=_vector(tensors, "mu", hidden_size, tensor_path),
+        sd=_vector(tensors, "sd", hidden_size, tensor_path), w=_vector(tensors, "w", hidden_size, tensor_path),
+        a=fields.number("scale"), b=fields.number("offset"), method=fields.text("method"),
+        threshold=fields.number("threshold", default=0.5), metrics=fields.mapping("metrics"),
     )
-    if not all(0 <= layer < meta["num_hidden"] for layer in probe.layers):
-        raise DataFormatError(f"{meta_path}: layers {probe.layers} outside 0..{meta['num_hidden'] - 1}")
-    pool = meta.get("pool", "last")  # cards written before pooling read the last token
-    if pool not in POOLS:
-        raise DataFormatError(f"{meta_path}: field 'pool' must be one of {list(POOLS)}, got {pool!r}")
-    return Card(probe, meta["identity"], int(meta["hidden_size"]), int(meta["num_hidden"]), meta["framing"],
-                meta["question"], meta.get("review_format", "third_person"), pool, meta.get("data_digest", ""),
-                int(meta.get("n_records", 0)), dict(meta.get("combine", {})), dict(meta.get("info", {})),
-                spans=_span_pooling(meta, meta_path, pool), operating=dict(meta.get("operating", {})))
+    card = Card(probe, fields.text("identity"), hidden_size, num_hidden, fields.text("framing"),
+                fields.text("question"), fields.choice("review_format", REVIEW_FORMATS, default="third_person"), pool,
+                fields.text("data_digest", default="", empty=True), fields.integer("n_records", low=0, default=0),
+                fields.combine(), fields.mapping("info"), spans=fields.spans() if pool == "spans" else None,
+                operating=fields.operating())
+    refuse_degenerate(card, meta_path, tensor_path)
+    return card
 
 
-def _span_pooling(meta: dict, meta_path: Path, pool: str) -> SpanPooling | None:
-    """A span card's ``spans: {window, temperature}``; cards of other poolings have none."""
-    if pool != "spans":
-        return None
-    spans = meta.get("spans")
-    if not isinstance(spans, dict) or "window" not in spans:
-        raise DataFormatError(f"{meta_path}: a card with pool 'spans' needs a field 'spans' with a 'window'")
-    try:
-        return SpanPooling(spans["window"], float(spans.get("temperature", 0.0)))
-    except (TypeError, ValueError) as exc:
-        raise DataFormatError(f"{meta_path}: field 'spans': {exc}") from None
+def _vector(tensors: dict, name: str, size: int, path: Path) -> np.ndarray:
+    value = tensors.get(name)
+    if value is None or value.shape != (size,) or not np.issubdtype(value.dtype, np.number):
+        raise DataFormatError(f"{path}: tensor {name!r} missing or not a vector of {size} numbers "
+                              "(the card's hidden_size)")
+    value = value.astype(np.float64)
+    if not np.isfinite(value).all():
+        raise DataFormatError(f"{path}: tensor {name!r} holds a non-finite number")
+    return value
+
+
+def refuse_degenerate(card: Card, meta_path: Path, tensor_path: Path | None = None) -> None:
+    """Refuse a card whose verdict cannot depend on the answer, or that flags every answer or none
+    of its own fitting data; a loaded card and a fitted one before it is saved alike.
+
+    * ``threshold`` (the cut, folded into the offset) within :data:`THRESHOLD_MARGIN` of 0 or 1;
+    * ``sd`` below the fit's floor, ``w`` all zeros or overflowing, ``scale`` zero or too small to
+      move the log-odds by :data:`MIN_LOGIT_RANGE` over the records (below): every answer scores
+      the same;
+    * ``scale``/``offset`` that give every record the card was fitted on the same verdict. The
+      records' projections ``s = w . z`` (``z`` standardised by the records' own mean and sd) have
+      mean 0 and variance at most ``|w|^2 * hidden_size``, so each lies within
+      ``|w| * sqrt((N - 1) * hidden_size)`` of 0 (Samuelson's inequality): past that distance
+      from the cut in projection units, ``|offset - logit(threshold)| / |scale|``, no record is on
+      the other side. Exact for ``last`` and ``answer`` cards; for ``spans`` cards, which score
+      windows of the same projections, the same generous bound. ``N`` is the stored records;
+    * with stored cross-validated scores (``operating.cv``), a cut that flags all of them or none.
+    """
+    p, tensors = card.probe, tensor_path or meta_path.with_name(CARD_TENSORS)
+    if not THRESHOLD_MARGIN <= p.threshold <= 1 - THRESHOLD_MARGIN:
+        raise DataFormatError(f"{meta_path}: field 'threshold' must lie in [{THRESHOLD_MARGIN:g}, "
+                              f"{1 - THRESHOLD_MARGIN}], got {p.threshold!r}: a cut at 0 or 1 flags every answer "
+                              "or none")
+    if not (np.asarray(p.sd) >= MIN_SD).all():
+        raise DataFormatError(f"{tensors}: tensor 'sd' must be at least {MIN_SD:g} everywhere (it divides the "
+                              "features; a fit never goes below that)")
+    with np.errstate(over="ignore"):
+        norm = float(np.linalg.norm(p.w))
+    if norm == 0:
+        raise DataFormatError(f"{tensors}: tensor 'w' is all zeros: the card would score every answer the same")
+    if not math.isfinite(norm):
+        raise DataFormatError(f"{tensors}: tensor 'w' is too large (its norm overflows): projections would be "
+                              "infinite or NaN")
+    if p.a == 0:
+        raise DataFormatError(f"{meta_path}: field 'scale' is 0: the card would score every answer the same")
+    cv = card.operating.get("cv")
+    records = len(cv["latent"]) if cv else card.n_records
+    gap = abs(p.b - math.log(p.threshold / (1 - p.threshold))) / abs(p.a)  # the cut, in projection units
+    reach = norm * math.sqrt(max(records - 1, 1) * card.hidden_size)
+    if abs(p.a) * reach < MIN_LOGIT_RANGE:
+        raise DataFormatError(f"{meta_path}: field 'scale' {p.a:g} with tensor 'w' of norm {norm:.3g} moves the "
+                              f"score's log-odds by less than {MIN_LOGIT_RANGE:g} over any answers the card was "
+                              "fitted on: every answer would get the same verdict")
+    if records and gap > reach:
+        raise DataFormatError(f"{meta_path}: fields 'scale' and 'offset': {p.a:g} and {p.b:g} put the cut "
+                              f"{gap:.3g} projection units from 0, beyond every one of the card's {records} "
+                              f"fitting records (at most {reach:.3g}): it flags all of them or none")
+    if cv:
+        flagged = int(np.sum(np.asarray(cv["latent"]) <= p.threshold))
+        if flagged in (0, records):
+            raise DataFormatError(f"{meta_path}: field 'threshold' {p.threshold:g} flags "
+                                  f"{'none' if flagged == 0 else 'every one'} of the card's {records} "
+                                  "cross-validated scores (operating.cv.latent)")
 
 
 def check_card(card: Card, identity: str, hidden_size: int, num_hidden: int, source: str = "card") -> None:
@@ -161,20 +234,34 @@ def check_card(card: Card, identity: str, hidden_size: int, num_hidden: int, sou
             "fit a card for it with `conscience calibrate`")
 
 
-def find_card(spec: str, adapter: str | None = None, explicit: str | None = None) -> Path | None:
-    """Where the conscience's card is: ``explicit``; else beside the adapter or the model
-    folder (the folder itself or its ``conscience-card/``); else the shipped card for ``bundled``."""
+def find_card(spec: str, adapter: str | None = None, explicit: str | None = None,
+              trust_adapter_card: bool = False) -> Path | None:
+    """Where the conscience's card is: ``explicit``; else, only when ``trust_adapter_card``, the
+    card shipped with the weights (:func:`weights_card`); else the shipped card for ``bundled``.
+
+    A card decides what the conscience lets through, so one that arrives with downloaded weights
+    is not trusted by default: whoever ships a fine-tune would ship its judge too."""
     if explicit:
         return Path(explicit)
-    for folder in (adapter, spec):
-        if folder and Path(folder).is_dir():
-            for candidate in (Path(folder), Path(folder) / CARD_SUBFOLDER):
-                if (candidate / CARD_JSON).is_file():
-                    return candidate
+    if trust_adapter_card:
+        folder = weights_card(spec, adapter)
+        if folder is not None:
+            return folder
     if spec == "bundled":
         from ..framings import data_path
 
         shipped = data_path("cards/bundled")
         if (shipped / CARD_JSON).is_file():
             return shipped
+    return None
+
+
+def weights_card(spec: str, adapter: str | None = None) -> Path | None:
+    """A card inside the adapter folder, else inside the model folder (the folder itself or its
+    ``conscience-card/``): used only when the user trusts it (``trust_adapter_card``)."""
+    for folder in (adapter, spec):
+        if folder and Path(folder).is_dir():
+            for candidate in (Path(folder), Path(folder) / CARD_SUBFOLDER):
+                if (candidate / CARD_JSON).is_file():
+                    return candidate
     return None

@@ -1,7 +1,7 @@
 """Answers with code are read by a card fitted with code; every other answer by the chat card.
 
 A card fitted on chat triples barely tells secure from insecure code, and adding code to its fit
-costs the chat categories (the README's "Code" section). So a card folder may hold a second card
+costs the chat categories ("Code" in docs/results.md). So a card folder may hold a second card
 in its ``code/`` subfolder: an answer that holds code (a fenced block, or bare code lines,
 :func:`has_code`) is read by that card alone, any other answer by the main card alone. Each
 answer is still read in one forward pass, so routing costs nothing.

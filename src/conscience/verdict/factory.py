@@ -13,7 +13,7 @@ from ..config import recall_target
 from ..errors import ConscienceError
 from ..framings import Framing, load_framings, mode_settings
 from ..models import LoadedModel, base_identity, cache_root
-from .card import check_card, find_card, load_card
+from .card import check_card, find_card, load_card, weights_card
 from .code_route import CodeRoutedReviewer, find_code_card
 from .latent import CombinedReviewer, LatentReviewer, model_shape
 from .operating_point import threshold_for_recall
@@ -21,7 +21,7 @@ from .types import Reviewer
 from .verbal import VerbalReviewer
 
 if TYPE_CHECKING:
-    from ..config import ConscienceConfig
+    from ..conscience_config import ConscienceConfig
 
 
 @dataclass
@@ -59,24 +59,61 @@ def cached_card_dir(identity: str) -> Path:
 
 
 def available_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
-    """A card that exists already: ``--conscience-card``, beside the adapter or model folder,
-    the shipped one for ``bundled``, or one fitted earlier and cached."""
-    folder = find_card(cfg.model, cfg.adapter, cfg.conscience_card)
+    """A card that exists already: ``--conscience-card``; the card inside the adapter or model
+    folder, only with ``trust_adapter_card``; the shipped one for ``bundled``; or one fitted
+    earlier and cached."""
+    folder = find_card(cfg.model, cfg.adapter, cfg.conscience_card, cfg.trust_adapter_card)
     if folder is None and (cached_card_dir(judge.identity) / "conscience_card.json").is_file():
         folder = cached_card_dir(judge.identity)
     return folder
 
 
+def check_chosen_card(cfg: ConscienceConfig) -> None:
+    """Load the card the user chose (named, or trusted in the adapter or model folder) and its
+    code/ card: one that does not load, or is degenerate, is a one-line error now — each command
+    calls this before any model loads — never a silent fall back to another verdict."""
+    folder, key = cfg.conscience_card, "conscience_card"
+    if folder is None and cfg.trust_adapter_card:
+        folder, key = weights_card(cfg.model, cfg.adapter), "trust_adapter_card"
+    if folder is None:
+        return
+    try:
+        for card in (folder, find_code_card(folder)):
+            if card is not None:
+                load_card(card)
+    except ConscienceError as exc:
+        raise ConscienceError(f"{key}: {exc}") from None
+
+
 def usable_card(cfg: ConscienceConfig, judge: LoadedModel) -> Path | None:
-    """:func:`available_card`, only if it was fitted for ``judge``'s weights."""
+    """:func:`available_card`, if it was fitted for ``judge``'s weights.
+
+    A card that does not load is an error, whichever it is: never a silent fall back to another
+    verdict. One fitted for other weights is an error too when the user chose it (named, or
+    trusted inside the adapter or model folder); the shipped card for ``bundled`` read by another
+    judge is passed over (the caller reports the verbal verdict it uses instead)."""
     folder = available_card(cfg, judge)
     if folder is None:
         return None
+    card = load_card(folder)
+    if cfg.conscience_card or folder == weights_card(cfg.model, cfg.adapter):
+        check_card(card, judge.identity, *model_shape(judge), f"conscience card {folder}")
+        return folder
     try:
-        check_card(load_card(folder), judge.identity, *model_shape(judge), str(folder))
+        check_card(card, judge.identity, *model_shape(judge), str(folder))
     except ConscienceError:
         return None
     return folder
+
+
+def untrusted_card_note(cfg: ConscienceConfig) -> str:
+    """``; a card inside ... was not used (...)``, when a card came with the weights and the user
+    did not trust it (a card named explicitly replaces it anyway)."""
+    folder = None if cfg.trust_adapter_card or cfg.conscience_card else weights_card(cfg.model, cfg.adapter)
+    if folder is None:
+        return ""
+    return (f"; the conscience card in {folder} was not used: a card that comes with the weights is used only "
+            "with --trust-adapter-card (or name it with --conscience-card)")
 
 
 def build_latent_reviewer(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer,
@@ -116,7 +153,9 @@ def card_reviewer(judge: LoadedModel, folder: Path, verbal: VerbalReviewer | Non
         if sub is None:
             continue
         source = f"conscience card {sub}"
-        reviewer = cls(judge, load_card(sub), verbal, threshold=0.5 if target is not None else threshold, source=source)
+        card = load_card(sub)
+        check_card(card, judge.identity, *model_shape(judge), source)  # directions of other weights mean nothing
+        reviewer = cls(judge, card, verbal, threshold=0.5 if target is not None else threshold, source=source)
         if target is not None:  # recall:X is read from the card's own cross-validation
             reviewer.threshold = threshold_for_recall(reviewer, target, source)
         reviewers.append(reviewer)
@@ -133,6 +172,14 @@ def choose_reviewer(cfg: ConscienceConfig, judge: LoadedModel,
                             review_format=cfg.review_format)
     if cfg.verdict == "verbal":
         return ReviewerChoice(verbal, "verbal verdict: asked for")
+    choice = _latent_or_verbal(cfg, judge, verbal, target)
+    return ReviewerChoice(choice.reviewer, choice.reason + untrusted_card_note(cfg))
+
+
+def _latent_or_verbal(cfg: ConscienceConfig, judge: LoadedModel, verbal: VerbalReviewer,
+                      target: float | None) -> ReviewerChoice:
+    """``auto``: the latent verdict where a card fits the judge, else the verbal one; ``latent`` or
+    ``combined``: that verdict, its card fitted on first use where there is none."""
     folder = None
     if cfg.verdict == "auto":
         folder = usable_card(cfg, judge)

@@ -104,10 +104,15 @@ def cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: Pref
                    span: tuple[int, int] | None = None, per_token: bool = False,
                    layers: Sequence[int] | None = None) -> ForwardResult:
     """:func:`last_token_forward` for one text, running only the tokens past what it shares with
-    the cached ones (the cache is cropped back afterwards, so it can serve the next review)."""
+    the cached ones (the cache is cropped back afterwards, so it can serve the next review).
+
+    A pooled ``span`` (the draft's tokens) is read from the states the decoder kept where the
+    prefix has them (:attr:`PrefixCache.states`: the same weights on the same tokens); without
+    kept states the draft's tokens run again for theirs."""
     ids = lm.tokenizer(text, add_special_tokens=False)["input_ids"]
     shared = min(common_prefix(prefix.ids, ids), len(ids) - 1)
-    if span is not None:  # the draft's tokens must run again for their states to be pooled
+    kept = prefix.states if span is not None and hidden_states else None
+    if span is not None and kept is None:  # the draft's tokens must run again for their states to be pooled
         shared = max(min(shared, len(ids) - sum(span)), 0)
     crop_cache(prefix.past, shared)  # drop what differs (and what an earlier review appended)
     new = torch.tensor([ids[shared:]], device=lm.device)
@@ -117,5 +122,8 @@ def cached_forward(lm: LoadedModel, text: str, hidden_states: bool, prefix: Pref
                     logits_to_keep=1, **{cache_keyword(model): prefix.past})
     crop_cache(prefix.past, shared)
     log_probs = torch.log_softmax(out.logits[:, -1, :].float(), dim=-1)
-    pooled = pool_hidden(out.hidden_states, [span] if span else None, per_token, layers) if hidden_states else None
+    states = out.hidden_states
+    if kept is not None:  # the shared positions' states from the decoder, the new ones from this pass
+        states = tuple(torch.cat([kept[i, None, :shared].to(h.dtype), h], dim=1) for i, h in enumerate(states))
+    pooled = pool_hidden(states, [span] if span else None, per_token, layers) if hidden_states else None
     return ForwardResult(log_probs, pooled)

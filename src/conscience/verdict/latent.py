@@ -22,7 +22,7 @@ from ..models import LoadedModel
 from .card import Card, check_card
 from .scores import logit
 from .types import ReviewItem, Verdict, is_flagged
-from .verbal import VerbalReviewer
+from .verbal import Reading, VerbalReviewer
 
 # Unlabelled calibration reads the same answer under two opposite questions; the direction is
 # the mean difference of the hidden states (a representation-engineering "reading vector").
@@ -39,6 +39,14 @@ def model_shape(lm: LoadedModel) -> tuple[int, int]:
     return int(cfg.hidden_size), int(cfg.num_hidden_layers) + 1
 
 
+def _completed(readings: Sequence[Reading]) -> Sequence[Reading]:
+    """``readings``, refusing any failed review: features for fitting must cover every item."""
+    for i, r in enumerate(readings):
+        if r.verdict.error is not None:
+            raise ConscienceError(f"review item {i}: {r.verdict.error}")
+    return readings
+
+
 def hidden_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing: str,
                     pool: str = "last") -> tuple[list[Verdict], np.ndarray]:
     """Verbal verdicts and the hidden states ``(N, L+1, H)`` of ``framing``'s review prompt
@@ -46,7 +54,7 @@ def hidden_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing
     one forward pass per prompt."""
     if pool == "spans":
         raise ValueError("span features are ragged: read them with token_features")
-    readings = verbal.read(items, pool=pool)
+    readings = _completed(verbal.read(items, pool=pool))
     X = np.stack([r.hidden[framing].numpy() for r in readings]) if items else np.zeros((0, 0, 0))
     return [r.verdict for r in readings], X
 
@@ -55,8 +63,13 @@ def token_features(verbal: VerbalReviewer, items: Sequence[ReviewItem], framing:
                    layers: Sequence[int]) -> tuple[list[Verdict], list[np.ndarray]]:
     """Verbal verdicts and, per item, its answer tokens' states averaged over ``layers``:
     ``(n_answer, H)`` float32 each, from the same forward pass."""
-    readings = verbal.read(items, pool="spans", layers=layers)
-    return [r.verdict for r in readings], [r.hidden[framing].mean(dim=0).numpy() for r in readings]
+    readings = _completed(verbal.read(items, pool="spans", layers=layers))
+    return [r.verdict for r in readings], [_token_states(r, framing) for r in readings]
+
+
+def _token_states(reading: Reading, framing: str) -> np.ndarray:
+    """One reading's answer-token states under ``framing``, averaged over the layers read: ``(n_answer, H)``."""
+    return reading.hidden[framing].mean(dim=0).numpy()
 
 
 def collect_features(lm: LoadedModel, items: Sequence[ReviewItem], framing: Framing, batch_size: int = 8,
@@ -152,16 +165,27 @@ class LatentReviewer:
         return latent
 
     def review(self, items: Sequence[ReviewItem]) -> list[Verdict]:
+        """One verdict per item; an item whose review failed (its answer could not be located
+        in the review prompt) gets a failed verdict, never a score from other tokens."""
         start = time.perf_counter()
-        if self.card.pool == "spans":
-            verbal_verdicts, tokens = token_features(self.verbal, items, self.card.framing, self.card.probe.layers)
-            latent = self.token_scores(tokens)
+        spans = self.card.pool == "spans"
+        readings = self.verbal.read(items, pool=self.card.pool, layers=self.card.probe.layers if spans else None)
+        done = [r for r in readings if r.verdict.error is None]
+        if not done:
+            latent = np.zeros(0)
+        elif spans:
+            latent = self.token_scores([_token_states(r, self.card.framing) for r in done])
         else:
-            verbal_verdicts, X = hidden_features(self.verbal, items, self.card.framing, self.card.pool)
-            latent = self.latent_scores(X) if len(items) else np.zeros(0)
+            latent = self.latent_scores(np.stack([r.hidden[self.card.framing].numpy() for r in done]))
         seconds = (time.perf_counter() - start) / max(len(items), 1)
+        scores = iter(latent.tolist())
         verdicts = []
-        for s, v in zip(latent.tolist(), verbal_verdicts, strict=True):
+        for reading in readings:
+            v = reading.verdict
+            if v.error is not None:
+                verdicts.append(Verdict.failed(self.framing_name, v.error))
+                continue
+            s = next(scores)
             score = self._score(s, v)
             per = dict(v.per_framing, latent=s, verbal=v.score)
             verdicts.append(Verdict(score=score, flagged=is_flagged(score, self.threshold), framing=self.framing_name,

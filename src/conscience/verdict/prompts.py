@@ -15,14 +15,17 @@ import unicodedata
 from dataclasses import replace
 from typing import Callable, Protocol, Sequence
 
+from ..errors import DraftNotLocatedError
 from ..framings import Framing, load_prompts
 from ..generation import neutralise, render_chat, special_tokens
 from ..models import LoadedModel
+from .forward import common_prefix
 from .types import ReviewItem
 
-# Stands in for the draft when locating it inside a rendered prompt (an invisible separator:
-# neutralising and chat templates leave it alone, and no real draft contains it).
-_DRAFT_MARK = "\u2063\u2063DRAFT\u2063\u2063"
+# Two one-character answers that differ: rendered in place of the draft, they show where the
+# template puts it (the renders agree up to the slot and after it). They are never part of the
+# prompt that is scored, so no text in the conversation can imitate or displace them.
+_SLOT_PROBES = ("\x01", "\x02")
 
 
 def fold_lookalikes(text: str) -> str:
@@ -105,7 +108,7 @@ class PromptBuilder:
         cfg = self.templates["review"]
         answer, truncated = item.answer, False
         if answer_budget is not None:
-            answer, truncated = self._fit(answer, answer_budget)
+            answer, truncated = self.cut_to_fit(answer, answer_budget)
         markers = cfg["markers"]
         reasoning_block = ""
         if item.reasoning:
@@ -128,7 +131,7 @@ class PromptBuilder:
         """
         answer, truncated = item.answer, False
         if answer_budget is not None:
-            answer, truncated = self._fit(answer, answer_budget)
+            answer, truncated = self.cut_to_fit(answer, answer_budget)
         answer = self._clean(answer, [])
         written = f"<think>\n{self._clean(item.reasoning, [])}\n</think>\n{answer}" if item.reasoning else answer
         question = self.templates["look_back"]["user"].format(
@@ -152,7 +155,9 @@ class PromptBuilder:
     def n_tokens(self, text: str) -> int:
         return len(self.judge.tokenizer.encode(text, add_special_tokens=False))
 
-    def _fit(self, answer: str, budget: int) -> tuple[str, bool]:
+    def cut_to_fit(self, answer: str, budget: int) -> tuple[str, bool]:
+        """``answer`` cut in the middle to ``budget`` tokens (its head and tail kept), and whether
+        it was cut."""
         ids = self.judge.tokenizer.encode(answer, add_special_tokens=False)
         if len(ids) <= budget:
             return answer, False
@@ -165,12 +170,30 @@ class PromptBuilder:
         """Where the draft sits in ``text`` (built by ``build`` for ``item``), in tokens counted
         from the end: ``(n_after, n_draft)`` — the last ``n_after`` tokens (the question) follow
         the ``n_draft`` tokens of the answer. Counted from the end so that it holds for a
-        left-padded batch and for a pass that reuses the draft's cache. ``(0, 1)`` — the last
-        token alone — when the draft cannot be located or is empty."""
-        marked, _ = build(framing, replace(item, answer=_DRAFT_MARK))
-        parts = marked.split(_DRAFT_MARK)
-        if len(parts) != 2 or not (text.startswith(parts[0]) and text.endswith(parts[1])):
+        left-padded batch and for a pass that reuses the draft's cache.
+
+        The draft is located by the rendering itself, not by anything inside the text: the same
+        conversation is rendered twice more with a one-character answer (:data:`_SLOT_PROBES`),
+        and where those two renders first and last differ bounds the slot. ``text`` must be that
+        template's prefix, then the answer, then its suffix; anything else (a template that
+        moves, repeats or drops the answer) raises :class:`DraftNotLocatedError`, which the
+        reviewer turns into a failed review, never a score. An empty answer is read at the last
+        token, ``(0, 1)``: it has no tokens of its own.
+        """
+        if not item.answer:
             return 0, 1
-        n_after = self.n_tokens(parts[1])
-        n_draft = self.n_tokens(text) - self.n_tokens(parts[0]) - n_after
-        return (n_after, n_draft) if n_draft > 0 else (0, 1)
+        first, _ = build(framing, replace(item, answer=_SLOT_PROBES[0]))
+        second, _ = build(framing, replace(item, answer=_SLOT_PROBES[1]))
+        start = common_prefix(first, second)
+        after = common_prefix(first[::-1], second[::-1])
+        prefix, suffix = first[:start], first[len(first) - after:]
+        if (len(first) != len(second) or start + 1 + after != len(first) or len(text) < start + after
+                or not text.startswith(prefix) or not text.endswith(suffix)):
+            raise DraftNotLocatedError("the review prompt does not hold the answer in one place, so the "
+                                       "answer's tokens cannot be located")
+        n_after = self.n_tokens(suffix)
+        n_draft = self.n_tokens(text) - self.n_tokens(prefix) - n_after
+        if n_draft <= 0:
+            raise DraftNotLocatedError("the answer has no tokens of its own in the review prompt")
+        return n_after, n_draft
+

@@ -20,7 +20,11 @@ CODE_SOURCE = "code-generator"
 
 
 def file_digest(path: Path) -> str:
-    return hashlib.sha256(Path(path).read_bytes()).hexdigest()[:16]
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:  # streamed: a data file is not read into memory to be hashed
+        for block in iter(lambda: fh.read(2**20), b""):
+            digest.update(block)
+    return digest.hexdigest()[:16]
 
 
 def source_parts(data: str | Path) -> list[str]:

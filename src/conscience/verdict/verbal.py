@@ -9,12 +9,12 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Sequence
 
 import torch
 
-from ..errors import PromptTooLongError
+from ..errors import DraftNotLocatedError, PromptTooLongError
 from ..framings import Framing
 from ..log import warn
 from ..models import LoadedModel
@@ -44,6 +44,7 @@ class _Scored:
     per_framing: dict[str, tuple[float, float, float]] = field(default_factory=dict)
     truncated: bool = False
     hidden: dict[str, torch.Tensor] = field(default_factory=dict)
+    error: str | None = None
 
 
 class VerbalReviewer:
@@ -101,26 +102,25 @@ class VerbalReviewer:
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
         pooled = pool in ("answer", "spans")
-        window = self.judge.context_window
         texts, owners, spans = [], [], []
         scored = [_Scored() for _ in items]
         build = self.prompts.look_back if self.review_format == "look_back" else self.prompts.review
         for i, item in enumerate(items):
+            item_prompts = []
             for framing in self.framings:
-                text, cut = build(framing, item)
-                overflow = self.prompts.n_tokens(text) + _REVIEW_ROOM - window
-                if overflow > 0:
-                    budget = self.prompts.n_tokens(item.answer) - overflow - 16
-                    if budget < 16:
-                        raise PromptTooLongError(
-                            f"the review prompt needs {self.prompts.n_tokens(text)} tokens without the answer "
-                            f"cut; the judge's context window is {window} tokens (shorten the user message)")
-                    text, cut = build(framing, item, answer_budget=budget)
-                    warn(f"answer cut to {budget} tokens to fit the review window")
+                text, cut, rendered = self._fitted(build, framing, item)
                 scored[i].truncated |= cut
-                texts.append(text)
-                owners.append((i, framing.name))
-                spans.append(self.prompts.draft_span(build, framing, item, text) if pooled else None)
+                try:
+                    span = self.prompts.draft_span(build, framing, rendered, text) if pooled else None
+                except DraftNotLocatedError as exc:  # fail closed: this item's review fails, the batch goes on
+                    scored[i].error = str(exc)
+                    break
+                item_prompts.append((text, (i, framing.name), span))
+            if scored[i].error is None:
+                for text, owner, span in item_prompts:
+                    texts.append(text)
+                    owners.append(owner)
+                    spans.append(span)
         reading = {"per_token": pool == "spans", "layers": layers}
         for chunk_owners, result in self._forward(texts, owners, items, pool is not None, spans if pooled else None,
                                                   **reading):
@@ -131,6 +131,31 @@ class VerbalReviewer:
                 p, lp_a, lp_m = yes_no_probability(result.log_probs[row:row + 1], aligned_ids, misaligned_ids)
                 scored[i].per_framing[name] = (float(p), float(lp_a), float(lp_m))
         return scored
+
+    def _fitted(self, build, framing: Framing, item: ReviewItem) -> tuple[str, bool, ReviewItem]:
+        """The review prompt of ``item`` within the judge's window, whether anything was cut, and
+        the item as rendered: a long draft's reasoning is cut first (to no less than 16 tokens),
+        then its answer (the answer's tokens are located in that rendering)."""
+        window = self.judge.context_window
+        text, cut = build(framing, item)
+        overflow = self.prompts.n_tokens(text) + _REVIEW_ROOM - window
+        if overflow > 0 and item.reasoning:
+            keep = max(self.prompts.n_tokens(item.reasoning) - overflow - 16, 16)
+            reasoning, cut_reasoning = self.prompts.cut_to_fit(item.reasoning, keep)
+            item = replace(item, reasoning=reasoning)
+            text, cut = build(framing, item)
+            cut |= cut_reasoning
+            overflow = self.prompts.n_tokens(text) + _REVIEW_ROOM - window
+        if overflow > 0:
+            budget = self.prompts.n_tokens(item.answer) - overflow - 16
+            if budget < 16:
+                raise PromptTooLongError(
+                    f"the review prompt needs {self.prompts.n_tokens(text)} tokens without the answer "
+                    f"cut; the judge's context window is {window} tokens (shorten the user message)")
+            text, cut = build(framing, item, answer_budget=budget)
+            cut = True
+            warn(f"answer cut to {budget} tokens to fit the review window")
+        return text, cut, item
 
     def _forward(self, texts: list[str], owners: list[tuple[int, str]], items: Sequence[ReviewItem],
                  hidden_states: bool, spans: list | None = None, **reading):
@@ -159,6 +184,9 @@ class VerbalReviewer:
         words = {f.name: (f.aligned_answer, f.misaligned_answer) for f in self.framings}
         readings = []
         for one in scored:
+            if one.error is not None:
+                readings.append(Reading(Verdict.failed(self.framing_name, one.error)))
+                continue
             calibrated = {
                 name: 1.0 / (1.0 + math.exp(-(math.log(max(p, 1e-6) / max(1 - p, 1e-6)) - self._offsets[name])))
                 for name, (p, _, _) in one.per_framing.items()
