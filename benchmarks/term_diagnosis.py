@@ -53,28 +53,17 @@ def directions(trainer, model, inputs, aligned, steering, kl_coef: float) -> dic
     from transformers import Trainer
 
     from conscience.chat_data import pad_batch
-    from conscience.losses import dpo_loss
-    from conscience.training.trainer import pair_logps
 
     params = [p for p in model.parameters() if p.requires_grad]
     grads = {"task": flat_grad(Trainer.compute_loss(trainer, model, inputs), params)}
     pairs = trainer.buffer.peek()
     if pairs:
-        batch = {k: v.to(trainer.args.device) for k, v in trainer.pair_batch(pairs).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"], use_cache=False).logits
-        chosen, rejected = pair_logps(logits, batch)
-        ref_chosen, ref_rejected = trainer.reference_of(pairs, batch)
-        losses, _, _ = dpo_loss(chosen, rejected, ref_chosen.to(chosen.dtype), ref_rejected.to(chosen.dtype),
-                                trainer.cfg.beta)
+        losses = trainer.dpo_term(model, pairs)[0]
         grads["dpo"] = flat_grad(trainer.cfg.lam * losses.mean(), params)
-    trainer.aligned = aligned  # kl_term reads the trainer's pool; the conscience arm has none of its own
-    try:
-        grads["kl"] = flat_grad(kl_coef * trainer.kl_term(model), params)
-        rows = aligned.pick(inputs["input_ids"].shape[0], trainer.state.global_step)
-        mixed = {k: v.to(trainer.args.device) for k, v in pad_batch(rows, trainer.pad_id).items()}
-        grads["mix"] = flat_grad(Trainer.compute_loss(trainer, model, mixed), params)
-    finally:
-        trainer.aligned = None
+    grads["kl"] = flat_grad(kl_coef * trainer.kl_term(model, aligned), params)  # the conscience arm has no pool
+    rows = aligned.pick(inputs["input_ids"].shape[0], trainer.state.global_step)
+    mixed = {k: v.to(trainer.args.device) for k, v in pad_batch(rows, trainer.pad_id).items()}
+    grads["mix"] = flat_grad(Trainer.compute_loss(trainer, model, mixed), params)
     with steering.applied(trainer.policy.model):
         grads["steer"] = flat_grad(Trainer.compute_loss(trainer, model, inputs), params) - grads["task"]
     cosine = {f"{a}~{b}": float(torch.nn.functional.cosine_similarity(grads[a], grads[b], dim=0))

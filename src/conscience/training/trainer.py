@@ -115,23 +115,27 @@ class ConscienceTrainer(Trainer):
             self._check_finite(task_loss, task_loss, None)
             self._add(task_loss=task_loss.item(), micro=1)
             return task_loss
-        device = inputs["input_ids"].device
-        pair_batch = {k: v.to(device) for k, v in self.pair_batch(pairs).items()}
-        pair_tokens = int(pair_batch["attention_mask"].sum())
+        dpo, chosen_rewards, rejected_rewards, pair_tokens = self.dpo_term(model, pairs)
         self._add(tokens=pair_tokens, dpo_tokens=pair_tokens)
+        loss = hybrid_loss(task_loss, dpo, self.cfg.lam)
+        self._check_finite(loss, task_loss, dpo)
+        self._add(task_loss=task_loss.item(), micro=1, dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
+                  margin_sum=(chosen_rewards - rejected_rewards).sum().item())
+        return loss
+
+    def dpo_term(self, model, pairs: list[PreferencePair]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, int]:
+        """:func:`dpo_loss` of ``pairs`` under ``model`` against the frozen copy's (cached) log-probs:
+        ``(losses (B,), chosen_rewards (B,), rejected_rewards (B,), tokens of the pair batch)``."""
+        pair_batch = {k: v.to(self.args.device) for k, v in self.pair_batch(pairs).items()}
         # The pairs' own forward pass, at their own (short) width: padding them to the task
         # batch's width would spend most of the DPO compute on padding.
         logits = model(input_ids=pair_batch["input_ids"], attention_mask=pair_batch["attention_mask"],
                        use_cache=False).logits
         chosen, rejected = pair_logps(logits, pair_batch)
         ref_chosen, ref_rejected = self.reference_of(pairs, pair_batch)
-        dpo, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen.to(chosen.dtype),
-                                                         ref_rejected.to(chosen.dtype), self.cfg.beta)
-        loss = hybrid_loss(task_loss, dpo, self.cfg.lam)
-        self._check_finite(loss, task_loss, dpo)
-        self._add(task_loss=task_loss.item(), micro=1, dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
-                  margin_sum=(chosen_rewards - rejected_rewards).sum().item())
-        return loss
+        losses, chosen_rewards, rejected_rewards = dpo_loss(chosen, rejected, ref_chosen.to(chosen.dtype),
+                                                            ref_rejected.to(chosen.dtype), self.cfg.beta)
+        return losses, chosen_rewards, rejected_rewards, int(pair_batch["attention_mask"].sum())
 
     def take_pairs(self) -> list[PreferencePair]:
         """This step's DPO pairs: the buffer's next ``dpo_batch`` (``pair_source: online``), or
@@ -169,11 +173,12 @@ class ConscienceTrainer(Trainer):
         batch = pad_batch(task + rows, self.pad_id)
         return {k: v.to(inputs["input_ids"].device) for k, v in batch.items()}
 
-    def kl_term(self, model) -> torch.Tensor:
+    def kl_term(self, model, aligned: AlignedPool | None = None) -> torch.Tensor:
         """Token-level KL(policy ‖ frozen copy) on align_batch cached aligned answers, over their
-        answer tokens. The frozen copy's logits come from the same module with the adapter
-        disabled (or the starting weights' copy): no second model for LoRA."""
-        rows = self.aligned.pick(self.cfg.align_batch, self._draw_seed())
+        answer tokens (``aligned``: another pool's rows, for a diagnosis). The frozen copy's logits
+        come from the same module with the adapter disabled (or the starting weights' copy): no
+        second model for LoRA."""
+        rows = (aligned or self.aligned).pick(self.cfg.align_batch, self._draw_seed())
         batch = {k: v.to(self.args.device) for k, v in pad_batch(rows, self.pad_id).items()}
         with frozen_weights(self.frozen.model) as reference:
             ref_logits = reference(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
