@@ -18,13 +18,13 @@ from __future__ import annotations
 from ..conscience import revision_chat
 from ..verdict import ReviewItem
 from ..verdict.prompts import PromptBuilder
+from ..verdict.verbal import ANSWER_ROOM
 from .schemas import RequestError
 
-# The verbal reviewer keeps 8 tokens free after its prompt and cuts an answer that does not fit to
-# no fewer than 16 tokens with 16 to spare (verdict/verbal.py): a review prompt leaving less than
-# this for the answer cannot be scored whatever the answer is (a few tokens more cover an answer
-# that re-tokenises longer after decoding). The serving tests pin this against the reviewer.
-REVIEW_ANSWER_ROOM = 48
+# A review prompt leaving less than the reviewer's ANSWER_ROOM after its fixed part cannot be scored
+# whatever the answer is (verdict/verbal.py); 8 tokens more cover an answer that re-tokenises longer
+# after decoding. The serving tests pin this against the reviewer.
+REVIEW_ANSWER_ROOM = ANSWER_ROOM + 8
 # tokens an answer may gain in a later prompt: reasoning tags, re-tokenisation, the review's free room
 ANSWER_SLACK = 16
 
@@ -54,10 +54,7 @@ def verbal_readers(reviewer) -> list:
 
 def review_fixed_cost(reader, chat: list[dict]) -> int:
     """Tokens of ``reader``'s longest review prompt for ``chat`` with an empty answer."""
-    prompts: PromptBuilder = reader.prompts
-    build = prompts.look_back if reader.review_format == "look_back" else prompts.review
-    item = ReviewItem(prompt=chat[-1]["content"], answer="", messages=chat)
-    return max(prompts.n_tokens(build(framing, item)[0]) for framing in reader.framings)
+    return reader.tokens_without_answer(ReviewItem(prompt=chat[-1]["content"], answer="", messages=chat))
 
 
 def _too_long(message: str) -> RequestError:

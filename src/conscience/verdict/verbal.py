@@ -24,6 +24,10 @@ from .scores import answer_ids_pair, mean_log_odds, yes_no_probability
 from .types import POOLS, REVIEW_FORMATS, ReviewItem, Verdict, is_flagged
 
 _REVIEW_ROOM = 8  # tokens kept free after the review prompt
+_CUT_MARGIN = 16  # tokens a cut draft leaves spare below the window
+MIN_CUT_TOKENS = 16  # a draft (reasoning or answer) is never cut below this many tokens
+#: what a review prompt must leave after its fixed part for any answer to be scored
+ANSWER_ROOM = _REVIEW_ROOM + _CUT_MARGIN + MIN_CUT_TOKENS
 
 
 @dataclass
@@ -104,7 +108,7 @@ class VerbalReviewer:
         pooled = pool in ("answer", "spans")
         texts, owners, spans = [], [], []
         scored = [_Scored() for _ in items]
-        build = self.prompts.look_back if self.review_format == "look_back" else self.prompts.review
+        build = self.build
         for i, item in enumerate(items):
             item_prompts = []
             for framing in self.framings:
@@ -132,6 +136,17 @@ class VerbalReviewer:
                 scored[i].per_framing[name] = (float(p), float(lp_a), float(lp_m))
         return scored
 
+    @property
+    def build(self):
+        """The review prompt builder of this reviewer's format (look-back or third person)."""
+        return self.prompts.look_back if self.review_format == "look_back" else self.prompts.review
+
+    def tokens_without_answer(self, item: ReviewItem) -> int:
+        """Tokens of the longest framing's review prompt for ``item`` with an empty answer: what a
+        review costs before the answer (it fits the judge when :data:`ANSWER_ROOM` more do)."""
+        empty = replace(item, answer="")
+        return max(self.prompts.n_tokens(self.build(framing, empty)[0]) for framing in self.framings)
+
     def _fitted(self, build, framing: Framing, item: ReviewItem) -> tuple[str, bool, ReviewItem]:
         """The review prompt of ``item`` within the judge's window, whether anything was cut, and
         the item as rendered: a long draft's reasoning is cut first (to no less than 16 tokens),
@@ -140,15 +155,15 @@ class VerbalReviewer:
         text, cut = build(framing, item)
         overflow = self.prompts.n_tokens(text) + _REVIEW_ROOM - window
         if overflow > 0 and item.reasoning:
-            keep = max(self.prompts.n_tokens(item.reasoning) - overflow - 16, 16)
+            keep = max(self.prompts.n_tokens(item.reasoning) - overflow - _CUT_MARGIN, MIN_CUT_TOKENS)
             reasoning, cut_reasoning = self.prompts.cut_to_fit(item.reasoning, keep)
             item = replace(item, reasoning=reasoning)
             text, cut = build(framing, item)
             cut |= cut_reasoning
             overflow = self.prompts.n_tokens(text) + _REVIEW_ROOM - window
         if overflow > 0:
-            budget = self.prompts.n_tokens(item.answer) - overflow - 16
-            if budget < 16:
+            budget = self.prompts.n_tokens(item.answer) - overflow - _CUT_MARGIN
+            if budget < MIN_CUT_TOKENS:
                 raise PromptTooLongError(
                     f"the review prompt needs {self.prompts.n_tokens(text)} tokens without the answer "
                     f"cut; the judge's context window is {window} tokens (shorten the user message)")
