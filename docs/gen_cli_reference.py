@@ -20,7 +20,7 @@ WIDTH = 100
 if str(ROOT / "src") not in sys.path:  # the working tree's code, installed or not
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "docs"))
-from generated_page import write_or_check  # noqa: E402
+from generated_page import page_arguments, write_or_check  # noqa: E402
 
 
 def _subparsers(parser: argparse.ArgumentParser) -> dict[str, argparse.ArgumentParser]:
@@ -54,10 +54,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the written page is out of date")
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
+    args = page_arguments(__doc__.splitlines()[0], OUT, argv)
     text = render()
     return write_or_check(text, args.out, args.check, __file__, f"{text.count(chr(10) + '## ')} commands")
 

@@ -15,7 +15,6 @@ another module is still found. CI runs this before ``mkdocs build --strict``.
 
 from __future__ import annotations
 
-import argparse
 import ast
 import dataclasses
 import importlib
@@ -31,7 +30,7 @@ OUT = ROOT / "docs" / "reference" / "config.md"
 if str(ROOT / "src") not in sys.path:  # the working tree's code, installed or not
     sys.path.insert(0, str(ROOT / "src"))
 sys.path.insert(0, str(ROOT / "docs"))
-from generated_page import write_or_check  # noqa: E402
+from generated_page import page_arguments, write_or_check  # noqa: E402
 
 # (class name, where it is used): the order of the page
 CONFIGS = (
@@ -180,10 +179,7 @@ def render() -> str:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--check", action="store_true", help="exit 1 if the written page is out of date")
-    parser.add_argument("--out", type=Path, default=OUT)
-    args = parser.parse_args(argv)
+    args = page_arguments(__doc__.splitlines()[0], OUT, argv)
     try:
         text = render()
     except ReferenceError as exc:

@@ -4,8 +4,17 @@ compared with what is on disk instead."""
 
 from __future__ import annotations
 
+import argparse
 import sys
 from pathlib import Path
+
+
+def page_arguments(description: str, out: Path, argv: list[str] | None) -> argparse.Namespace:
+    """The generators' shared command line: ``--check`` and ``--out`` (default ``out``)."""
+    parser = argparse.ArgumentParser(description=description)
+    parser.add_argument("--check", action="store_true", help="exit 1 if the written page is out of date")
+    parser.add_argument("--out", type=Path, default=out)
+    return parser.parse_args(argv)
 
 
 def write_or_check(text: str, out: Path, check: bool, script: str, counted: str) -> int:
