@@ -55,6 +55,12 @@ class AlignedPool:
         return [self.examples[i] for i in pick_prompts(rows, n, seed)]
 
 
+def pool_prompts(prompts: Sequence[str], size: int, seed: int) -> list[str]:
+    """The alignment prompts the frozen copy answers before training (KL, mixing, frozen pairs):
+    up to ``size`` of ``prompts``, a choice fixed by ``seed``."""
+    return pick_prompts(prompts, min(size, len(prompts)), seed)
+
+
 def cache_key(frozen: LoadedModel, prompts: Sequence[str], sampling: Sampling, dtype: str) -> dict:
     """What the cached answers depend on: a cache is reused only when all of it matches."""
     digest = hashlib.sha256(json.dumps(list(prompts)).encode()).hexdigest()

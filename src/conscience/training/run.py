@@ -267,10 +267,9 @@ def aligned_pool(cfg: TrainConfig, frozen: LoadedModel, prompts: list[str], out_
     """The frozen copy's cached answers to up to ``aligned_pool`` of the alignment prompts (a
     seeded choice), tokenized for KL and mixing."""
     from ..generation import Sampling
-    from .aligned import CACHE_FILE, aligned_answers, build_pool
-    from .online import pick_prompts
+    from .aligned import CACHE_FILE, aligned_answers, build_pool, pool_prompts
 
-    chosen = pick_prompts(prompts, min(cfg.aligned_pool, len(prompts)), cfg.seed)
+    chosen = pool_prompts(prompts, cfg.aligned_pool, cfg.seed)
     sampling = Sampling(cfg.alt_max_new_tokens, cfg.sample_temperature, cfg.sample_top_p, cfg.seed)
     answers = aligned_answers(frozen, chosen, sampling, cfg.aligned_cache or out_dir / CACHE_FILE, cfg.sample_dtype)
     return build_pool(frozen.tokenizer, answers, cfg.max_length)

@@ -31,7 +31,7 @@ from ..models import LoadedModel
 from ..models import frozen as frozen_weights
 from ..pairs import PairBuffer, PreferencePair
 from ..verdict import Reviewer
-from .aligned import AlignedPool, select_by_gap
+from .aligned import AlignedPool, pool_prompts, select_by_gap
 from .checkpoints import STATE_FILE, TRAINER_STATE, read_conscience_state
 from .config import TrainConfig
 from .data import pair_examples
@@ -145,7 +145,7 @@ class ConscienceTrainer(Trainer):
             return self.buffer.take(self.cfg.dpo_batch)
         if self._frozen_pairs is None:
             cfg = self.cfg
-            prompts = pick_prompts(self.align_pool, min(cfg.aligned_pool, len(self.align_pool)), cfg.seed)
+            prompts = pool_prompts(self.align_pool, cfg.aligned_pool, cfg.seed)
             sampling = Sampling(cfg.sample_max_new_tokens, cfg.sample_temperature, cfg.sample_top_p, cfg.seed)
             self._frozen_pairs = frozen_pairs(self.frozen, self.reviewer, prompts, cfg.k, sampling, cfg.margin,
                                               Path(self.args.output_dir) / FROZEN_PAIRS_FILE, cfg.sample_dtype,
