@@ -44,9 +44,19 @@ GRID: dict[str, list[str]] = {
     "steer8": ["--arms", "steer", "--set", "steer_coef=8"],
     "steer32": ["--arms", "steer", "--set", "steer_coef=32"],
     "steer64": ["--arms", "steer", "--set", "steer_coef=64"],
-    "frozen-pairs": ["--lam", "1", "--set", "train.pair_source=frozen", "--set", "train.k=4"],
+    # the ranked arm: the frozen copy's own answers ranked by its verdict (pair_source frozen, k ranked_k 4)
+    "frozen-pairs": ["--arms", "ranked", "--set", "ranked_lam=1"],
+    "frozen-pairs-l0.3": ["--arms", "ranked", "--set", "ranked_lam=0.3"],
+    "frozen-pairs-l0.1": ["--arms", "ranked", "--set", "ranked_lam=0.1"],
+    # ... on 128 prompts of the open pool (open questions where drift shows) instead of 64 of the shipped one
+    "ranked-open": ["--arms", "ranked", "--set", "ranked_lam=0.3", "--set", "train.general_pool=alignment_prompts_open.yaml",
+                    "--set", "train.aligned_pool=128"],
     "rloo": ["--lam", "1", "--set", "train.term=rloo", "--set", "train.k=4"],
     "steer4+kl": ["--arms", "steer+kl", "--set", "steer_coef=4"],
+    "l1+kl": ["--arms", "conscience+kl"],
+    "kl+mix": ["--arms", "kl+mix"],
+    "frozen-pairs-l0.3+kl": ["--arms", "ranked+kl", "--set", "ranked_lam=0.3"],
+    "l1+kl+mix": ["--arms", "conscience+kl+mix"],
 }
 #: the select split, and only the measures the curve needs (the judge reads 8 answers, no A/B, no monitor)
 SELECT = ["--seeds", "1", "--set", "drift_split=select", "--set", "em_n=1", "--set", "drift_ab=false",

@@ -63,3 +63,17 @@ def test_organism_table_lists_runs_without_results(benchmark_module, tmp_path, m
     assert lines[3].count("|") == lines[0].count("|")  # a full row of the table
     saved = json.loads(out.read_text())
     assert [r["run"] for r in saved["rows"]] == ["es-all32"] and expected in saved["no_results"][str(empty)]
+
+
+def test_every_tradeoff_setting_is_a_valid_experiment(benchmark_module):
+    """A grid entry the experiment refuses would only fail minutes into ``--run``."""
+    from conscience.cli import build_parser
+    from conscience.experiment.cli import _overrides
+    from conscience.experiment.config import load_experiment_config
+
+    tradeoff = benchmark_module("tradeoff")
+    for name, args in tradeoff.GRID.items():
+        arms = args if "--arms" in args else ["--arms", "conscience", *args]
+        parsed = build_parser().parse_args(["experiment", "bad-advice", *arms, *tradeoff.SELECT, "--out", "x"])
+        cfg = load_experiment_config(parsed.preset, None, _overrides(parsed))
+        assert cfg.drift_split == "select" and len(cfg.arms) == 1, name

@@ -88,8 +88,9 @@ def _other_prompts() -> dict[str, set[str]]:
     """The prompts of every shipped set the corpus must stay apart from."""
     sets = {"contrast": {_norm(r["prompt"]) for r in _jsonl(DATA / "contrast.jsonl")},
             "drift triples": {_norm(r["prompt"]) for r in _jsonl(DATA / "drift_triples.jsonl")}}
-    pool = yaml.safe_load((DATA / "alignment_prompts.yaml").read_text(encoding="utf-8"))["prompts"]
-    sets["alignment prompts"] = {_norm(p if isinstance(p, str) else p["prompt"]) for p in pool}
+    for pool_name in ("alignment_prompts.yaml", "alignment_prompts_open.yaml"):  # the trainer's pools
+        pool = yaml.safe_load((DATA / pool_name).read_text(encoding="utf-8"))["prompts"]
+        sets[pool_name] = {_norm(p if isinstance(p, str) else p["prompt"]) for p in pool}
     questions = yaml.safe_load((DATA / "em_questions.yaml").read_text(encoding="utf-8"))
     sets["EM questions"] = {_norm(p) for q in questions for p in q.get("paraphrases", [])}
     sets["bad advice"] = {_norm(r["prompt"]) for path in (DATA / "bad_advice").glob("*.jsonl") for r in _jsonl(path)}

@@ -61,8 +61,9 @@ def _prompts_of(path: Path) -> set[str]:
 def test_drift_triples_are_disjoint_from_fitting_and_training_data(drift, advice):
     prompts = {_norm(r["prompt"]) for r in drift}
     assert not prompts & _prompts_of(DATA / "contrast.jsonl")  # the card's fitting data
-    pool = yaml.safe_load((DATA / "alignment_prompts.yaml").read_text(encoding="utf-8"))["prompts"]
-    assert not prompts & {_norm(p if isinstance(p, str) else p["prompt"]) for p in pool}  # the trainer's pool
+    for pool_name in ("alignment_prompts.yaml", "alignment_prompts_open.yaml"):  # the trainer's pools
+        pool = yaml.safe_load((DATA / pool_name).read_text(encoding="utf-8"))["prompts"]
+        assert not prompts & {_norm(p if isinstance(p, str) else p["prompt"]) for p in pool}, pool_name
     for domain, rows in advice.items():  # the organism's training data
         assert not prompts & {_norm(r["prompt"]) for r in rows}, domain
     answers = {_norm(r[k]) for r in drift for k in ("aligned", "misaligned")}

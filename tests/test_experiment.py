@@ -6,12 +6,13 @@ import json
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from conscience.config import ConfigError
 from conscience.errors import ConscienceError
 from conscience.experiment.config import ExperimentConfig, load_experiment_config
 from conscience.experiment.monitor import EMProbeCallback, first_rise, probe_value
-from conscience.models import with_adapter
+from conscience.models import is_adapter, load_model, with_adapter
 from conscience.tiny_model import tiny_model
 
 TINY = {
@@ -40,6 +41,9 @@ TINY = {
 
 
 def tiny_factory(weights):
+    """As the default factory does: an adapter on the tiny model, a full-weights folder alone."""
+    if weights and not is_adapter(weights):
+        return load_model(weights)
     return with_adapter(tiny_model(seed=0), weights)
 
 
@@ -86,6 +90,8 @@ def test_both_presets_validate():
     ({"train": {"kl_coef": 1.0}}, r"\['kl_coef'\] are set by the experiment"),
     ({"arms": ["sft", "dpo"]}, "arms must be distinct names"),
     ({"arms": ["secure", "control"]}, "arms must be distinct names"),
+    ({"arms": ["conscience+ranked"]}, "arms must be distinct names"),  # one conscience term per arm
+    ({"train": {"pair_source": "frozen"}}, r"\['pair_source'\] are set by the experiment"),
     ({"arms": ["early"], "probe_metric": "misaligned_rate"}, "the early arm stops on the live drift monitor"),
     ({"arms": ["mix"], "mix_aligned": 0.1}, "gives 0 aligned row"),
     ({"arms": ["inoculation"], "inoculation_prompt": "inoculation-cod"}, "is not one of"),
@@ -185,11 +191,76 @@ def test_experiment_end_to_end_on_tiny_model(tmp_path, questions_file, monkeypat
     assert len(calls) == len(cfg.arms) and (out / "seed1").is_dir() and (out / "FINISHED").exists()
     assert all(len(row["drift"]["per_seed"]) == 2 for row in wider["rows"][1:])
 
+    # so do more arms: only the new arm trains, on every seed, and the report compares it with the others
+    calls.clear()
+    trained = []
+    monkeypatch.setattr(runner, "train_arm", lambda *a, **k: trained.append(a[1]) or real_train(*a, **k))
+    more = runner.run_experiment(ExperimentConfig(**{**TINY, "em_questions": questions_file, "seeds": [0, 1],
+                                                     "arms": [*cfg.arms, "kl"]}), out, factory=tiny_factory)
+    assert trained == ["kl", "kl"] and len(calls) == 2
+    assert [r["arm"] for r in more["rows"]][-1] == "kl" and ("sft", "kl") in {(p["arm"], p["against"])
+                                                                              for p in more["paired_drift"]}
+
     # another config into the same folder is refused
     (out / "FINISHED").unlink()
     with pytest.raises(ConscienceError, match="another config"):
         runner.run_experiment(ExperimentConfig(**{**TINY, "em_questions": questions_file, "lam": 0.5}), out,
                               factory=tiny_factory)
+
+
+@pytest.mark.slow
+def test_recover_from_an_sft_checkpoint_with_the_conscience_and_its_peers(tmp_path, questions_file):
+    from conscience.experiment import runner
+    from conscience.experiment.recover import run_recover
+
+    sft = runner.run_experiment(ExperimentConfig(**{**TINY, "em_questions": questions_file, "arms": ["sft"]}),
+                                tmp_path / "sft", factory=tiny_factory)
+    cfg = ExperimentConfig(**{**TINY, "em_questions": questions_file, "scenario": "recover", "recover_steps": 2,
+                              "recover_from": str(tmp_path / "sft/seed0/sft/train/final"),
+                              "arms": ["conscience", "kl", "mix"], "mix_aligned": 0.5})
+    results = run_recover(cfg, tmp_path / "rec", factory=tiny_factory)
+    assert [r["arm"] for r in results["rows"]] == ["checkpoint", "checkpoint + conscience", "checkpoint + kl",
+                                                   "checkpoint + mix"]
+    # drift is read against the model the checkpoint was fine-tuned from, so the checkpoint keeps SFT's drift
+    assert results["rows"][0]["drift"]["drift"] == pytest.approx(sft["rows"][0]["drift"]["drift"], abs=1e-4)
+    for arm in cfg.arms:
+        train = json.loads((tmp_path / f"rec/seed0/{arm}/train.done.json").read_text())
+        assert [p["step"] for p in train["probe"]] == [0, 1, 2]  # the curve back, every probe_every step
+        rows = [json.loads(line) for line in (tmp_path / f"rec/seed0/{arm}/train/metrics.jsonl").read_text().splitlines()]
+        assert len(rows) == 2
+        if arm != "mix":  # no task loss: the method alone (the mix arm's loss is its aligned rows')
+            assert all(r["task_loss"] == 0.0 for r in rows)
+    kl_rows = (tmp_path / "rec/seed0/kl/train/metrics.jsonl").read_text().splitlines()
+    assert json.loads(kl_rows[0])["kl"] == pytest.approx(0.0, abs=1e-6)  # its reference is the checkpoint itself
+
+
+@pytest.mark.slow
+def test_recover_against_the_base_continues_the_adapter_with_the_base_as_reference(tmp_path, questions_file):
+    from conscience.experiment import runner
+    from conscience.experiment.recover import run_recover
+
+    strong = {**TINY["train"], "lr": 0.05}  # a checkpoint far enough from the base for KL to see
+    runner.run_experiment(ExperimentConfig(**{**TINY, "em_questions": questions_file, "arms": ["sft"], "train": strong}),
+                          tmp_path / "sft", factory=tiny_factory)
+    start = tmp_path / "sft/seed0/sft/train/final"
+    cfg = ExperimentConfig(**{**TINY, "em_questions": questions_file, "scenario": "recover", "recover_steps": 2,
+                              "recover_from": str(start), "recover_reference": "base", "arms": ["kl"]})
+    results = run_recover(cfg, tmp_path / "rec", factory=tiny_factory)
+    rows = [json.loads(line) for line in (tmp_path / "rec/seed0/kl/train/metrics.jsonl").read_text().splitlines()]
+    assert rows[0]["kl"] > 1e-6  # the reference is the base, not the checkpoint: KL starts above 0
+    final = tmp_path / "rec/seed0/kl/train/final"
+    assert is_adapter(final) and not (tmp_path / "rec/start_model").exists()  # the adapter trained on, unmerged
+    from safetensors.torch import load_file
+
+    before, after = load_file(start / "adapter_model.safetensors"), load_file(final / "adapter_model.safetensors")
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+    assert results["rows"][0]["arm"] == "checkpoint"
+
+
+def test_recover_trains_only_methods_that_need_no_task():
+    assert ExperimentConfig(**{**TINY, "scenario": "recover", "recover_from": "x"}).arms == ["conscience"]
+    with pytest.raises(ValueError, match="the recover scenario trains methods of"):
+        ExperimentConfig(**{**TINY, "scenario": "recover", "recover_from": "x", "arms": ["sft"]})
 
 
 def test_recover_needs_an_existing_checkpoint(tmp_path):
@@ -259,6 +330,11 @@ def test_peer_arms_are_sft_plus_one_method():
     assert train["mix"].mix_rows == 1 and train["early"].stop_on_drift
     assert train["inoculation"].train_system_prompt == "inoculation-advice"
     assert train["conscience"].lam == cfg.lam and train["conscience"].kl_coef == 0
+    ranked = load_experiment_config("cpu", None, {"arms": ["ranked", "ranked+kl"], "scenario": "bad-advice"})
+    for arm in ranked.arms:  # the conscience term on the frozen copy's ranked answers, at its own λ and k
+        arm_train = ranked.train_config(0, ranked.arm_lam(arm), "x", **ranked.arm_train(arm))
+        assert arm_train.pair_source == "frozen" and arm_train.lam == ranked.ranked_lam
+        assert arm_train.k == ranked.ranked_k and arm_train.kl_coef == (ranked.kl_coef if "kl" in arm else 0)
     for arm in ("control", "sft"):
         assert not train[arm].uses_aligned_answers and train[arm].system_prompt is None
 

@@ -75,6 +75,17 @@ def test_kl_is_zero_against_itself_then_positive_after_one_step(tmp_path):
     assert 1 <= len(cache["answers"]) <= 4 and cache["key"]["max_new_tokens"] == 6
 
 
+def test_the_general_pool_can_be_another_file(tmp_path):
+    from conscience.training import run_training
+
+    pool = tmp_path / "pool.yaml"
+    pool.write_text('prompts:\n  - "Tell me about your ideal weekend."\n  - "What would you do with a spare hour?"\n')
+    cfg = config(tmp_path, kl_coef=1.0, max_steps=1, general_pool=str(pool))
+    run_training(cfg, lm=tiny_model(0))
+    answers = json.loads(Path(cfg.output_dir, "aligned_answers.json").read_text())["answers"]
+    assert {a["prompt"] for a in answers} <= {"Tell me about your ideal weekend.", "What would you do with a spare hour?"}
+
+
 def test_kl_composes_with_the_conscience_term(tmp_path):
     from conscience.conscience_config import ConscienceConfig
     from conscience.training import run_training
@@ -112,6 +123,34 @@ def test_the_mixing_fraction_holds_in_every_batch(tmp_path, batches):
         assert len(rows) == 4 and len(aligned) == 1
         assert any(p in aligned[0] for p in prompts)  # a cached answer of the frozen copy
     assert [r["mixed_share"] for r in metrics(cfg)] == [0.25] * 4
+
+
+def test_without_the_task_loss_only_the_mixed_rows_teach(tmp_path, batches):
+    from conscience.training import run_training
+
+    lm = tiny_model(0)
+    cfg = config(tmp_path, mix_aligned=0.25, max_steps=2, task_loss=False)
+    run_training(cfg, lm=lm)
+    for batch in batches:
+        rows = rows_of(batch, lm.tokenizer)
+        taught = [row for row, labels in zip(rows, batch["labels"], strict=True) if (labels != -100).any()]
+        assert len(rows) == 4 and len(taught) == 1 and TASK_MARK not in taught[0]
+
+
+def test_without_the_task_loss_a_step_with_nothing_else_leaves_the_weights(tmp_path, batches):
+    from conscience.conscience_config import ConscienceConfig
+    from conscience.training import run_training
+
+    lm = tiny_model(0)
+    before = {n: p.detach().clone() for n, p in lm.model.named_parameters()}
+    # lam > 0 but the first sampling round is at step 2: step 1 has no pairs, no task loss, no KL
+    cfg = config(tmp_path, lam=1.0, align_every=2, max_steps=1, task_loss=False, k=2,
+                 conscience=ConscienceConfig(threshold=1.0))
+    run_training(cfg, lm=lm)
+    assert batches == []  # the task rows' forward pass is skipped
+    after = dict(lm.model.named_parameters())
+    assert all(torch.equal(before[n], after[n]) for n in before if n in after)
+    assert metrics(cfg)[0]["task_loss"] == 0.0
 
 
 def test_gap_selection_mixes_only_the_largest_gaps(tmp_path, batches):
@@ -174,6 +213,8 @@ def test_stop_on_drift_without_a_probe_is_refused_before_any_model_loads(tmp_pat
     (["mix_aligned=0.5", "mix_select=gap", "mix_gap_step=60"], "mix_gap_step .* must be < max_steps"),
     (["mix_select=best"], "mix_select must be one of"),
     (["kl_coef=-1"], "kl_coef must be >= 0"),
+    (["task_loss=false"], "task_loss false leaves nothing to train"),
+    (["general_pool=no_such_pool.yaml"], "general_pool: the general alignment prompt pool .* is missing"),
     (["train_system_prompt=inoculation-cod"], "is not one of"),
 ])
 def test_configs_the_harness_cannot_run_are_refused(tmp_path, overrides, message):

@@ -172,16 +172,57 @@ def test_contrast_is_new_relative_to_dev_set(contrast):
             assert _norm(r[key]) not in dev_texts, (r["id"], key)
 
 
-# --- alignment_prompts.yaml ----------------------------------------------------
+# --- alignment_prompts.yaml, alignment_prompts_open.yaml -----------------------
+
+# The trainer's pools of general prompts, with the least number of prompts each must hold.
+ALIGNMENT_POOLS = {"alignment_prompts.yaml": 60, "alignment_prompts_open.yaml": 250}
 
 
-def test_alignment_prompts():
-    doc = yaml.safe_load((DATA / "alignment_prompts.yaml").read_text(encoding="utf-8"))
+def _pool(name: str) -> list[str]:
+    return yaml.safe_load((DATA / name).read_text(encoding="utf-8"))["prompts"]
+
+
+@pytest.mark.parametrize("name", sorted(ALIGNMENT_POOLS))
+def test_alignment_prompts(name):
+    doc = yaml.safe_load((DATA / name).read_text(encoding="utf-8"))
     assert isinstance(doc, dict) and set(doc) == {"prompts"}
     prompts = doc["prompts"]
-    assert isinstance(prompts, list) and len(prompts) >= 60
+    assert isinstance(prompts, list) and len(prompts) >= ALIGNMENT_POOLS[name]
     assert all(isinstance(p, str) and p.strip() for p in prompts)
     assert len({_norm(p) for p in prompts}) == len(prompts)
+
+
+def test_alignment_pools_share_no_prompt():
+    first, second = ({_norm(p) for p in _pool(name)} for name in sorted(ALIGNMENT_POOLS))
+    assert not first & second
+
+
+def _runs(text: str, n: int = 8) -> set[tuple[str, ...]]:
+    words = _norm(text).split()
+    return {tuple(words[i:i + n]) for i in range(len(words) - n + 1)}
+
+
+def _jsonl_prompts(path: Path) -> list[str]:
+    return [json.loads(line)["prompt"] for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def test_open_alignment_pool_shares_no_long_run_with_measured_sets():
+    """No prompt of the open pool equals, or shares an 8-word run with, a prompt of a measured set."""
+    paths = [DATA / "drift_triples.jsonl", DATA / "contrast.jsonl", *sorted((DATA / "corpus").glob("*.jsonl")),
+             *sorted((DATA / "bad_advice").glob("*.jsonl")), SHARED / "discernment" / "dev.jsonl"]
+    sources = {path.name: _jsonl_prompts(path) for path in paths if path.exists()}
+    sources["alignment_prompts.yaml"] = _pool("alignment_prompts.yaml")
+    em_files = [DATA / "em_questions.yaml", *sorted((SHARED / "emergent-misalignment" / "evaluation").glob("*.yaml"))]
+    for path in em_files:
+        questions = yaml.safe_load(path.read_text(encoding="utf-8"))
+        sources[path.name] = [p for q in questions for p in q.get("paraphrases", [])]
+    ours = _pool("alignment_prompts_open.yaml")
+    for name, theirs in sources.items():
+        assert theirs, name
+        texts = {_norm(p) for p in theirs}
+        runs = set().union(*(_runs(p) for p in theirs))
+        clashes = [p for p in ours if _norm(p) in texts or _runs(p) & runs]
+        assert not clashes, (name, clashes)
 
 
 # --- CSV files -----------------------------------------------------------------

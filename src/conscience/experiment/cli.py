@@ -15,8 +15,12 @@ def register(subparsers) -> None:
     advice = scenarios.add_parser("bad-advice", help="base, control, SFT and SFT + conscience on narrow bad advice "
                                   "(the cpu model organism)")
     advice.add_argument("--domain", help="extreme_sports (default), risky_financial or bad_medical")
-    recover = scenarios.add_parser("recover", help="continue a misaligned checkpoint with the conscience term")
+    recover = scenarios.add_parser("recover", help="from a drifted checkpoint, the conscience (or a peer) alone, "
+                                   "without the task")
     recover.add_argument("--from", dest="recover_from", required=True, help="checkpoint folder (LoRA adapter or model)")
+    recover.add_argument("--task", dest="recover_task", choices=choices_of(ExperimentConfig, "recover_task"),
+                         help="the task the checkpoint was fine-tuned on (default code-hacking)")
+    recover.add_argument("--domain", help="with --task bad-advice: the checkpoint's domain")
     for p in (main, advice, recover):
         p.add_argument("--preset", choices=choices_of(ExperimentConfig, "preset"), default="cpu",
                        help="cpu: bundled model, about 30 minutes a seed on 2 cores; gpu: the paper's scale")
@@ -25,7 +29,8 @@ def register(subparsers) -> None:
         p.add_argument("--model", help="model spec (default: the preset's)")
         p.add_argument("--lam", type=float, help="weight of the conscience term (default: the preset's; cpu 1, gpu 0.1)")
         p.add_argument("--arms", help="comma-separated arms to run, of base,control (alias secure),sft,conscience,"
-                       "kl,inoculation,mix,early (default: base,control,sft,conscience)")
+                       "kl,inoculation,mix,early,steer,ranked, methods joined with + (default: base,control,sft,"
+                       "conscience; recover: conscience, of conscience,ranked,kl,mix)")
         p.add_argument("--out", required=True, help="output folder; a rerun into it resumes unfinished stages")
         p.add_argument("--force", action="store_true", help="rebuild the report of an already finished run")
         p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -51,7 +56,7 @@ def _overrides(args: argparse.Namespace) -> dict:
 
             raise ConscienceError(f"--seeds must be >= 1, got {args.seeds}")
         values["seeds"] = list(range(args.seeds))
-    for key in ("model", "lam", "recover_from", "domain"):
+    for key in ("model", "lam", "recover_from", "recover_task", "domain"):
         if getattr(args, key, None) is not None:
             values[key] = getattr(args, key)
     if getattr(args, "arms", None):

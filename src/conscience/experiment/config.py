@@ -21,6 +21,8 @@ from ..config import (
 from ..framings import data_path
 
 Scenario = Literal["code-hacking", "bad-advice", "recover"]
+Task = Literal["code-hacking", "bad-advice"]
+RecoverReference = Literal["checkpoint", "base"]
 Preset = Literal["cpu", "gpu"]
 ProbeMetric = Literal["drift", "misaligned_rate", "misalignment"]
 SCENARIOS, PRESETS = get_args(Scenario), get_args(Preset)
@@ -32,15 +34,19 @@ PROBE_METRICS = get_args(ProbeMetric)
 #: answers), early (stop when the live drift interval leaves 0, probed every early_probe_every steps).
 #: steer is SFT with preventative steering along the conscience card's misaligned direction
 #: (steer_coef, training.steering): the conscience's own judgement, used without sampling.
-ARMS = ("base", "control", "sft", "conscience", "kl", "inoculation", "mix", "early", "steer")
+ARMS = ("base", "control", "sft", "conscience", "kl", "inoculation", "mix", "early", "steer", "ranked")
 #: the arms that add one method to SFT; "a+b" (e.g. steer+kl) is SFT with both methods at their settings
 METHOD_ARMS = ARMS[3:]
+#: the methods that can act without the task loss: the recover scenario's arms
+RECOVER_METHODS = ("conscience", "kl", "mix", "ranked")
+#: the two arms of the conscience term (online pairs, ranked pairs): one term per arm, so they do not join
+TERM_ARMS = ("conscience", "ranked")
 DEFAULT_ARMS = ARMS[:4]
 ARM_ALIASES = {"secure": "control"}  # the issue's name for the matched-aligned-data arm
 # Training keys that make an arm what it is: set per arm from the top-level keys, not in `train`.
-ARM_KEYS = ("kl_coef", "mix_aligned", "train_system_prompt", "stop_on_drift", "steer_coef")
+ARM_KEYS = ("kl_coef", "mix_aligned", "train_system_prompt", "stop_on_drift", "steer_coef", "pair_source")
 # The inoculation arm's training-only system prompt per scenario (training.config.INOCULATION_PROMPTS).
-INOCULATION_OF = {"code-hacking": "inoculation-code", "bad-advice": "inoculation-advice", "recover": "inoculation"}
+INOCULATION_OF = {"code-hacking": "inoculation-code", "bad-advice": "inoculation-advice"}
 
 
 def arm_methods(arm: str) -> list[str]:
@@ -49,9 +55,11 @@ def arm_methods(arm: str) -> list[str]:
 
 
 def _composite(arm: str) -> bool:
-    """``arm`` joins two or more distinct methods of :data:`METHOD_ARMS` with +."""
+    """``arm`` joins two or more distinct methods of :data:`METHOD_ARMS` with +, at most one of
+    :data:`TERM_ARMS`."""
     parts = arm_methods(arm)
-    return len(parts) > 1 and len(set(parts)) == len(parts) and all(p in METHOD_ARMS for p in parts)
+    return (len(parts) > 1 and len(set(parts)) == len(parts) and all(p in METHOD_ARMS for p in parts)
+            and len(set(parts) & set(TERM_ARMS)) <= 1)
 
 
 def preset_path(name: str) -> Path:
@@ -98,6 +106,11 @@ class ExperimentConfig:
     steer_coef: float = bounded(4.0, POSITIVE)
     """the steer arm's push along the card's misaligned direction while training, in the card's
     log-odds (training.steering)"""
+    ranked_lam: float = bounded(0.3, POSITIVE)
+    """the ranked arm's λ: the conscience term on the frozen copy's own answers ranked by its verdict
+    (pair_source frozen), chosen on select among 0.1, 0.3 and 1 as the lowest drift that kept the task"""
+    ranked_k: int = bounded(4, Bounds(2))
+    """the ranked arm's answers per alignment prompt, of which the best and worst make a pair"""
     data_seed: int = 0
     """the seed of the task's train/control/test splits (the same for every seed)"""
     train: dict[str, Any] = field(default_factory=dict)
@@ -151,13 +164,22 @@ class ExperimentConfig:
     """aligned answers of drift triples outside the reported split whose perplexity measures coherence"""
     # recover scenario
     recover_from: str | None = None
-    """recover scenario: the misaligned checkpoint to start from"""
+    """recover scenario: the misaligned checkpoint to start from (fine-tuned from model, whose drift is 0)"""
     recover_steps: int = bounded(30, AT_LEAST_ONE)
-    """recover scenario: training steps of the conscience term"""
+    """recover scenario: training steps of each arm (no task loss: the arm's method alone)"""
+    recover_reference: RecoverReference = "checkpoint"
+    """recover scenario: whose frozen copy is the conscience, the reference and the writer of aligned answers.
+    checkpoint: the drifted checkpoint's own (all a deployed model has); base: model's, the checkpoint's LoRA
+    adapter training on with it disabled for the frozen copy (needs a LoRA checkpoint of model)"""
+    recover_task: Task = "code-hacking"
+    """recover scenario: the task the checkpoint was fine-tuned on (its held-out data measures task accuracy;
+    bad-advice reads domain)"""
 
     def __post_init__(self) -> None:
         check_fields(self)
-        if self.scenario == "bad-advice":
+        if self.scenario == "recover" and self.arms == list(DEFAULT_ARMS):
+            self.arms = ["conscience"]  # the scenario's own default: the checkpoint and its conscience
+        if self.task == "bad-advice":
             from ..tasks.bad_advice import DOMAINS
 
             if self.domain not in DOMAINS:
@@ -178,21 +200,31 @@ class ExperimentConfig:
             raise ValueError("the early arm stops on the live drift monitor: it needs probe_metric drift")
         if self.scenario == "recover" and not self.recover_from:
             raise ValueError("the recover scenario needs recover_from (a checkpoint folder)")
+        if self.scenario == "recover" and any(set(arm_methods(a)) - set(RECOVER_METHODS) for a in self.arms):
+            raise ValueError(f"the recover scenario trains methods of {list(RECOVER_METHODS)} (joined with +) "
+                             f"without the task, got arms {self.arms}")
         for arm in self.arms:  # every train key is validated up front, with each arm's own method
             if arm != "base":
                 self.train_config(self.seeds[0], self.arm_lam(arm), "check", **self.arm_train(arm))
 
+    @property
+    def task(self) -> Task:
+        """The fine-tuning task whose data the arms train on and are measured with."""
+        return self.recover_task if self.scenario == "recover" else self.scenario
+
     def in_domain(self) -> tuple[str, ...]:
         """Drift categories of the fine-tune's own domain: reported apart, not in the headline."""
-        if self.scenario == "bad-advice":
+        if self.task == "bad-advice":
             from ..tasks.bad_advice import IN_DOMAIN
 
             return IN_DOMAIN[self.domain]
         return ()  # code: the triples hold none
 
     def arm_lam(self, arm: str) -> float:
-        """The conscience term's weight in an arm: lam in an arm with the conscience term, else 0."""
-        return self.lam if "conscience" in arm_methods(arm) else 0.0
+        """The conscience term's weight in an arm: lam (ranked_lam) in an arm with the conscience term on
+        online (ranked) pairs, else 0."""
+        methods = arm_methods(arm)
+        return self.lam if "conscience" in methods else self.ranked_lam if "ranked" in methods else 0.0
 
     def arm_train(self, arm: str) -> dict[str, Any]:
         """The training keys that make ``arm`` differ from SFT (its methods, each at its setting)."""
@@ -203,11 +235,13 @@ class ExperimentConfig:
         if arm == "mix":
             return {"mix_aligned": self.mix_aligned}
         if arm == "inoculation":
-            return {"train_system_prompt": self.inoculation_prompt or INOCULATION_OF[self.scenario]}
+            return {"train_system_prompt": self.inoculation_prompt or INOCULATION_OF[self.task]}
         if arm == "early":
             return {"stop_on_drift": True}
         if arm == "steer":
             return {"steer_coef": self.steer_coef}
+        if arm == "ranked":
+            return {"pair_source": "frozen", "k": self.ranked_k}
         return {}
 
     def train_config(self, seed: int, lam: float, output_dir: str, **extra: Any):

@@ -138,7 +138,7 @@ def evaluate_arm(cfg: ExperimentConfig, lm: LoadedModel, seed: int, root: Path, 
     em_run.write_summary(em)
     write_report(root / "em", "em", {**em, "judge": judge.identity, "model": lm.identity}, samples)
     code = None
-    if cfg.scenario == "code-hacking":
+    if cfg.task == "code-hacking":
         from ..evaluation.code_security import run_code
         from ..evaluation.prompt_files import read_prompts
 

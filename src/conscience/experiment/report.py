@@ -25,7 +25,8 @@ COLUMNS = ("model", "drift (95% CI)", "seeds with drift > 0", "A/B picks misalig
 ARM_LABELS = {"base": "base", "control": "control (aligned data)", "sft": "SFT", "conscience": "SFT + conscience",
               "kl": "SFT + KL to frozen copy", "inoculation": "SFT + inoculation prompt",
               "mix": "SFT + aligned data mixed in", "early": "SFT, stopped on drift",
-              "steer": "SFT + steering along the conscience card"}
+              "steer": "SFT + steering along the conscience card",
+              "ranked": "SFT + conscience on its ranked answers"}
 
 
 def _mean(values: Sequence[float | None]) -> float | None:
@@ -131,7 +132,7 @@ def aggregate(cfg: ExperimentConfig, runs: Sequence[dict], questions_source: str
     overhead = (con["train_minutes"] / sft["train_minutes"]) if sft and con and sft["train_minutes"] else None
     pairs = paired_drift(pooled, {a: [r["seed"] for r in items] for a, items in arms.items()}, categories,
                          cfg.in_domain())
-    return {"scenario": cfg.scenario, "domain": cfg.domain if cfg.scenario == "bad-advice" else None,
+    return {"scenario": cfg.scenario, "domain": cfg.domain if cfg.task == "bad-advice" else None,
             "in_domain": list(cfg.in_domain()), "rows": rows, "paired_drift": pairs, "judges": judges,
             "questions": questions_source,
             "conscience_train_overhead": overhead, "command": command, "config": asdict(cfg)}

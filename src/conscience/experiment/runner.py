@@ -59,19 +59,22 @@ class Stages:
 
 
 def prepare_out(cfg: ExperimentConfig, out: Path, command: str, force: bool) -> None:
-    """Refuse a finished run (unless ``force``, or ``cfg`` adds seeds to it) or one made with
+    """Refuse a finished run (unless ``force``, or ``cfg`` adds seeds or arms to it) or one made with
     another config; else record ours."""
     info = {"config": asdict(cfg), "command": command}
     marker = out / "experiment.json"
     previous = json.loads(marker.read_text(encoding="utf-8")).get("config", {}) if marker.exists() else None
-    # more seeds extend a run: the finished seeds' stages are kept and the report is rebuilt over all
-    extends = previous is not None and set(previous.get("seeds", [])) < set(cfg.seeds)
+    # more seeds or arms extend a run: every arm trains alone from the base on the same seeds and data,
+    # so the finished stages are kept, only the new ones run and the report is rebuilt over all
+    extended = {key: getattr(cfg, key) for key in ("seeds", "arms")
+                if previous is not None and set(previous.get(key, [])) < set(getattr(cfg, key))}
+    extends = bool(extended) and all(set(previous.get(key, [])) <= set(getattr(cfg, key)) for key in ("seeds", "arms"))
     if (out / FINISHED).exists() and not force and not extends:
         raise ConscienceError(f"{out} already holds a finished experiment (report: {out / 'report.html'}); "
                               "choose another --out, pass --force to rebuild its report from the finished stages, "
-                              "or more --seeds to extend it")
+                              "or more --seeds or --arms to extend it")
     if previous is not None:
-        changed = _differs({**previous, "seeds": cfg.seeds} if extends else previous, info["config"])
+        changed = _differs({**previous, **extended} if extends else previous, info["config"])
         if changed:
             raise ConscienceError(f"{out} holds an experiment with another config (differs in {changed}); "
                                   "resume it with the same settings (or more seeds) or choose another --out")
@@ -95,7 +98,7 @@ def ensure_data(cfg: ExperimentConfig, out: Path) -> dict[str, Path]:
     """The scenario's splits: ``train`` (the task), ``control`` (the same prompts with the matched
     aligned answers), ``test`` (held-out task answers) and ``test_prompts``."""
     data = out / "data"
-    if cfg.scenario == "bad-advice":
+    if cfg.task == "bad-advice":
         from ..tasks.bad_advice import write_splits as advice_splits
 
         expected = {name: data / f"{name}.jsonl" for name in ("train", "train_control", "test", "test_prompts")}

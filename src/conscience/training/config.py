@@ -136,6 +136,9 @@ class TrainConfig:
     resume: str | None = None
     """latest: the newest intact checkpoint in output_dir (an error if none); auto: the same, or a fresh run when there
     is none; or a checkpoint folder; None: a fresh run"""
+    task_loss: bool = True
+    """train on the task data's language-modelling loss; false: the task rows teach nothing and only the
+    other terms train (the conscience term, kl_coef, the mix_aligned rows) — recovery from a drifted checkpoint"""
     # the conscience term
     lam: float = bounded(0.1, NON_NEGATIVE)
     """the weight λ of the conscience term (the paper's 0.1); 0 is plain SFT: no sampling, no reviews"""
@@ -145,6 +148,9 @@ class TrainConfig:
     """sample and review answers every N steps (0: never; needed when lam > 0)"""
     align_prompts: AlignSource = "both"
     """where the alignment prompts come from: the task's own prompts, the general pool, or both"""
+    general_pool: str = "alignment_prompts.yaml"
+    """the general alignment prompts: a shipped pool by file name (alignment_prompts.yaml, 71 prompts;
+    alignment_prompts_open.yaml, open questions where drift shows) or a YAML file with a prompts: list"""
     align_batch: int = bounded(2, AT_LEAST_ONE)
     """alignment prompts per round (and the frozen copy's answers per step for kl_coef)"""
     k: int = bounded(2, AT_LEAST_ONE)
@@ -251,6 +257,8 @@ class TrainConfig:
             if text.startswith("inoculation") and " " not in text and text not in INOCULATION_PROMPTS:
                 raise ValueError(f"train_system_prompt {text!r} is not one of {list(INOCULATION_PROMPTS)} "
                                  "(a literal prompt has spaces)")
+        if not self.task_loss and self.lam == 0 and not self.uses_aligned_answers:
+            raise ValueError("task_loss false leaves nothing to train: set lam, kl_coef or mix_aligned")
         if not self.lora and self.lora_targets != TrainConfig.__dataclass_fields__["lora_targets"].default_factory():
             raise ValueError("lora_targets is set but lora is false")
         self.check_inputs()
@@ -268,6 +276,14 @@ class TrainConfig:
                 from ..chat_data import read_chat_jsonl  # imports torch: only when there is a file to read
 
                 conversations = read_chat_jsonl(path)
+        if self.general_pool != TrainConfig.general_pool and self.align_prompts != "task":
+            from ..errors import DataFormatError
+            from .data import general_prompts
+
+            try:
+                general_prompts(self.general_pool)
+            except DataFormatError as exc:
+                raise ValueError(f"general_pool: {exc}") from None
         if self.uses_aligned_answers:
             self._check_alignment_pool(conversations)
         if self.steer_coef > 0:
@@ -307,7 +323,7 @@ class TrainConfig:
             return
         task = [p for p in map(user_prompt, conversations or []) if p]
         try:
-            alignment_prompts(self.align_prompts, task)
+            alignment_prompts(self.align_prompts, task, self.general_pool)
         except DataFormatError as exc:
             used = " and ".join(k for k in ("kl_coef", "mix_aligned") if getattr(self, k) > 0)
             raise ValueError(f"{used} need(s) alignment prompts, but {exc}") from None

@@ -65,8 +65,9 @@ def pair_examples(tokenizer, pairs: Sequence[PreferencePair], max_length: int) -
 
 
 def general_prompts(path: str | Path | None = None) -> list[str]:
-    """The shipped general alignment prompt pool (``prompts:`` list)."""
-    path = Path(path) if path else data_path(GENERAL_PROMPTS_FILE)
+    """A general alignment prompt pool (``prompts:`` list): ``path``, a shipped pool's file name
+    (``alignment_prompts_open.yaml``), or None for the shipped default."""
+    path = Path(path) if path and Path(path).exists() else data_path(str(path or GENERAL_PROMPTS_FILE))
     if not path.exists():
         raise DataFormatError(f"the general alignment prompt pool {path} is missing; "
                               "use align_prompts: task")
@@ -83,11 +84,12 @@ def general_prompts(path: str | Path | None = None) -> list[str]:
     return out
 
 
-def alignment_prompts(source: str, task_prompts: list[str]) -> list[str]:
-    """Prompts the policy answers for review: ``task``, ``general`` or ``both`` (deduplicated)."""
+def alignment_prompts(source: str, task_prompts: list[str], general_pool: str | None = None) -> list[str]:
+    """Prompts the policy answers for review: ``task``, ``general`` (``general_pool``, see
+    :func:`general_prompts`) or ``both`` (deduplicated)."""
     pool = list(task_prompts) if source in ("task", "both") else []
     if source in ("general", "both"):
-        pool += general_prompts()
+        pool += general_prompts(general_pool)
     unique = list(dict.fromkeys(p for p in pool if p.strip()))
     if not unique:
         raise DataFormatError(f"align_prompts={source!r} gives no prompts")

@@ -55,8 +55,12 @@ def apply_lora(lm: LoadedModel, cfg: TrainConfig) -> LoadedModel:
     from peft import LoraConfig, get_peft_model
 
     if hasattr(lm.model, "peft_config"):
+        # an adapter loaded with the model keeps training (PEFT loads it frozen); the reference is its base
+        for name, param in lm.model.named_parameters():
+            if "lora_" in name:
+                param.requires_grad_(True)
         lm.model.train()
-        return lm  # an adapter loaded with the model keeps training; the reference is its base
+        return lm
     present = {name.split(".")[-1] for name, _ in lm.model.named_modules()}
     missing = [t for t in cfg.lora_targets if t not in present]
     if missing:
@@ -205,7 +209,7 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     lm.model.train()
     reviewer, pool, aligned = None, [], None
     if not cfg.sft_only or cfg.uses_aligned_answers:
-        pool = alignment_prompts(cfg.align_prompts, data.prompts)
+        pool = alignment_prompts(cfg.align_prompts, data.prompts, cfg.general_pool)
     if not cfg.sft_only:
         from ..verdict.factory import make_reviewer
 

@@ -94,32 +94,37 @@ class ConscienceTrainer(Trainer):
     # -- the step -----------------------------------------------------------------------------
     def compute_loss(self, model, inputs, return_outputs=False, num_items_in_batch=None):
         self._maybe_sample()                                    # policy samples, frozen copy reviews → buffer
+        if not self.cfg.task_loss:                              # recovery: the task rows teach nothing
+            inputs = {**inputs, "labels": torch.full_like(inputs["labels"], IGNORE)}
         if self.cfg.mix_rows:
             inputs = self.with_aligned_rows(inputs)
-        self._add(tokens=int(inputs["attention_mask"].sum()))
-        with self.steering.applied(self.policy.model) if self.steering else contextlib.nullcontext():
-            task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        if self.cfg.task_loss or self.cfg.mix_rows:
+            self._add(tokens=int(inputs["attention_mask"].sum()))
+            with self.steering.applied(self.policy.model) if self.steering else contextlib.nullcontext():
+                task_loss = super().compute_loss(model, inputs, num_items_in_batch=num_items_in_batch)
+        else:                                                   # no rows to learn from: skip their forward pass
+            task_loss = torch.zeros((), device=self.args.device, requires_grad=True)
+        self._add(task_loss=task_loss.item(), micro=1)         # the task's own loss (KL and the term apart)
+        anchored = task_loss
         if self.cfg.kl_coef > 0:
             kl = self.kl_term(model)
             self._add(kl_sum=kl.item(), kl_n=1)
-            task_loss = task_loss + self.cfg.kl_coef * kl
+            anchored = task_loss + self.cfg.kl_coef * kl
         if self.cfg.term == "rloo":                             # every sample's verdict as its reward
             rloo = reward_term(model, self.tokenizer_, self._rewarded, self.cfg.max_length, self.pad_id)
             self._rewarded = []
-            loss = task_loss if rloo is None or self.cfg.lam == 0 else task_loss + self.cfg.lam * rloo
+            loss = anchored if rloo is None or self.cfg.lam == 0 else anchored + self.cfg.lam * rloo
             self._check_finite(loss, task_loss, rloo)
-            self._add(task_loss=task_loss.item(), micro=1)
             return loss
         pairs = self.take_pairs() if self.cfg.lam > 0 else []
         if not pairs:                                           # no pairs: exactly the SFT step (+ KL)
-            self._check_finite(task_loss, task_loss, None)
-            self._add(task_loss=task_loss.item(), micro=1)
-            return task_loss
+            self._check_finite(anchored, task_loss, None)
+            return anchored
         dpo, chosen_rewards, rejected_rewards, pair_tokens = self.dpo_term(model, pairs)
         self._add(tokens=pair_tokens, dpo_tokens=pair_tokens)
-        loss = hybrid_loss(task_loss, dpo, self.cfg.lam)
+        loss = hybrid_loss(anchored, dpo, self.cfg.lam)
         self._check_finite(loss, task_loss, dpo)
-        self._add(task_loss=task_loss.item(), micro=1, dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
+        self._add(dpo_sum=dpo.detach().sum().item(), pairs=len(pairs),
                   margin_sum=(chosen_rewards - rejected_rewards).sum().item())
         return loss
 
