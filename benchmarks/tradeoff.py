@@ -63,7 +63,8 @@ SELECT = ["--seeds", "1", "--set", "drift_split=select", "--set", "em_n=1", "--s
           "--set", "probe_every=0"]
 KNOBS = ("align_every", "k", "pair_uses", "align_prompts")
 #: keys that name a method beside the conscience term, shown when not at their off value
-METHOD_KEYS = {"steer_coef": 0.0, "kl_coef": 0.0, "mix_aligned": 0.0, "pair_source": "online", "term": "dpo"}
+METHOD_KEYS = {"steer_coef": 0.0, "kl_coef": 0.0, "mix_aligned": 0.0, "pair_source": "online", "term": "dpo",
+               "general_pool": "alignment_prompts.yaml", "aligned_pool": 64}
 RESULT_FILES = ("results.json", "summary.json")  # an experiment folder's, an eval-drift folder's
 
 
