@@ -215,6 +215,7 @@ def test_stop_on_drift_without_a_probe_is_refused_before_any_model_loads(tmp_pat
     (["kl_coef=-1"], "kl_coef must be >= 0"),
     (["task_loss=false"], "task_loss false leaves nothing to train"),
     (["general_pool=no_such_pool.yaml"], "general_pool: the general alignment prompt pool .* is missing"),
+    (["general_pool=pools/mine.yaml"], "general_pool: the general alignment prompt pool pools/mine.yaml is missing"),
     (["train_system_prompt=inoculation-cod"], "is not one of"),
 ])
 def test_configs_the_harness_cannot_run_are_refused(tmp_path, overrides, message):

@@ -77,7 +77,7 @@ def prepare_out(cfg: ExperimentConfig, out: Path, command: str, force: bool) -> 
         changed = _differs({**previous, **extended} if extends else previous, info["config"])
         if changed:
             raise ConscienceError(f"{out} holds an experiment with another config (differs in {changed}); "
-                                  "resume it with the same settings (or more seeds) or choose another --out")
+                                  "resume it with the same settings (or more seeds or arms) or choose another --out")
         log(f"{'extending' if extends else 'resuming'} the experiment in {out}")
         if extends:
             (out / FINISHED).unlink(missing_ok=True)

@@ -67,7 +67,10 @@ def pair_examples(tokenizer, pairs: Sequence[PreferencePair], max_length: int) -
 def general_prompts(path: str | Path | None = None) -> list[str]:
     """A general alignment prompt pool (``prompts:`` list): ``path``, a shipped pool's file name
     (``alignment_prompts_open.yaml``), or None for the shipped default."""
-    path = Path(path) if path and Path(path).exists() else data_path(str(path or GENERAL_PROMPTS_FILE))
+    name = str(path or GENERAL_PROMPTS_FILE)
+    # a bare file name that is not a file here names a shipped pool; anything else is the path as given
+    shipped = path is None or (not Path(name).exists() and Path(name).name == name)
+    path = data_path(name) if shipped else Path(name)
     if not path.exists():
         raise DataFormatError(f"the general alignment prompt pool {path} is missing; "
                               "use align_prompts: task")
