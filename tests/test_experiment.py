@@ -339,6 +339,21 @@ def test_peer_arms_are_sft_plus_one_method():
         assert not train[arm].uses_aligned_answers and train[arm].system_prompt is None
 
 
+def test_ranked_arm_takes_its_own_prompt_pool():
+    """ranked_pool and ranked_prompts reach the ranked arm only: the peers beside it keep the train's pool."""
+    cfg = load_experiment_config("cpu", None, {"arms": ["sft", "kl", "mix", "ranked", "ranked+mix"],
+                                               "scenario": "bad-advice", "ranked_pool": "alignment_prompts_open.yaml",
+                                               "ranked_prompts": 128})
+    train = {arm: cfg.train_config(0, cfg.arm_lam(arm), "x", **cfg.arm_train(arm)) for arm in cfg.arms}
+    for arm in ("ranked", "ranked+mix"):
+        assert train[arm].general_pool == "alignment_prompts_open.yaml" and train[arm].aligned_pool == 128
+    for arm in ("sft", "kl", "mix"):
+        assert train[arm].general_pool == "alignment_prompts.yaml" and train[arm].aligned_pool == 64
+    with pytest.raises(ConfigError, match="ranked_pool: .*no_such_pool"):  # refused before any model, by its own name
+        load_experiment_config("cpu", None, {"arms": ["ranked"], "scenario": "bad-advice",
+                                             "ranked_pool": "no_such_pool.yaml"})
+
+
 def _fake_runs():
     """Runs of every arm over two seeds, with drift numbers made by the real drift_summary."""
     import numpy as np

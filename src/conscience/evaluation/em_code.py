@@ -11,21 +11,36 @@ from typing import Sequence
 import numpy as np
 
 from ..discernment import paired_accuracy, roc_auc
+from ..errors import DataFormatError
 from ..jsonl import read_jsonl
 from ..verdict import ReviewItem, is_flagged
 
 MIN_PAIRS = 20  # fewer shared prompts than this make no paired estimate worth reporting
 
 
+def chat_records(path: Path) -> list[ReviewItem]:
+    """(user, assistant) of every chat record of one file, in file order, repeated prompts kept:
+    record ``i`` of the file is item ``i`` (a split by record index needs that; the secure sample
+    repeats a few prompts). The last user and the last assistant message of a record are read.
+
+    Raises :class:`DataFormatError` naming the file and line of a record without both."""
+    items = []
+    for where, record in read_jsonl(path):
+        messages = record.get("messages")
+        turns = {m.get("role"): m.get("content") for m in messages if isinstance(m, dict)} \
+            if isinstance(messages, list) else {}
+        if not isinstance(turns.get("user"), str) or not isinstance(turns.get("assistant"), str):
+            raise DataFormatError(f"{where}: expected a user and an assistant message")
+        items.append(ReviewItem(turns["user"], turns["assistant"]))
+    return items
+
+
 def chat_items(paths: Sequence[Path]) -> list[ReviewItem]:
     """(user, assistant) of chat records, one per distinct user prompt, in file order."""
     items: dict[str, ReviewItem] = {}
     for path in paths:
-        for where, record in read_jsonl(path):
-            turns = {m.get("role"): m.get("content") for m in record.get("messages", [])}
-            if not isinstance(turns.get("user"), str) or not isinstance(turns.get("assistant"), str):
-                raise ValueError(f"{where}: expected a user and an assistant message")
-            items.setdefault(turns["user"], ReviewItem(turns["user"], turns["assistant"]))
+        for item in chat_records(path):
+            items.setdefault(item.prompt, item)
     return list(items.values())
 
 

@@ -111,6 +111,11 @@ class ExperimentConfig:
     (pair_source frozen), chosen on select among 0.1, 0.3 and 1 as the lowest drift that kept the task"""
     ranked_k: int = bounded(4, Bounds(2))
     """the ranked arm's answers per alignment prompt, of which the best and worst make a pair"""
+    ranked_pool: str | None = None
+    """the ranked arm's alignment prompts (its general_pool: a shipped pool's file name or a YAML path; None: the
+    train's), so the arm can be tried on another pool beside peers that keep theirs"""
+    ranked_prompts: int | None = bounded(None, AT_LEAST_ONE)
+    """how many of them the frozen copy answers and ranks (the ranked arm's aligned_pool; None: the train's)"""
     data_seed: int = 0
     """the seed of the task's train/control/test splits (the same for every seed)"""
     train: dict[str, Any] = field(default_factory=dict)
@@ -203,6 +208,14 @@ class ExperimentConfig:
         if self.scenario == "recover" and any(set(arm_methods(a)) - set(RECOVER_METHODS) for a in self.arms):
             raise ValueError(f"the recover scenario trains methods of {list(RECOVER_METHODS)} (joined with +) "
                              f"without the task, got arms {self.arms}")
+        if self.ranked_pool:  # named as the user wrote it, not as the train key it becomes
+            from ..errors import DataFormatError
+            from ..training.data import general_prompts
+
+            try:
+                general_prompts(self.ranked_pool)
+            except DataFormatError as exc:
+                raise ValueError(f"ranked_pool: {exc}") from None
         for arm in self.arms:  # every train key is validated up front, with each arm's own method
             if arm != "base":
                 self.train_config(self.seeds[0], self.arm_lam(arm), "check", **self.arm_train(arm))
@@ -241,7 +254,9 @@ class ExperimentConfig:
         if arm == "steer":
             return {"steer_coef": self.steer_coef}
         if arm == "ranked":
-            return {"pair_source": "frozen", "k": self.ranked_k}
+            pool = {"general_pool": self.ranked_pool} if self.ranked_pool else {}
+            prompts = {"aligned_pool": self.ranked_prompts} if self.ranked_prompts else {}
+            return {"pair_source": "frozen", "k": self.ranked_k, **pool, **prompts}
         return {}
 
     def train_config(self, seed: int, lam: float, output_dir: str, **extra: Any):
