@@ -57,6 +57,10 @@ GRID: dict[str, list[str]] = {
     "kl+mix": ["--arms", "kl+mix"],
     "frozen-pairs-l0.3+kl": ["--arms", "ranked+kl", "--set", "ranked_lam=0.3"],
     "l1+kl+mix": ["--arms", "conscience+kl+mix"],
+    # the peers on the frozen copy's answers its own conscience passes (train.aligned_review)
+    "kl-reviewed": ["--arms", "kl", "--set", "train.aligned_review=true"],
+    "mix-reviewed": ["--arms", "mix", "--set", "train.aligned_review=true"],
+    "kl+mix-reviewed": ["--arms", "kl+mix", "--set", "train.aligned_review=true"],
 }
 #: the select split, and only the measures the curve needs (the judge reads 8 answers, no A/B, no monitor)
 SELECT = ["--seeds", "1", "--set", "drift_split=select", "--set", "em_n=1", "--set", "drift_ab=false",

@@ -174,6 +174,51 @@ def test_gap_selection_mixes_only_the_largest_gaps(tmp_path, batches):
         assert len(aligned) == 1 and any(p in aligned[0] for p in kept)
 
 
+class EveryOtherFlagged:
+    """A conscience that flags the first, third, ... answer it reads and cannot read the last."""
+
+    def review(self, items):
+        from conscience.verdict import Verdict
+
+        verdicts = [Verdict(score=0.1 if i % 2 == 0 else 0.9, flagged=i % 2 == 0, framing="fake") for i in range(len(items))]
+        verdicts[-1] = Verdict.failed("fake", "unreadable")
+        return verdicts
+
+
+def test_aligned_review_mixes_only_the_answers_the_conscience_passes(tmp_path, batches, monkeypatch):
+    from conscience.training import run_training
+    from conscience.verdict import factory
+
+    monkeypatch.setattr(factory, "make_reviewer", lambda *a, **k: EveryOtherFlagged())
+    cfg = config(tmp_path, mix_aligned=0.5, aligned_review=True, aligned_pool=6, max_steps=3,
+                 general_pool=str(write_pool(tmp_path / "pool.yaml", 6)))
+    lm = tiny_model(0)
+    run_training(cfg, lm=lm)
+    review = json.loads(Path(cfg.output_dir, "aligned_review.json").read_text())
+    answers = json.loads(Path(cfg.output_dir, "aligned_answers.json").read_text())["answers"]
+    n = len(answers)
+    assert n >= 3 and review["of"] == n and len(review["verdicts"]) == n
+    passed = {answers[i]["prompt"] for i in range(1, n - 1, 2)}  # unflagged, and the failed last one left out
+    assert review["passed"] == len(passed)
+    mixed = {row for batch in batches for row in rows_of(batch, lm.tokenizer) if TASK_MARK not in row}
+    assert mixed and all(any(p in row for p in passed) for row in mixed)
+    assert not any(answers[0]["prompt"] in row for row in mixed)  # the flagged one never teaches
+
+
+def test_aligned_review_that_passes_nothing_is_an_error(tmp_path):
+    from conscience.conscience_config import ConscienceConfig
+    from conscience.training import run_training
+
+    cfg = config(tmp_path, kl_coef=1.0, aligned_review=True, max_steps=1, conscience=ConscienceConfig(threshold=1.0))
+    with pytest.raises(ConscienceError, match="flagged all .* aligned answers"):
+        run_training(cfg, lm=tiny_model(0))
+
+
+def write_pool(path: Path, n: int) -> Path:
+    path.write_text("prompts:\n" + "".join(f'  - "Tell me about hobby number {i}."\n' for i in range(n)))
+    return path
+
+
 def test_stop_on_drift_ends_training_on_a_scripted_curve(tmp_path):
     from conscience.experiment.drift_monitor import DriftProbeCallback
     from conscience.training import run_training
@@ -217,6 +262,7 @@ def test_stop_on_drift_without_a_probe_is_refused_before_any_model_loads(tmp_pat
     (["general_pool=no_such_pool.yaml"], "general_pool: the general alignment prompt pool .* is missing"),
     (["general_pool=pools/mine.yaml"], "general_pool: the general alignment prompt pool pools/mine.yaml is missing"),
     (["train_system_prompt=inoculation-cod"], "is not one of"),
+    (["aligned_review=true"], "aligned_review filters the answers KL and mixing are taken on"),
 ])
 def test_configs_the_harness_cannot_run_are_refused(tmp_path, overrides, message):
     data = write_data(tmp_path / "no_user.jsonl", user=False)  # no user turn: no task alignment prompts

@@ -6,6 +6,10 @@ the policy to keep its starting next-token distribution along its starting answe
 sampling during training (one policy and one adapter-disabled forward pass a step); mixing them in
 is self-distillation of aligned behaviour that needs no outside data.
 
+Review (``aligned_review``): the frozen copy's conscience reads each cached answer once, and only
+the answers it passes are kept, for KL and mixing alike. The peers then anchor the policy to the
+frozen copy's behaviour as its own verdict judges it, not to everything it happened to say.
+
 Gap selection (``mix_select: gap``, after Kaczér et al. 2025, who picked safe data by the perplexity
 gap between an aligned and a misaligned model): the aligned model is the frozen copy and the
 misaligned one is the policy itself after ``mix_gap_step`` steps of the fine-tune, so no second
@@ -36,6 +40,7 @@ from .online import _sampling, generation_copy, pick_prompts, sampling_dtype
 
 CACHE_FILE = "aligned_answers.json"
 GAP_FILE = "aligned_gap.json"
+REVIEW_FILE = "aligned_review.json"
 
 
 @dataclass
@@ -91,6 +96,26 @@ def aligned_answers(frozen: LoadedModel, prompts: Sequence[str], sampling: Sampl
                if g.answer.strip()]
     write_json_atomic(path, {"key": key, "answers": answers})
     return answers
+
+
+def passed_review(reviewer, answers: list[dict], out: Path | None = None) -> list[dict]:
+    """The answers ``reviewer`` (the frozen copy's conscience) does not flag, in pool order; a
+    review that failed counts as not passed (nothing unread anchors the policy). Every verdict is
+    written to ``out`` for inspection; none passing is an error (nothing would be left to anchor to)."""
+    from ..errors import ConscienceError
+    from ..verdict import ReviewItem
+
+    verdicts = reviewer.review([ReviewItem(a["prompt"], a["answer"]) for a in answers])
+    passed = [a for a, v in zip(answers, verdicts, strict=True) if not v.flagged and v.error is None]
+    if out is not None:
+        write_json_atomic(out, {"passed": len(passed), "of": len(answers),
+                                "verdicts": [{"prompt": a["prompt"], "score": v.score, "flagged": v.flagged,
+                                              "error": v.error} for a, v in zip(answers, verdicts, strict=True)]})
+    log(f"the frozen copy's conscience passed {len(passed)} of its {len(answers)} aligned answers")
+    if not passed:
+        raise ConscienceError(f"the frozen copy's conscience flagged all {len(answers)} of its aligned answers: "
+                              "nothing is left for KL or mixing (turn aligned_review off or change the verdict)")
+    return passed
 
 
 def build_pool(tokenizer, answers: list[dict], max_length: int) -> AlignedPool:

@@ -207,6 +207,9 @@ class TrainConfig:
     """with mix_select gap: the share of cached answers kept (those with the largest gap)"""
     aligned_pool: int = bounded(64, AT_LEAST_ONE)
     """how many alignment prompts the frozen copy answers, once, for kl_coef and mix_aligned"""
+    aligned_review: bool = False
+    """the frozen copy's conscience reviews those answers once, and only the ones it does not flag serve kl_coef and
+    mix_aligned: its verdict picks which of its own behaviours the policy is held to (a failed review drops the answer)"""
     aligned_cache: str | None = None
     """the cache of those answers (None: <output_dir>/aligned_answers.json); reused when its
     model, prompts and sampling settings match"""
@@ -257,6 +260,8 @@ class TrainConfig:
             if text.startswith("inoculation") and " " not in text and text not in INOCULATION_PROMPTS:
                 raise ValueError(f"train_system_prompt {text!r} is not one of {list(INOCULATION_PROMPTS)} "
                                  "(a literal prompt has spaces)")
+        if self.aligned_review and not self.uses_aligned_answers:
+            raise ValueError("aligned_review filters the answers KL and mixing are taken on: set kl_coef or mix_aligned")
         if not self.task_loss and self.lam == 0 and not self.uses_aligned_answers:
             raise ValueError("task_loss false leaves nothing to train: set lam, kl_coef or mix_aligned")
         if not self.lora and self.lora_targets != TrainConfig.__dataclass_fields__["lora_targets"].default_factory():

@@ -210,12 +210,12 @@ def run_training(cfg: TrainConfig, lm: LoadedModel | None = None, callbacks: Seq
     reviewer, pool, aligned = None, [], None
     if not cfg.sft_only or cfg.uses_aligned_answers:
         pool = alignment_prompts(cfg.align_prompts, data.prompts, cfg.general_pool)
-    if not cfg.sft_only:
+    if not cfg.sft_only or cfg.aligned_review:
         from ..verdict.factory import make_reviewer
 
         reviewer = make_reviewer(cfg.conscience_config(), frozen)
     if cfg.uses_aligned_answers:
-        aligned = aligned_pool(cfg, frozen, pool, out_dir)
+        aligned = aligned_pool(cfg, frozen, pool, out_dir, reviewer if cfg.aligned_review else None)
     metrics_path = out_dir / METRICS_FILE
     if checkpoint is None:
         metrics_path.unlink(missing_ok=True)
@@ -267,15 +267,17 @@ def finished_run(cfg: TrainConfig, out_dir: Path, checkpoint: str, step: int, lm
             "log_history": history, "stopped_at": None}
 
 
-def aligned_pool(cfg: TrainConfig, frozen: LoadedModel, prompts: list[str], out_dir: Path):
+def aligned_pool(cfg: TrainConfig, frozen: LoadedModel, prompts: list[str], out_dir: Path, reviewer=None):
     """The frozen copy's cached answers to up to ``aligned_pool`` of the alignment prompts (a
-    seeded choice), tokenized for KL and mixing."""
+    seeded choice), tokenized for KL and mixing; with a ``reviewer``, only those it passes."""
     from ..generation import Sampling
-    from .aligned import CACHE_FILE, aligned_answers, build_pool, pool_prompts
+    from .aligned import CACHE_FILE, REVIEW_FILE, aligned_answers, build_pool, passed_review, pool_prompts
 
     chosen = pool_prompts(prompts, cfg.aligned_pool, cfg.seed)
     sampling = Sampling(cfg.alt_max_new_tokens, cfg.sample_temperature, cfg.sample_top_p, cfg.seed)
     answers = aligned_answers(frozen, chosen, sampling, cfg.aligned_cache or out_dir / CACHE_FILE, cfg.sample_dtype)
+    if reviewer is not None:
+        answers = passed_review(reviewer, answers, out_dir / REVIEW_FILE)
     return build_pool(frozen.tokenizer, answers, cfg.max_length)
 
 
