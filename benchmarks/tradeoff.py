@@ -52,6 +52,7 @@ GRID: dict[str, list[str]] = {
     "ranked-open": ["--arms", "ranked", "--set", "ranked_lam=0.3", "--set", "train.general_pool=alignment_prompts_open.yaml",
                     "--set", "train.aligned_pool=128"],
     "rloo": ["--lam", "1", "--set", "train.term=rloo", "--set", "train.k=4"],
+    "rloo-dense": ["--lam", "1", "--set", "train.term=rloo", "--set", "train.k=4", "--set", "train.align_every=1"],
     "steer4+kl": ["--arms", "steer+kl", "--set", "steer_coef=4"],
     "l1+kl": ["--arms", "conscience+kl"],
     "kl+mix": ["--arms", "kl+mix"],
@@ -68,7 +69,7 @@ SELECT = ["--seeds", "1", "--set", "drift_split=select", "--set", "em_n=1", "--s
 KNOBS = ("align_every", "k", "pair_uses", "align_prompts")
 #: keys that name a method beside the conscience term, shown when not at their off value
 METHOD_KEYS = {"steer_coef": 0.0, "kl_coef": 0.0, "mix_aligned": 0.0, "pair_source": "online", "term": "dpo",
-               "general_pool": "alignment_prompts.yaml", "aligned_pool": 64}
+               "general_pool": "alignment_prompts.yaml", "aligned_pool": 64, "aligned_review": False}
 RESULT_FILES = ("results.json", "summary.json")  # an experiment folder's, an eval-drift folder's
 
 
