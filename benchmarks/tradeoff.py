@@ -53,6 +53,7 @@ GRID: dict[str, list[str]] = {
                     "--set", "train.aligned_pool=128"],
     "rloo": ["--lam", "1", "--set", "train.term=rloo", "--set", "train.k=4"],
     "rloo-dense": ["--lam", "1", "--set", "train.term=rloo", "--set", "train.k=4", "--set", "train.align_every=1"],
+    "rloo-dense-l0.5": ["--lam", "0.5", "--set", "train.term=rloo", "--set", "train.k=4", "--set", "train.align_every=1"],
     "steer4+kl": ["--arms", "steer+kl", "--set", "steer_coef=4"],
     "l1+kl": ["--arms", "conscience+kl"],
     "kl+mix": ["--arms", "kl+mix"],
