@@ -112,12 +112,11 @@ def read_cache(cache: Path | None) -> dict:
     return entries
 
 
-def cached_latent(cache: Path | None, model: str, card: Path, paths: dict[str, Path],
+def cached_latent(cache: Path | None, entries: dict, model: str, card: Path, paths: dict[str, Path],
                   items: dict[str, list[ReviewItem]], threads: int) -> tuple[dict[str, np.ndarray], float]:
-    """Each set's latent scores, from ``cache`` where it holds them for this model, card and file
-    (by digest); the rest computed in one model load and added to the cache (written atomically;
-    entries of other cards or files are kept)."""
-    entries = read_cache(cache)
+    """Each set's latent scores, from the cache's ``entries`` (:func:`read_cache`) where they hold them
+    for this model, card and file (by digest); the rest computed in one model load and added to
+    ``cache`` (written atomically; entries of other cards or files are kept)."""
     keys = {name: f"{card_key(model, card)}|{paths[name].name}={file_digest(path)}" for name, path in paths.items()}
     missing = {name: items[name] for name in paths if keys[name] not in entries}
     if missing:
@@ -224,7 +223,7 @@ def markdown(results: dict) -> str:
 def run(paths: dict[str, Path], start: int, latent_cache: Path | None, model: str, card: Path,
         max_secure: float, seed: int, threads: int) -> dict:
     """Read, score, choose and report (see the module docstring)."""
-    read_cache(latent_cache)  # a bad cache file: one line before any work
+    entries = read_cache(latent_cache)  # a bad cache file: one line before any work
     items = {name: chat_records(path) for name, path in paths.items()}
     for set_items in items.values():
         STATIC.held_out(set_items, start)  # a file with no held-out part: one line, before any model pass
@@ -233,7 +232,7 @@ def run(paths: dict[str, Path], start: int, latent_cache: Path | None, model: st
         t0 = time.perf_counter()
         bandit_all[name] = np.array([r.score for r in read_codes([i.answer for i in set_items])], dtype=np.float64)
         print(f"{name}: {len(set_items)} answers read by bandit in {time.perf_counter() - t0:.1f} s", file=sys.stderr)
-    aligned_all, threshold = cached_latent(latent_cache, model, card, paths, items, threads)
+    aligned_all, threshold = cached_latent(latent_cache, entries, model, card, paths, items, threads)
     parts = {name: {"latent": split(1.0 - aligned_all[name], start), "bandit": split(bandit_all[name], start),
                     "aligned": split(aligned_all[name], start)} for name in paths}
     choose = {reader: {name: parts[name][reader][0] for name in paths} for reader in ("latent", "bandit")}

@@ -209,13 +209,9 @@ class ExperimentConfig:
             raise ValueError(f"the recover scenario trains methods of {list(RECOVER_METHODS)} (joined with +) "
                              f"without the task, got arms {self.arms}")
         if self.ranked_pool:  # named as the user wrote it, not as the train key it becomes
-            from ..errors import DataFormatError
-            from ..training.data import general_prompts
+            from ..training.data import check_general_pool
 
-            try:
-                general_prompts(self.ranked_pool)
-            except DataFormatError as exc:
-                raise ValueError(f"ranked_pool: {exc}") from None
+            check_general_pool(self.ranked_pool, "ranked_pool")
         for arm in self.arms:  # every train key is validated up front, with each arm's own method
             if arm != "base":
                 self.train_config(self.seeds[0], self.arm_lam(arm), "check", **self.arm_train(arm))

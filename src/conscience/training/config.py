@@ -282,13 +282,9 @@ class TrainConfig:
 
                 conversations = read_chat_jsonl(path)
         if self.general_pool != TrainConfig.general_pool and self.align_prompts != "task":
-            from ..errors import DataFormatError
-            from .data import general_prompts
+            from .data import check_general_pool
 
-            try:
-                general_prompts(self.general_pool)
-            except DataFormatError as exc:
-                raise ValueError(f"general_pool: {exc}") from None
+            check_general_pool(self.general_pool, "general_pool")
         if self.uses_aligned_answers:
             self._check_alignment_pool(conversations)
         if self.steer_coef > 0:

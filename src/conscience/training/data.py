@@ -87,6 +87,15 @@ def general_prompts(path: str | Path | None = None) -> list[str]:
     return out
 
 
+def check_general_pool(pool: str, key: str) -> None:
+    """Read ``pool`` as :func:`general_prompts` would, refusing one that cannot be read in one line
+    that names the config ``key`` the user set (a ValueError, as config checks raise)."""
+    try:
+        general_prompts(pool)
+    except DataFormatError as exc:
+        raise ValueError(f"{key}: {exc}") from None
+
+
 def alignment_prompts(source: str, task_prompts: list[str], general_pool: str | None = None) -> list[str]:
     """Prompts the policy answers for review: ``task``, ``general`` (``general_pool``, see
     :func:`general_prompts`) or ``both`` (deduplicated)."""
