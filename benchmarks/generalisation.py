@@ -49,7 +49,11 @@ def verdicts_of(reviewer, items, batch_size: int = 8) -> tuple[np.ndarray, np.nd
 def triple_row(reviewer, path: Path) -> dict:
     triples = load_triples(path)  # a triple missing a field: one line naming the file and line
     items = triple_items(triples)[0]  # every aligned answer, then every misaligned one
-    scores, flags = verdicts_of(reviewer, items)
+    return scores_row(triples, *verdicts_of(reviewer, items))
+
+
+def scores_row(triples, scores: np.ndarray, flags: np.ndarray) -> dict:
+    """:func:`triple_row` of scores and flags already read (laid out as ``triple_items``)."""
     n = len(triples)
     report = records_report(scores, triples)
     ci = bootstrap_intervals(scores[:n], scores[n:])
