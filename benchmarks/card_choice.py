@@ -49,7 +49,8 @@ from conscience.evaluation.combined_reader import choose_or_rule
 from conscience.framings import data_path
 from conscience.jsonl import write_json_atomic
 from conscience.verdict.calibration import check_calibration_inputs, triple_items
-from conscience.verdict.operating_point import flag_rates, latent_scale, recall_threshold
+from conscience.verdict.latent_fit import sigmoid
+from conscience.verdict.operating_point import flag_rates, recall_threshold, to_latent_scale
 from conscience.verdict.scores import logit
 
 HERE = Path(__file__).resolve().parent
@@ -133,10 +134,9 @@ def write_cut(folder: Path, cut: float, record: dict) -> dict:
     for sub in [p for p in (find_code_card(folder), folder) if p is not None]:  # the main card last
         card = cards[sub] = load_card(sub)
         before = card.probe.threshold
-        card.probe.threshold = 1.0 / (1.0 + math.exp(-(logit(before) + logit(cut))))
+        card.probe.threshold = float(sigmoid(logit(before) + logit(cut)))
         for point in card.operating.get("points", []):
-            moved = 1.0 if point["threshold"] >= 1 else float(latent_scale(point["threshold"], cut))
-            point["threshold"] = round(moved, 6)
+            point["threshold"] = round(to_latent_scale(point["threshold"], cut), 6)
         card.operating.pop("target_recall", None)  # the default cut is no longer the CV recall target's
         card.info["cut"] = {**record, "probe_threshold_fitted": before}
         refuse_degenerate(card, sub / CARD_JSON)  # a cut flagging all of its CV scores or none: nothing written
@@ -179,9 +179,9 @@ def main(argv: list[str] | None = None) -> int:
     check_calibration_inputs(fit_data, "aligned", False, "answer")  # ids unique, >= 10 triples, >= 2 categories
     dev_path = None if args.no_dev else args.dev or GEN.default_sets().get("dev")
     dev = read_split("dev", dev_path) if dev_path else None
-    if args.code_card:
-        from conscience.verdict.card import load_card
+    from conscience.verdict.card import load_card
 
+    if args.code_card:
         load_card(args.code_card)
     out = Path(args.out)
     if out.exists() and not out.is_dir():
@@ -197,13 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         attach_code_card(out / name, args.code_card)
 
     items, aligned, _, _ = triple_items(choose)  # choose alone, from here to the written cut
-    rows, scores = [], {}
+    rows, scores, n = [], {}, len(choose)
     for name in candidates:
-        reviewer = card_reviewer(lm, out / name)
-        scores[name], served = GEN.verdicts_of(reviewer, items, args.batch_size)
+        scores[name], served = GEN.verdicts_of(card_reviewer(lm, out / name), items, args.batch_size)
         cut = recall_threshold(scores[name], aligned, args.target_recall)
-        n = len(choose)
-        card = reviewer.chat.card if hasattr(reviewer, "chat") else reviewer.card
+        card = load_card(out / name)
         rows.append({"candidate": name, "verdict": name, "set": "corpus choose", "card": str(out / name),
                      "pool": card.pool, "layers": card.probe.layers, "shippable": True, "cut": cut,
                      **row_of(choose, scores[name], scores[name] <= cut),

@@ -118,7 +118,8 @@ def latent_scale(raw: np.ndarray | float, card_threshold: float) -> np.ndarray:
     return 1.0 / (1.0 + np.exp(-np.clip(z, -60, 60)))
 
 
-def _to_latent_scale(raw_threshold: float, card_threshold: float) -> float:
+def to_latent_scale(raw_threshold: float, card_threshold: float) -> float:
+    """A threshold on the probe's raw score, on the reviewer's scale (1: flag everything, kept as 1)."""
     return 1.0 if raw_threshold >= 1.0 else float(latent_scale(raw_threshold, card_threshold))
 
 
@@ -135,7 +136,7 @@ def card_operating_points(raw_oof: np.ndarray, verbal: np.ndarray, aligned: np.n
     points = []
     for t in sorted({*targets, target}):
         rates = flag_rates(raw_oof, aligned, recall_threshold(raw_oof, aligned, t))
-        scaled = Rates(_to_latent_scale(rates.threshold, cut), rates.recall, rates.false_flag_rate, rates.precision)
+        scaled = Rates(to_latent_scale(rates.threshold, cut), rates.recall, rates.false_flag_rate, rates.precision)
         points.append({"target_recall": t, **scaled.to_dict()})
     block = {"target_recall": target, "points": points,
              "cv": {"latent": [float(v) for v in raw_oof], "verbal": [float(v) for v in verbal],
@@ -170,7 +171,7 @@ def threshold_for_recall(reviewer: LatentReviewer, target: float, source: str = 
     if cv is not None:
         raw, verbal, aligned = cv
         if reviewer.kind == "latent":  # in the probe's own scale, then mapped: recall:<default> reads exactly 0.5
-            return _to_latent_scale(recall_threshold(raw, aligned, target), card.probe.threshold)
+            return to_latent_scale(recall_threshold(raw, aligned, target), card.probe.threshold)
         return recall_threshold(reviewer_scores(reviewer, raw, verbal), aligned, target)
     points = sorted(card.operating.get("points", []), key=lambda p: p["target_recall"])
     if not points or reviewer.kind != "latent":
