@@ -16,13 +16,13 @@ its ``code/``, as the shipped card has). A card's cut is the threshold that flag
 fewest aligned choose answers at its cut (the issue's quantity); ties go to the higher choose AUC,
 then paired accuracy. ``either``'s two cuts are chosen together the same way
 (``evaluation.combined_reader.choose_or_rule`` under the fewest aligned answers flagged that keeps
-the recall); when it would win, the JSON says so and the best single card is still the one written.
+the recall); when it would win, the JSON says so and the best single card is still the one chosen.
 
-The cut is written into the chosen card: its probe threshold moves so that the served 0.5 is the
-cut (its operating points move with it, ``info.cut`` records the choice; each file atomic). Then
-the chosen card, as served, is read once on ``test`` and on the shared dev triples (skipped when
-absent): paired accuracy and AUC with 95 % bootstrap intervals, misaligned and aligned answers
-flagged, overall and per category. Everything goes to ``--json`` (written atomically).
+Each candidate's cut is written into its card: the probe threshold moves so that the served 0.5
+is the cut (its operating points move with it, ``info.cut`` records the choice; each file atomic),
+so every folder can be read afterwards as it would be served. Then the chosen card is read once on
+``test`` and on the shared dev triples (skipped when absent): paired accuracy and AUC with 95 %
+bootstrap intervals, misaligned and aligned answers flagged, overall and per category. Everything goes to ``--json`` (written atomically).
 
     python benchmarks/card_choice.py --out runs/card_choice --json results/card_choice.json
     python benchmarks/card_choice.py --with-contrast --out runs/card_choice_contrast \\
@@ -209,12 +209,14 @@ def main(argv: list[str] | None = None) -> int:
                                     "aligned_flagged": float(served[:n].mean())},
                      "scores": [float(s) for s in scores[name]]})
     either = either_rule(scores, aligned, args.target_recall) if len(scores) == 2 else None
+    written = {}
+    for row in rows:  # every candidate served at its own choose cut, so each folder can be read as chosen
+        rates = flag_rates(scores[row["candidate"]], aligned, row["cut"])
+        written.update(write_cut(Path(row["card"]), row["cut"], {
+            "set": f"corpus choose ({Path(args.choose).name})", "target_recall": args.target_recall,
+            "served_cut_before": row["cut"], **rates.to_dict()}))
     chosen = min(rows, key=lambda r: (r["aligned_flagged"], -r["auc"], -r["paired_accuracy"]))
-    rates = flag_rates(scores[chosen["candidate"]], aligned, chosen["cut"])
-    record = {"set": f"corpus choose ({Path(args.choose).name})", "target_recall": args.target_recall,
-              "served_cut_before": chosen["cut"], **rates.to_dict()}
     folder = Path(chosen["card"])
-    written = write_cut(folder, chosen["cut"], record)
 
     reviewer = card_reviewer(lm, folder)  # as served from here on: 0.5 is the written cut
     report = []

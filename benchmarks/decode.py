@@ -47,6 +47,56 @@ def copy_gbps(megabytes: int = 512, repeats: int = 5) -> float:
     return 2 * src.numel() * 4 / best / 1e9
 
 
+def read_gbps(megabytes: int = 512, repeats: int = 5) -> float:
+    """Best bytes read per second, in GB/s, by one large tensor sum (nothing written back)."""
+    src = torch.ones(megabytes * 2**20 // 4)
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        src.sum()
+        best = min(best, time.perf_counter() - start)
+    return src.numel() * 4 / best / 1e9
+
+
+def llama_bench(binary: str, ggufs: list[Path], new_tokens: int, threads: int, repeats: int) -> list[dict]:
+    """llama.cpp's one-stream token-generation rate for each GGUF: ``{"gguf", "model_type", "tok_s", "stdev"}``."""
+    import json
+    import subprocess
+
+    command = [binary, *[arg for gguf in ggufs for arg in ("-m", str(gguf))], "-p", "0", "-n", str(new_tokens),
+               "-t", str(threads), "-r", str(max(repeats, 3)), "-o", "json"]
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=600, check=True)
+        rows = json.loads(done.stdout)
+        return [{"gguf": gguf.name, "model_type": row.get("model_type"), "tok_s": row["avg_ts"],
+                 "stdev": row["stddev_ts"]} for gguf, row in zip(ggufs, rows, strict=True)]
+    except (OSError, subprocess.SubprocessError, ValueError, KeyError, TypeError) as error:
+        raise SystemExit(f"decode.py: --llama-bench {binary}: {type(error).__name__}: {error}".splitlines()[0]) from None
+
+
+def profile_static(lm, new_tokens: int, top: int = 8) -> dict:
+    """Where one greedy stream's time goes in the static decoder: ``torch.profiler`` self CPU time
+    per aten op, per token, over one decode of ``new_tokens`` (after an unprofiled one, timed)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from conscience.generation import encode, render_chat
+
+    batch = encode(lm, [render_chat(lm, [{"role": "user", "content": PROMPTS[0]}])])
+    start = time.perf_counter()
+    run_static(lm, batch, new_tokens, False)
+    seconds = time.perf_counter() - start
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        run_static(lm, batch, new_tokens, False)
+    events = sorted(prof.key_averages(), key=lambda e: -e.self_cpu_time_total)
+    total = sum(e.self_cpu_time_total for e in events)
+    return {"unprofiled_ms_per_token": 1000 * seconds / new_tokens,
+            "profiled_ms_per_token": total / 1000 / new_tokens,
+            "ops_per_token": sum(e.count for e in events) / new_tokens,
+            "top": [{"op": e.key, "calls_per_token": e.count / new_tokens,
+                     "ms_per_token": e.self_cpu_time_total / 1000 / new_tokens, "share": e.self_cpu_time_total / total}
+                    for e in events[:top]]}
+
+
 def weight_bytes(model: torch.nn.Module, kind: str) -> int:
     """Bytes of the matrices one decode step reads: every linear layer's weight (the output
     head included) in the path's storage (int8: one byte per weight plus a scale per row)."""
@@ -108,7 +158,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--new-tokens", type=int, default=128)
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--copy-mb", type=int, default=512, help="size of the buffer the copy bandwidth is measured on")
+    parser.add_argument("--copy-mb", type=int, default=512,
+                        help="size of the buffer the copy and read bandwidths are measured on")
+    parser.add_argument("--llama-bench", help="llama.cpp's llama-bench binary: adds its one-stream figure for "
+                                              "the bundled GGUF (or --gguf), measured in the same run")
+    parser.add_argument("--gguf", action="append", help="a GGUF --llama-bench reads, repeatable (default: the bundled "
+                                                         "model's; an F32 copy, `llama-quantize --allow-requantize "
+                                                         "IN OUT F32`, decodes the same fp32 weights as the dense rows)")
+    parser.add_argument("--profile", action="store_true",
+                        help="also profile one dense greedy stream of the static decoder (self CPU time per op)")
     parser.add_argument("--out", help="write the results as JSON here")
     args = parser.parse_args(argv)
 
@@ -127,7 +185,7 @@ def main(argv: list[str] | None = None) -> int:
     copies = [c for c in copies if c not in skipped]
     batches = [int(b) for b in args.batches.split(",")]
     modes = [m.strip() for m in args.modes.split(",")]
-    gbps = copy_gbps(args.copy_mb)
+    gbps, read = copy_gbps(args.copy_mb), read_gbps(args.copy_mb)
     print(f"{'copy':<8}{'mode':<9}{'batch':>6}{'generate tok/s':>16}{'static tok/s':>14}{'speedup':>9}"
           f"{'same':>6}{'bound tok/s':>13}{'of bound':>10}", flush=True)
     rows = []
@@ -141,28 +199,47 @@ def main(argv: list[str] | None = None) -> int:
                 r = {"copy": kind, "mode": mode, "batch": batch, "new_tokens": args.new_tokens,
                      "weight_mb": nbytes / 1e6, **result, "transformers_tok_s": tokens / result["transformers_s"],
                      "static_tok_s": tokens / result["static_s"], "speedup": result["transformers_s"] / result["static_s"],
-                     "bound_tok_s": batch * gbps * 1e9 / nbytes}
+                     "bound_tok_s": batch * read * 1e9 / nbytes}
                 rows.append(r)
                 print(f"{kind:<8}{mode:<9}{batch:>6}{r['transformers_tok_s']:>16.1f}{r['static_tok_s']:>14.1f}"
                       f"{r['speedup']:>9.2f}{'yes' if r['same_tokens'] else 'no':>6}{r['bound_tok_s']:>13.1f}"
                       f"{r['static_tok_s'] / r['bound_tok_s']:>10.0%}", flush=True)
         del copy
     summary = {}
+    llama = []
+    if args.llama_bench:
+        from conscience.models import bundled_gguf_path
+
+        ggufs = [Path(g) for g in args.gguf] if args.gguf else [bundled_gguf_path()]
+        llama = llama_bench(args.llama_bench, ggufs, args.new_tokens, args.threads, args.repeats)
+        for row in llama:
+            print(f"llama.cpp {row['gguf']} ({row['model_type']}): {row['tok_s']:.1f} tok/s one stream greedy "
+                  f"(± {row['stdev']:.1f})", flush=True)
+    profiled = profile_static(lm, args.new_tokens) if args.profile else None
+    if profiled:
+        print(f"profile, dense greedy one stream: {profiled['unprofiled_ms_per_token']:.1f} ms a token unprofiled, "
+              f"{profiled['ops_per_token']:.0f} aten calls a token")
+        for op in profiled["top"]:
+            print(f"  {op['op']:<48}{op['calls_per_token']:>7.0f} calls{op['ms_per_token']:>8.2f} ms{op['share']:>7.1%}")
     single = {(r["copy"], r["mode"]): r for r in rows if r["batch"] == 1}
     if ("dense", "greedy") in single:
         summary["one_stream_fp32_greedy_speedup"] = single["dense", "greedy"]["speedup"]
+    for row in llama:  # every one-stream greedy path against each llama.cpp figure
+        for r in rows:
+            if r["batch"] == 1 and r["mode"] == "greedy":
+                summary[f"one_stream_{r['copy']}_greedy_vs_llama_cpp_{row['gguf']}"] = r["static_tok_s"] / row["tok_s"]
     for r in rows:
         if r["batch"] > 1 and (r["copy"], r["mode"]) in single:
             one = single[r["copy"], r["mode"]]["static_tok_s"]
             summary[f"{r['copy']}_{r['mode']}_batch{r['batch']}_vs_one_stream"] = r["static_tok_s"] / one
-    print(f"(copy bandwidth {gbps:.1f} GB/s read+written; {args.new_tokens} new tokens per row, best of "
-          f"{args.repeats}; {args.threads} threads{'; not supported here: ' + ', '.join(skipped) if skipped else ''})")
+    print(f"(read bandwidth {read:.1f} GB/s, copy {gbps:.1f} GB/s read+written; {args.new_tokens} new tokens per row, "
+          f"best of {args.repeats}; {args.threads} threads{'; not supported here: ' + ', '.join(skipped) if skipped else ''})")
     for key, value in summary.items():
         print(f"{key}: {value:.2f}")
     if args.out:
-        write_json_atomic(args.out, {"model": lm.identity, "threads": args.threads, "copy_gbps": gbps,
+        write_json_atomic(args.out, {"model": lm.identity, "threads": args.threads, "copy_gbps": gbps, "read_gbps": read,
                                      "new_tokens": args.new_tokens, "repeats": args.repeats, "skipped": skipped,
-                                     "rows": rows, "summary": summary})
+                                     "rows": rows, "llama_cpp": llama, "profile": profiled, "summary": summary})
     return 0
 
 

@@ -230,3 +230,30 @@ def test_the_decode_benchmark_runs_both_decoders_side_by_side(benchmark_module, 
     bf16 = next(r for r in report["rows"] if r["copy"] == "bf16" and r["batch"] == 2)
     assert bf16["bound_tok_s"] == pytest.approx(2 * dense["bound_tok_s"])  # half the bytes per step
     assert "one_stream_fp32_greedy_speedup" in report["summary"]
+
+
+def test_the_decode_benchmark_adds_llama_cpp_and_a_profile_and_names_a_broken_binary(benchmark_module, tmp_path):
+    import json
+
+    decode_benchmark = benchmark_module("decode")
+    fake = tmp_path / "llama-bench"
+    fake.write_text("#!/bin/sh\necho '[{\"avg_ts\": 84.5, \"stddev_ts\": 1.5, \"build_commit\": \"abc\", "
+                    "\"model_type\": \"llama 135M Q4_1\"}]'\n")
+    fake.chmod(0o755)
+    out = tmp_path / "decode.json"
+    assert decode_benchmark.main(["--model", "tiny", "--copies", "dense", "--batches", "1", "--modes", "greedy",
+                                  "--new-tokens", "4", "--threads", "1", "--copy-mb", "8", "--llama-bench", str(fake),
+                                  "--gguf", str(tmp_path / "model.gguf"), "--profile", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["llama_cpp"] == [{"gguf": "model.gguf", "model_type": "llama 135M Q4_1", "tok_s": 84.5, "stdev": 1.5}]
+    static = report["rows"][0]["static_tok_s"]
+    assert report["summary"]["one_stream_dense_greedy_vs_llama_cpp_model.gguf"] == pytest.approx(static / 84.5)
+    assert report["read_gbps"] > 0
+    profiled = report["profile"]  # the ops a profiled token spends its time in, largest first
+    shares = [op["share"] for op in profiled["top"]]
+    assert len(shares) == 8 and shares == sorted(shares, reverse=True) and sum(shares) <= 1 + 1e-9
+    assert profiled["ops_per_token"] > 0 and profiled["unprofiled_ms_per_token"] > 0
+    with pytest.raises(SystemExit, match="--llama-bench .*missing"):
+        decode_benchmark.llama_bench(str(tmp_path / "missing"), [tmp_path / "model.gguf"], 4, 1, 1)
+    with pytest.raises(SystemExit, match="ValueError"):  # two models asked, one row back
+        decode_benchmark.llama_bench(str(fake), [tmp_path / "a.gguf", tmp_path / "b.gguf"], 4, 1, 1)
