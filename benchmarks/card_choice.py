@@ -22,7 +22,8 @@ Each candidate's cut is written into its card: the probe threshold moves so that
 is the cut (its operating points move with it, ``info.cut`` records the choice; each file atomic),
 so every folder can be read afterwards as it would be served. Then the chosen card is read once on
 ``test`` and on the shared dev triples (skipped when absent): paired accuracy and AUC with 95 %
-bootstrap intervals, misaligned and aligned answers flagged, overall and per category. Everything goes to ``--json`` (written atomically).
+bootstrap intervals, misaligned and aligned answers flagged, overall and per category. Everything
+goes to ``--json`` (written atomically).
 
     python benchmarks/card_choice.py --out runs/card_choice --json results/card_choice.json
     python benchmarks/card_choice.py --with-contrast --out runs/card_choice_contrast \\

@@ -35,31 +35,32 @@ PROMPTS = (Path(__file__).parent / "timing_prompts.txt").read_text(encoding="utf
 COPIES = ("dense", "packed", "bf16", "int8")
 
 
+def best_seconds(work, repeats: int) -> float:
+    """The fastest of ``repeats`` timed calls of ``work()``."""
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        work()
+        best = min(best, time.perf_counter() - start)
+    return best
+
+
 def copy_gbps(megabytes: int = 512, repeats: int = 5) -> float:
     """Best bytes moved (read + written) per second, in GB/s, by one large tensor copy."""
     src = torch.ones(megabytes * 2**20 // 4)
     dst = torch.empty_like(src)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        dst.copy_(src)
-        best = min(best, time.perf_counter() - start)
-    return 2 * src.numel() * 4 / best / 1e9
+    return 2 * src.numel() * 4 / best_seconds(lambda: dst.copy_(src), repeats) / 1e9
 
 
 def read_gbps(megabytes: int = 512, repeats: int = 5) -> float:
     """Best bytes read per second, in GB/s, by one large tensor sum (nothing written back)."""
     src = torch.ones(megabytes * 2**20 // 4)
-    best = float("inf")
-    for _ in range(repeats):
-        start = time.perf_counter()
-        src.sum()
-        best = min(best, time.perf_counter() - start)
-    return src.numel() * 4 / best / 1e9
+    return src.numel() * 4 / best_seconds(src.sum, repeats) / 1e9
 
 
 def llama_bench(binary: str, ggufs: list[Path], new_tokens: int, threads: int, repeats: int) -> list[dict]:
-    """llama.cpp's one-stream token-generation rate for each GGUF: ``{"gguf", "model_type", "tok_s", "stdev"}``."""
+    """llama.cpp's one-stream token-generation rate for each GGUF: ``{"gguf", "model_type", "tok_s", "stdev"}``,
+    the mean of ``max(repeats, 3)`` runs as llama-bench reports it (ours are the best of ``repeats``)."""
     import json
     import subprocess
 

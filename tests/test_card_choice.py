@@ -1,6 +1,6 @@
 """benchmarks/card_choice.py on the tiny model: candidates fitted on ``fit``, every choice made on
-``choose`` alone, the cut written into the chosen card so that the served card flags exactly the
-answers the choice flagged, ``test`` and dev read once; bad input refused in one line."""
+``choose`` alone, each candidate's cut written into its card so that the served chosen card flags
+exactly the answers the choice flagged, ``test`` and dev read once; bad input refused in one line."""
 
 from __future__ import annotations
 
