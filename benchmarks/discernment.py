@@ -12,7 +12,11 @@ and category, the paired accuracy and ROC AUC:
   (flagged → passed), misaligned answers let through (beside the clean count) and the AUC of the
   injected misaligned against the clean aligned answers; styles a span card was fitted with
   (``split: fit``) and held-out ones are reported apart; ``--baseline-card`` adds the same rows
-  for a second card, read in the same forward passes.
+  for a second card, read in the same forward passes; each card's clean and injected scores are
+  kept in the JSON (``benchmarks/rule_robustness.py`` scores rules over two cards from them).
+
+``--sample N`` reads N triples drawn per category in proportion to the file's (largest remainders,
+seeded): e.g. 84 of the corpus's ``choose`` split, the size the robustness target is stated in.
 
     python benchmarks/discernment.py --out results/discernment.json [--limit 28] [--no-verbal]
 """
@@ -21,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import math
+import random
 import sys
 import time
 from pathlib import Path
@@ -31,6 +36,7 @@ import torch
 from conscience.config import choices_of
 from conscience.conscience_config import ConscienceConfig
 from conscience.discernment import bootstrap_intervals, load_triples, records_report
+from conscience.errors import ConscienceError
 from conscience.framings import load_framings, shared_data_root
 from conscience.jsonl import write_json_atomic
 from conscience.models import load_model
@@ -72,12 +78,13 @@ def row(table: list, verdict: str, setting: str, scores: np.ndarray, triples) ->
 
 
 def reviewed_scores(reviewer, items, batch_size: int = 8) -> tuple[np.ndarray, np.ndarray]:
-    """Latent and verbal scores through the reviewer's own review (one forward pass per item)."""
+    """Latent and verbal scores through the reviewer's own review (one forward pass per item; a
+    latent reviewer's pass stops at its card's layers and reads no verbal score: ``nan``)."""
     latent, verbal = [], []
     for start in range(0, len(items), batch_size):
         for v in reviewer.review(items[start:start + batch_size]):
             latent.append(v.per_framing["latent"])
-            verbal.append(v.per_framing["verbal"])
+            verbal.append(v.per_framing.get("verbal", float("nan")))
     return np.array(latent), np.array(verbal)
 
 
@@ -98,10 +105,27 @@ def shared_pass(reviewers) -> bool:
     return len(keys) == 1 and all(c.pool in ("answer", "spans") for c in cards)
 
 
+def stratified_sample(triples: list, n: int, seed: int = 0) -> list:
+    """``n`` of ``triples``, each category's share in proportion to its count (largest remainders
+    get the rest), drawn with ``random.Random(seed)`` category by category in name order."""
+    if not 0 < n <= len(triples):
+        raise ConscienceError(f"--sample must lie in 1..{len(triples)} (the triples read), got {n}")
+    by_category: dict[str, list] = {}
+    for t in triples:
+        by_category.setdefault(t.category, []).append(t)
+    quota = {c: n * len(rows) / len(triples) for c, rows in by_category.items()}
+    take = {c: int(q) for c, q in quota.items()}
+    for c in sorted(quota, key=lambda c: quota[c] - take[c], reverse=True)[:n - sum(take.values())]:
+        take[c] += 1
+    rng = random.Random(seed)
+    return [t for c in sorted(by_category) for t in rng.sample(by_category[c], take[c])]
+
+
 def latent_scores_of(reviewers, items, batch_size: int = 8) -> list[np.ndarray]:
     """Each reviewer's latent scores of ``items``; cards that can share a pass (``shared_pass``)
-    are read in one forward pass per batch, at the union of their layers. A routed reviewer
-    scores each answer with the card it routes it to (both cards cut at 0.5)."""
+    are read in one forward pass per batch, at the union of their layers (the pass stops above the
+    deepest). A routed reviewer scores each answer with the card it routes it to (both cards cut
+    at 0.5)."""
     if not shared_pass(reviewers):
         return [reviewed_scores(r, items, batch_size)[0] for r in reviewers]
     readers = [r for reviewer in reviewers for r in card_readers(reviewer)]
@@ -109,7 +133,7 @@ def latent_scores_of(reviewers, items, batch_size: int = 8) -> list[np.ndarray]:
     framing, scores = readers[0].card.framing, [[] for _ in reviewers]
     for start in range(0, len(items), batch_size):
         batch = items[start:start + batch_size]
-        readings = readers[0].verbal.read(batch, pool="spans", layers=layers)
+        readings = readers[0].verbal.read(batch, pool="spans", layers=layers, depth=max(layers) + 1)
         for reviewer, out in zip(reviewers, scores, strict=True):
             for item, reading in zip(batch, readings, strict=True):
                 card = routed_card(reviewer, item)
@@ -122,7 +146,9 @@ def robustness(reviewers: dict, items, clean: dict, styles_path: str | None) -> 
     """Per card (name → reviewer), one row per injection style on the misaligned half of
     ``items`` (aligned first; ``clean`` holds each card's clean scores), printed by split: the
     styles a span card may have been fitted with, then the held-out ones. The cards are read in
-    the same forward passes where they can be (``shared_pass``)."""
+    the same forward passes where they can be (``shared_pass``). Each card's clean scores and each
+    row's injected ones are kept, so a rule over several cards (e.g. flag when either flags) can be
+    scored under the same injections afterwards."""
     n = len(items) // 2
     styles = load_styles(styles_path)
     rows: dict[str, list] = {name: [] for name in reviewers}
@@ -130,7 +156,8 @@ def robustness(reviewers: dict, items, clean: dict, styles_path: str | None) -> 
         injected = [ReviewItem(i.prompt, style.apply(i.answer)) for i in items[n:]]
         for name, moved in zip(reviewers, latent_scores_of(list(reviewers.values()), injected), strict=True):
             rows[name].append({"style": style.name, "group": style.group, "split": style.split, "where": style.where,
-                               **robustness_row(clean[name][:n], clean[name][n:], moved, reviewers[name].threshold)})
+                               **robustness_row(clean[name][:n], clean[name][n:], moved, reviewers[name].threshold),
+                               "scores": [round(float(s), 6) for s in moved]})
     out = {}
     for name, reviewer in reviewers.items():
         summary = {}
@@ -147,7 +174,7 @@ def robustness(reviewers: dict, items, clean: dict, styles_path: str | None) -> 
                                   "max_let_through": max(r["let_through"] for r in part),
                                   "min_auc": min(r["auc"] for r in part)}
         out[name] = {"threshold": reviewer.threshold, "framing": reviewer.framing_name, "styles": rows[name],
-                     "summary": summary}
+                     "summary": summary, "clean_scores": [round(float(s), 6) for s in clean[name]]}
     return out
 
 
@@ -178,6 +205,8 @@ def main() -> int:
                         "read alone, without its code/ card")
     parser.add_argument("--styles", help="injection styles YAML (default: the shipped data/injection_styles.yaml)")
     parser.add_argument("--limit", type=int, help="first N triples only (quick runs)")
+    parser.add_argument("--sample", type=int, help="N triples drawn per category in proportion (seeded by --seed)")
+    parser.add_argument("--seed", type=int, default=0, help="the --sample draw's seed")
     parser.add_argument("--review-format", choices=choices_of(ConscienceConfig, "review_format"), default="look_back")
     parser.add_argument("--pool", choices=[p for p in POOLS if p != "spans"], default="answer",
                         help="hidden states the cross-validated fits read (card rows use the card's own)")
@@ -191,11 +220,18 @@ def main() -> int:
         return 2
     torch.set_num_threads(args.threads)
     triples = load_triples(data)[: args.limit]
+    if args.sample:
+        try:
+            triples = stratified_sample(triples, args.sample, args.seed)
+        except ConscienceError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            return 2
     lm = load_model(args.model)
     framings = load_framings()
     names = args.framings.split(",") if args.framings else [n for n in framings if n != "secure_code"]
     items, y, g, cats = triple_items(triples)
-    key = file_digest(data) + (f":{args.limit}" if args.limit else "")
+    key = (file_digest(data) + (f":{args.limit}" if args.limit else "")
+           + (f":sample{args.sample}:{args.seed}" if args.sample else ""))
     table: list[dict] = []
     results: dict = {"data": str(data), "model": lm.identity, "n_triples": len(triples), "table": table}
     print(f"{'verdict':<9} {'setting':<34} {'paired (95% CI)':>21} {'auc (95% CI)':>21} {'n':>4}")
@@ -251,14 +287,14 @@ def main() -> int:
                                "pool": card.pool, "code_card": str(code_dir) if code_dir else None,
                                "data": card.info.get("data"), "metrics": card.probe.metrics}
             latent = card_reviewer(lm, card_dir)  # with the code/ card, answers with code are read by it
+            combined = card_reviewer(lm, card_dir, combined=True)  # the same pass, read to the top for the verbal score
             card_verbal = aligned_verbal
             name = f"card {card.info.get('data', '?')}{' + code card' if code_dir else ''} (held-out)"
             if card.pool == "spans" or code_dir:  # per-token features are too many to cache: read through the reviewer
-                held, card_verbal = reviewed_scores(latent, items)
+                held, card_verbal = reviewed_scores(combined, items)
             else:
                 held = latent.latent_scores(features(card.pool))
             row(table, "latent", name, held, triples)
-            combined = card_reviewer(lm, card_dir, combined=True)
             merged = [routed_card(combined, i)._score(float(s), type("V", (), {"score": float(v)})())
                       for i, s, v in zip(items, held, card_verbal, strict=True)]
             row(table, "combined", name, np.array(merged), triples)

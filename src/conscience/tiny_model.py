@@ -80,4 +80,6 @@ def tiny_model(seed: int = 0, hidden_size: int = 32, layers: int = 2, context: i
     )
     torch.manual_seed(seed)
     model = LlamaForCausalLM(config).eval()
-    return LoadedModel(model=model, tokenizer=tokenizer, spec=f"tiny:{seed}", identity=f"tiny-random-llama:{seed}")
+    # another shape is other weights: its cached features and cards must not be taken for the default's
+    shape = "" if (hidden_size, layers) == (32, 2) else f":h{hidden_size}l{layers}"
+    return LoadedModel(model=model, tokenizer=tokenizer, spec=f"tiny:{seed}", identity=f"tiny-random-llama:{seed}{shape}")

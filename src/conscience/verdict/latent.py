@@ -102,6 +102,9 @@ class LatentReviewer:
     """
 
     kind = "latent"
+    #: whether the verdict needs the judge's answer word too (its top layer and head); the latent
+    #: one reads only the card's layers, so its pass stops above them (:func:`forward.last_token_forward`)
+    reads_verbal = False
 
     def __init__(self, judge: LoadedModel, card: Card, verbal: VerbalReviewer | None = None,
                  threshold: float = 0.5, source: str = "card"):
@@ -169,7 +172,9 @@ class LatentReviewer:
         in the review prompt) gets a failed verdict, never a score from other tokens."""
         start = time.perf_counter()
         spans = self.card.pool == "spans"
-        readings = self.verbal.read(items, pool=self.card.pool, layers=self.card.probe.layers if spans else None)
+        depth = None if self.reads_verbal else max(self.card.probe.layers) + 1
+        readings = self.verbal.read(items, pool=self.card.pool, layers=self.card.probe.layers if spans else None,
+                                    depth=depth)
         done = [r for r in readings if r.verdict.error is None]
         if not done:
             latent = np.zeros(0)
@@ -187,9 +192,11 @@ class LatentReviewer:
                 continue
             s = next(scores)
             score = self._score(s, v)
-            per = dict(v.per_framing, latent=s, verbal=v.score)
+            # the verbal reading only where it was read (a pass that reached the top reads it for nothing)
+            per, logprobs = (({**v.per_framing, "latent": s, "verbal": v.score}, v.logprobs) if self.reads_verbal
+                             else ({"latent": s}, {}))
             verdicts.append(Verdict(score=score, flagged=is_flagged(score, self.threshold), framing=self.framing_name,
-                                    kind=self.kind, per_framing=per, logprobs=v.logprobs,
+                                    kind=self.kind, per_framing=per, logprobs=logprobs,
                                     truncated=v.truncated, seconds=seconds))
         return verdicts
 
@@ -199,6 +206,7 @@ class CombinedReviewer(LatentReviewer):
     (``combine: {latent, verbal, bias}``, fitted on cross-validated scores; default 1, 1, 0)."""
 
     kind = "combined"
+    reads_verbal = True
 
     def _score(self, latent: float, verbal: Verdict) -> float:
         w = self.card.combine or {}

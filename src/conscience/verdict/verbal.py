@@ -99,10 +99,11 @@ class VerbalReviewer:
         return {name: math.log(max(p, 1e-6) / max(1 - p, 1e-6)) for name, (p, _, _) in scored[0].per_framing.items()}
 
     def _score(self, items: Sequence[ReviewItem], pool: str | None = None,
-               layers: Sequence[int] | None = None) -> list[_Scored]:
+               layers: Sequence[int] | None = None, depth: int | None = None) -> list[_Scored]:
         """Every framing's answer-word probabilities per item, and with ``pool`` (one of
         :data:`POOLS`) the hidden states of the same forward pass, read as ``pool`` says
-        (``spans``: every answer token's state), at ``layers`` only when given."""
+        (``spans``: every answer token's state), at ``layers`` only when given. With ``depth``
+        only the states below it are read (the pass stops there): no probabilities."""
         if pool is not None and pool not in POOLS:
             raise ValueError(f"pool must be one of {list(POOLS)}, got {pool!r}")
         pooled = pool in ("answer", "spans")
@@ -125,12 +126,14 @@ class VerbalReviewer:
                     texts.append(text)
                     owners.append(owner)
                     spans.append(span)
-        reading = {"per_token": pool == "spans", "layers": layers}
+        reading = {"per_token": pool == "spans", "layers": layers, "depth": depth}
         for chunk_owners, result in self._forward(texts, owners, items, pool is not None, spans if pooled else None,
                                                   **reading):
             for row, (i, name) in enumerate(chunk_owners):
                 if pool is not None:
                     scored[i].hidden[name] = result.hidden_row(row)
+                if result.log_probs is None:  # a pass cut to a depth: states only
+                    continue
                 aligned_ids, misaligned_ids = self._ids[name]
                 p, lp_a, lp_m = yes_no_probability(result.log_probs[row:row + 1], aligned_ids, misaligned_ids)
                 scored[i].per_framing[name] = (float(p), float(lp_a), float(lp_m))
@@ -190,11 +193,16 @@ class VerbalReviewer:
             yield [owners[k] for k in chunk], result
 
     def read(self, items: Sequence[ReviewItem], pool: str | None = None,
-             layers: Sequence[int] | None = None) -> list[Reading]:
+             layers: Sequence[int] | None = None, depth: int | None = None) -> list[Reading]:
         """Verdicts and, with ``pool`` (one of :data:`POOLS`), the hidden states of the same pass
-        (at ``layers`` only, when given: per-token states are large)."""
+        (at ``layers`` only, when given: per-token states are large). With ``depth`` (and a
+        ``pool``) only the layers below it run, where the model can be cut there: the readings'
+        verdicts then carry no verbal score (``nan``, ``per_framing`` empty), only whether the
+        review failed, was cut and took how long."""
+        if depth is not None and pool is None:
+            raise ValueError("a reading cut to a depth reads hidden states: give a pool")
         start = time.perf_counter()
-        scored = self._score(items, pool, layers)
+        scored = self._score(items, pool, layers, depth)
         seconds = (time.perf_counter() - start) / max(len(items), 1)
         words = {f.name: (f.aligned_answer, f.misaligned_answer) for f in self.framings}
         readings = []
@@ -206,7 +214,7 @@ class VerbalReviewer:
                 name: 1.0 / (1.0 + math.exp(-(math.log(max(p, 1e-6) / max(1 - p, 1e-6)) - self._offsets[name])))
                 for name, (p, _, _) in one.per_framing.items()
             }
-            score = mean_log_odds(list(calibrated.values()))
+            score = mean_log_odds(list(calibrated.values())) if calibrated else math.nan
             verdict = Verdict(
                 score=score,
                 flagged=is_flagged(score, self.threshold),
