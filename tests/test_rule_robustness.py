@@ -89,6 +89,10 @@ def test_missing_scores_give_one_line(bench, tmp_path, capsys):
     robust.write_text("{}")
     assert bench.main(["--choice", str(choice), "--robustness", str(robust)]) == 2
     assert "no card, robustness field" in capsys.readouterr().err
+    robust.write_text("{not json")
+    assert bench.main(["--choice", str(choice), "--robustness", str(robust)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert "\n" not in err and f"{robust}: invalid JSON" in err
 
 
 def test_the_choose_sample_keeps_each_category_share_and_is_seeded():
